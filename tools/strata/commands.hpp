@@ -1,0 +1,9 @@
+#pragma once
+// Each subcommand of the strata CLI lives in its own file and registers itself here.
+#include <CLI/CLI.hpp>
+
+namespace strata::cli {
+
+void register_info(CLI::App& app);
+
+}  // namespace strata::cli
