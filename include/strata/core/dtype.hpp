@@ -1,10 +1,16 @@
 #pragma once
 // Element types strata stores and converts between. f16 and bf16 are bit containers with exact,
 // round-to-nearest-even conversions; packed int4 holds two signed 4-bit values per byte.
-#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <string_view>
+
+// The scalar conversions below are the reference for the SIMD and CUDA kernels and compile for both.
+#if defined(__CUDACC__)
+#define STRATA_HD __host__ __device__
+#else
+#define STRATA_HD
+#endif
 
 namespace strata {
 
@@ -41,15 +47,29 @@ template <class T> struct dtype_of<const T> : dtype_of<T> {};
 template <class T>
 inline constexpr DType dtype_of_v = dtype_of<T>::value;
 
+namespace detail {
+STRATA_HD inline uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+STRATA_HD inline float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+}  // namespace detail
+
 // ---- binary16 ----------------------------------------------------------------------------------
 // Exact: every f16 is representable in f32.
-inline float f16_to_f32(f16 h) {
+STRATA_HD inline float f16_to_f32(f16 h) {
   const uint32_t sign = static_cast<uint32_t>(h.bits & 0x8000u) << 16;
   const uint32_t exp = (h.bits >> 10) & 0x1Fu;
   uint32_t mant = h.bits & 0x3FFu;
   uint32_t out;
   if (exp == 0x1F) {
-    out = sign | 0x7F800000u | (mant << 13);  // Inf, or NaN with its payload kept
+    // Inf, or NaN with its payload kept and made quiet, as the F16C instruction does.
+    out = sign | 0x7F800000u | (mant << 13) | (mant ? 0x400000u : 0u);
   } else if (exp != 0) {
     out = sign | ((exp + 112u) << 23) | (mant << 13);
   } else if (mant == 0) {
@@ -63,12 +83,12 @@ inline float f16_to_f32(f16 h) {
     } while ((mant & 0x400u) == 0);
     out = sign | (static_cast<uint32_t>(112 - e) << 23) | ((mant & 0x3FFu) << 13);
   }
-  return std::bit_cast<float>(out);
+  return detail::bits_float(out);
 }
 
 // Round to nearest, ties to even; overflow goes to Inf; NaN stays NaN (quiet, payload's top bits kept).
-inline f16 f32_to_f16(float f) {
-  const uint32_t x = std::bit_cast<uint32_t>(f);
+STRATA_HD inline f16 f32_to_f16(float f) {
+  const uint32_t x = detail::float_bits(f);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   const uint32_t absx = x & 0x7FFFFFFFu;
   if (absx >= 0x7F800000u) {
@@ -93,10 +113,10 @@ inline f16 f32_to_f16(float f) {
 }
 
 // ---- bfloat16 ----------------------------------------------------------------------------------
-inline float bf16_to_f32(bf16 h) { return std::bit_cast<float>(static_cast<uint32_t>(h.bits) << 16); }
+STRATA_HD inline float bf16_to_f32(bf16 h) { return detail::bits_float(static_cast<uint32_t>(h.bits) << 16); }
 
-inline bf16 f32_to_bf16(float f) {
-  const uint32_t x = std::bit_cast<uint32_t>(f);
+STRATA_HD inline bf16 f32_to_bf16(float f) {
+  const uint32_t x = detail::float_bits(f);
   if ((x & 0x7FFFFFFFu) > 0x7F800000u) return {static_cast<uint16_t>((x >> 16) | 0x40u)};  // quiet NaN
   const uint32_t rounded = x + 0x7FFFu + ((x >> 16) & 1u);
   return {static_cast<uint16_t>(rounded >> 16)};
