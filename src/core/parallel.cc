@@ -1,5 +1,6 @@
 #include "strata/core/parallel.hpp"
 
+#include <dlfcn.h>
 #include <omp.h>
 
 #include <exception>
@@ -13,6 +14,9 @@ int num_threads() { return omp_get_max_threads(); }
 void set_num_threads(int n) {
   require(n >= 1, "set_num_threads: need at least one thread, got ", n);
   omp_set_num_threads(n);
+  // OpenBLAS keeps its own thread pool; strata's matrix products must follow the same setting.
+  using SetThreads = void (*)(int);
+  if (auto set_blas = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set_blas(n);
 }
 
 void parallel_chunks(int64_t n_chunks, const std::function<void(int64_t)>& body) {

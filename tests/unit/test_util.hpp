@@ -16,17 +16,17 @@ inline std::filesystem::path env_path(const char* var) {
 // ../shared/data (corpora, stories260K, golden vectors), or STRATA_SHARED_DATA.
 inline std::filesystem::path shared_data_dir() {
   if (auto p = env_path("STRATA_SHARED_DATA"); !p.empty()) return p;
-  return env_path("STRATA_DEFAULT_SHARED_DATA");
+  return STRATA_DEFAULT_SHARED_DATA_DIR;
 }
 
 // Models fetched by scripts/fetch-models.sh, or STRATA_MODELS_DIR.
 inline std::filesystem::path models_dir() {
   if (auto p = env_path("STRATA_MODELS_DIR"); !p.empty()) return p;
-  return env_path("STRATA_DEFAULT_MODELS_DIR");
+  return STRATA_DEFAULT_MODELS_DIR_PATH;
 }
 
 // Small files committed with the tests.
-inline std::filesystem::path test_data_dir() { return env_path("STRATA_TEST_DATA"); }
+inline std::filesystem::path test_data_dir() { return STRATA_TEST_DATA_DIR; }
 
 }  // namespace strata::testing
 

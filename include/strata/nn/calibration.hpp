@@ -1,0 +1,85 @@
+#pragma once
+// Calibration statistics collected through ForwardHooks during real forward passes: for the input
+// of every linear layer, the Gram matrix X^T X (double accumulation), per-channel mean |x| and mean
+// x^2 (llama.cpp's importance matrix) and the token count; per block, the block influence
+// 1 - E[cos(h_in, h_out)]. Memory is bounded by the statistics, never by the number of sequences.
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "strata/core/eigen.hpp"
+#include "strata/nn/hooks.hpp"
+
+namespace strata::nn {
+
+class LlamaModel;
+
+// Statistics of one input (shared by the linear layers that read it).
+struct InputStats {
+  explicit InputStats(int64_t features, bool keep_gram);
+  int64_t features = 0;
+  int64_t tokens = 0;
+  bool has_gram = false;
+  Matrix<double> gram;  // sum of x x^T over tokens; lower triangle accumulated, see hessian()
+  Vector<double> sum_abs, sum_sq;
+
+  void add(const float* x, int64_t n_tokens, int64_t n_features);
+  // H = X^T X / tokens, symmetric [in, in].
+  Matrix<double> hessian() const;
+  Vector<double> mean_abs() const;  // per-channel mean |x|
+  Vector<double> mean_sq() const;   // per-channel mean x^2 (llama.cpp imatrix)
+  Vector<double> channel_norm() const;  // per-channel ||x_j||_2 over the tokens (Wanda's metric)
+  uint64_t bytes() const;
+};
+
+struct CalibrationOptions {
+  bool gram = true;             // keep X^T X per input (needed by GPTQ, SparseGPT, SVD-LLM)
+  bool block_influence = true;  // accumulate 1 - cos(h_in, h_out) per block
+};
+
+class Calibration final : public ForwardHooks {
+ public:
+  explicit Calibration(CalibrationOptions options = {});
+
+  void on_linear_input(int layer, std::span<const std::string> tensors, const float* x, int64_t tokens,
+                       int64_t in) override;
+  void on_block(int layer, const float* in, const float* out, int64_t tokens, int64_t dim) override;
+
+  bool has(std::string_view tensor) const;
+  // Throws strata::Error naming the tensor when nothing was collected for it.
+  const InputStats& stats(std::string_view tensor) const;
+  std::vector<std::string> tensors() const;
+  // Block influence (ShortGPT): 1 - mean cosine similarity between a block's input and output.
+  std::vector<double> block_influence() const;
+
+  int64_t sequences = 0;
+  int64_t tokens = 0;
+  uint64_t bytes() const;  // memory held by the statistics
+
+ private:
+  CalibrationOptions options_;
+  std::map<std::string, std::shared_ptr<InputStats>, std::less<>> by_tensor_;
+  std::vector<std::shared_ptr<InputStats>> inputs_;
+  std::vector<double> cos_sum_;
+  std::vector<int64_t> cos_count_;
+};
+
+struct CalibrationReport {
+  int64_t sequences = 0, tokens_per_sequence = 0;
+  double seconds = 0;
+  uint64_t statistics_bytes = 0;
+};
+
+// Runs the model over each sequence (one prefill each, no logits) with `calibration` as the hook.
+// `next_sequence` fills its argument and returns false when there are no more: sequences are
+// streamed, so only one is held at a time. `progress` (optional) is called after each sequence.
+CalibrationReport calibrate(const LlamaModel& model, const std::function<bool(std::vector<int32_t>&)>& next_sequence,
+                            Calibration& calibration,
+                            const std::function<void(int64_t done)>& progress = nullptr);
+
+}  // namespace strata::nn

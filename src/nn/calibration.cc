@@ -1,0 +1,134 @@
+#include "strata/nn/calibration.hpp"
+
+#include <cblas.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "strata/nn/llama.hpp"
+
+namespace strata::nn {
+
+InputStats::InputStats(int64_t n, bool keep_gram)
+    : features(n), has_gram(keep_gram), sum_abs(Vector<double>::Zero(n)), sum_sq(Vector<double>::Zero(n)) {
+  if (keep_gram) gram = Matrix<double>::Zero(n, n);
+}
+
+void InputStats::add(const float* x, int64_t n_tokens, int64_t n_features) {
+  require(n_features == features, "InputStats: input has ", n_features, " features, statistics were started with ",
+          features);
+  if (n_tokens == 0) return;
+  RowMatrix<double> xd = Eigen::Map<const RowMatrix<float>>(x, n_tokens, n_features).cast<double>();
+  sum_abs += xd.cwiseAbs().colwise().sum().transpose();
+  sum_sq += xd.cwiseAbs2().colwise().sum().transpose();
+  if (has_gram) {
+    // gram (column-major, lower) += X^T X; X row-major [tokens, features] is X^T column-major.
+    cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, static_cast<int>(n_features), static_cast<int>(n_tokens), 1.0,
+                xd.data(), static_cast<int>(n_features), 1.0, gram.data(), static_cast<int>(n_features));
+  }
+  tokens += n_tokens;
+}
+
+Matrix<double> InputStats::hessian() const {
+  require(has_gram, "InputStats::hessian: the Gram matrix was not collected (CalibrationOptions::gram)");
+  require(tokens > 0, "InputStats::hessian: no tokens were seen");
+  Matrix<double> h = gram.selfadjointView<Eigen::Lower>();
+  return h / static_cast<double>(tokens);
+}
+
+Vector<double> InputStats::mean_abs() const { return sum_abs / static_cast<double>(std::max<int64_t>(tokens, 1)); }
+Vector<double> InputStats::mean_sq() const { return sum_sq / static_cast<double>(std::max<int64_t>(tokens, 1)); }
+Vector<double> InputStats::channel_norm() const { return sum_sq.cwiseSqrt(); }
+
+uint64_t InputStats::bytes() const {
+  return static_cast<uint64_t>(gram.size() + sum_abs.size() + sum_sq.size()) * sizeof(double);
+}
+
+Calibration::Calibration(CalibrationOptions options) : options_(options) {}
+
+void Calibration::on_linear_input(int layer, std::span<const std::string> tensors, const float* x, int64_t n_tokens,
+                                  int64_t in) {
+  require(!tensors.empty(), "Calibration: an input with no tensors");
+  auto it = by_tensor_.find(tensors[0]);
+  std::shared_ptr<InputStats> stats;
+  if (it == by_tensor_.end()) {
+    stats = std::make_shared<InputStats>(in, options_.gram);
+    inputs_.push_back(stats);
+    for (const auto& t : tensors) by_tensor_[t] = stats;
+  } else {
+    stats = it->second;
+  }
+  stats->add(x, n_tokens, in);
+}
+
+void Calibration::on_block(int layer, const float* in, const float* out, int64_t n_tokens, int64_t dim) {
+  if (!options_.block_influence) return;
+  const size_t l = static_cast<size_t>(layer);
+  if (cos_sum_.size() <= l) {
+    cos_sum_.resize(l + 1, 0.0);
+    cos_count_.resize(l + 1, 0);
+  }
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    double dot = 0, na = 0, nb = 0;
+    for (int64_t i = 0; i < dim; ++i) {
+      const double a = in[t * dim + i], b = out[t * dim + i];
+      dot += a * b;
+      na += a * a;
+      nb += b * b;
+    }
+    cos_sum_[l] += dot / std::max(std::sqrt(na * nb), 1e-30);
+  }
+  cos_count_[l] += n_tokens;
+}
+
+bool Calibration::has(std::string_view tensor) const { return by_tensor_.find(tensor) != by_tensor_.end(); }
+
+const InputStats& Calibration::stats(std::string_view tensor) const {
+  auto it = by_tensor_.find(tensor);
+  require(it != by_tensor_.end(), "Calibration: no statistics for tensor '", tensor, "'");
+  return *it->second;
+}
+
+std::vector<std::string> Calibration::tensors() const {
+  std::vector<std::string> out;
+  for (const auto& [name, s] : by_tensor_) out.push_back(name);
+  return out;
+}
+
+std::vector<double> Calibration::block_influence() const {
+  std::vector<double> bi(cos_sum_.size(), 0.0);
+  for (size_t l = 0; l < bi.size(); ++l)
+    bi[l] = cos_count_[l] ? 1.0 - cos_sum_[l] / static_cast<double>(cos_count_[l]) : 0.0;
+  return bi;
+}
+
+uint64_t Calibration::bytes() const {
+  uint64_t total = 0;
+  for (const auto& s : inputs_) total += s->bytes();
+  return total;
+}
+
+CalibrationReport calibrate(const LlamaModel& model, const std::function<bool(std::vector<int32_t>&)>& next_sequence,
+                            Calibration& calibration, const std::function<void(int64_t)>& progress) {
+  const auto start = std::chrono::steady_clock::now();
+  CalibrationReport report;
+  std::vector<int32_t> seq;
+  std::unique_ptr<LlamaSession> session;
+  while (next_sequence(seq)) {
+    if (seq.empty()) continue;
+    const int64_t n = static_cast<int64_t>(seq.size());
+    if (!session || session->capacity() < n) session = std::make_unique<LlamaSession>(model, n);
+    session->reset();
+    session->forward(seq, nullptr, Logits::none, &calibration);
+    ++report.sequences;
+    report.tokens_per_sequence = std::max(report.tokens_per_sequence, n);
+    ++calibration.sequences;
+    calibration.tokens += n;
+    if (progress) progress(report.sequences);
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.statistics_bytes = calibration.bytes();
+  return report;
+}
+
+}  // namespace strata::nn

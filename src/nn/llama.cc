@@ -1,0 +1,338 @@
+#include "strata/nn/llama.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "strata/core/blas.hpp"
+#include "strata/core/parallel.hpp"
+
+namespace strata::nn {
+
+namespace {
+
+constexpr const char* kSlotNames[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+
+RowMatrix<float> load_matrix(const io::Model& file, const std::string& name, int64_t rows, int64_t cols) {
+  const io::TensorInfo& info = file.tensor(name);
+  require(info.shape == Shape{rows, cols}, file.path().string(), ": tensor '", name, "' has shape ",
+          info.shape.str(), ", expected [", rows, ", ", cols, "]");
+  const Tensor t = file.to_f32(info);
+  RowMatrix<float> m(rows, cols);
+  std::memcpy(m.data(), t.raw(), static_cast<size_t>(rows * cols) * sizeof(float));
+  return m;
+}
+
+Vector<float> load_vector(const io::Model& file, const std::string& name, int64_t n) {
+  const io::TensorInfo& info = file.tensor(name);
+  require(info.numel() == n, file.path().string(), ": tensor '", name, "' has shape ", info.shape.str(),
+          ", expected ", n, " elements");
+  const Tensor t = file.to_f32(info);
+  Vector<float> v(n);
+  std::memcpy(v.data(), t.raw(), static_cast<size_t>(n) * sizeof(float));
+  return v;
+}
+
+// Row-wise RMSNorm: out = x / sqrt(mean(x^2) + eps) * w.
+void rms_norm(const float* x, const Vector<float>& w, float eps, int64_t tokens, int64_t dim, float* out) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* xr = x + t * dim;
+    float* o = out + t * dim;
+    double ss = 0;
+    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float scale = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(dim) + eps));
+    for (int64_t i = 0; i < dim; ++i) o[i] = xr[i] * scale * w[i];
+  }
+}
+
+// RoPE on adjacent pairs (x[2i], x[2i+1]) of every head, at absolute positions pos0 + t. This is the
+// layout llama.cpp stores Llama's Q and K in (its converter permutes the HF weights) and the one
+// llama2.c uses.
+void apply_rope(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, int64_t pos0, float theta) {
+  const int64_t half = head_dim / 2;
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[static_cast<size_t>(i)] =
+        static_cast<float>(std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(head_dim)));
+  for (int64_t t = 0; t < tokens; ++t) {
+    const double pos = static_cast<double>(pos0 + t);
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = pos * inv_freq[static_cast<size_t>(i)];
+      const float c = static_cast<float>(std::cos(angle)), s = static_cast<float>(std::sin(angle));
+      for (int64_t h = 0; h < n_heads; ++h) {
+        float* p = x + (t * n_heads + h) * head_dim + 2 * i;
+        const float a = p[0], b = p[1];
+        p[0] = a * c - b * s;
+        p[1] = a * s + b * c;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+LlamaModel LlamaModel::load(const io::Model& file) {
+  warn_if_blas_slow();
+  const io::ModelConfig& mc = file.config();
+  const std::string where = file.path().string();
+  require(mc.architecture == "llama", where, ": architecture '", mc.architecture,
+          "' is not a Llama-family decoder");
+  LlamaModel m;
+  LlamaConfig& c = m.config_;
+  c.dim = mc.dim;
+  c.hidden_dim = mc.hidden_dim;
+  c.n_layers = mc.n_layers;
+  c.n_heads = mc.n_heads;
+  c.n_kv_heads = mc.n_kv_heads > 0 ? mc.n_kv_heads : mc.n_heads;
+  c.head_dim = mc.head_dim > 0 ? mc.head_dim : (mc.n_heads > 0 ? mc.dim / mc.n_heads : 0);
+  c.vocab_size = mc.vocab_size;
+  c.context_length = mc.context_length;
+  if (mc.rope_theta > 0) c.rope_theta = static_cast<float>(mc.rope_theta);
+  if (mc.norm_eps > 0) c.norm_eps = static_cast<float>(mc.norm_eps);
+  require(c.dim > 0 && c.hidden_dim > 0 && c.n_layers > 0 && c.n_heads > 0, where,
+          ": missing hyper-parameters (dim ", c.dim, ", hidden ", c.hidden_dim, ", layers ", c.n_layers, ", heads ",
+          c.n_heads, ")");
+  require(c.n_heads % c.n_kv_heads == 0, where, ": ", c.n_heads, " query heads are not a multiple of ",
+          c.n_kv_heads, " KV heads");
+  require(c.head_dim % 2 == 0, where, ": head dimension ", c.head_dim, " is odd; RoPE needs pairs");
+
+  const io::TensorInfo& embd = file.tensor("token_embd.weight");
+  require(embd.shape.rank() == 2 && embd.shape[1] == c.dim, where, ": token_embd.weight has shape ",
+          embd.shape.str(), ", expected [vocab, ", c.dim, "]");
+  if (c.vocab_size == 0) c.vocab_size = embd.shape[0];
+  m.token_embd_ = std::make_shared<RowMatrix<float>>(load_matrix(file, "token_embd.weight", c.vocab_size, c.dim));
+
+  const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+  const int64_t shapes[7][2] = {{q_dim, c.dim},  {kv_dim, c.dim},       {kv_dim, c.dim},      {c.dim, q_dim},
+                                {c.hidden_dim, c.dim}, {c.hidden_dim, c.dim}, {c.dim, c.hidden_dim}};
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string prefix = "blk." + std::to_string(l) + ".";
+    m.blocks_.push_back({load_vector(file, prefix + "attn_norm.weight", c.dim),
+                         load_vector(file, prefix + "ffn_norm.weight", c.dim)});
+    for (int s = 0; s < 7; ++s) {
+      const std::string name = prefix + kSlotNames[s] + ".weight";
+      m.linear_index_[name] = m.linears_.size();
+      m.linear_names_.push_back(name);
+      m.linears_.push_back(std::make_shared<DenseLinear>(load_matrix(file, name, shapes[s][0], shapes[s][1])));
+    }
+  }
+  m.output_norm_ = load_vector(file, "output_norm.weight", c.dim);
+  m.linear_index_["output.weight"] = m.linears_.size();
+  m.linear_names_.push_back("output.weight");
+  if (file.find("output.weight")) {
+    m.linears_.push_back(std::make_shared<DenseLinear>(load_matrix(file, "output.weight", c.vocab_size, c.dim)));
+  } else {
+    m.linears_.push_back(std::make_shared<DenseLinear>(*m.token_embd_));  // tied embeddings
+  }
+  return m;
+}
+
+const Linear& LlamaModel::linear(std::string_view name) const {
+  auto it = linear_index_.find(name);
+  require(it != linear_index_.end(), "LlamaModel: no linear layer named '", name, "'");
+  return *linears_[it->second];
+}
+
+void LlamaModel::set_linear(std::string_view name, std::shared_ptr<const Linear> layer) {
+  auto it = linear_index_.find(name);
+  require(it != linear_index_.end(), "LlamaModel::set_linear: no linear layer named '", name, "'");
+  require(layer != nullptr, "LlamaModel::set_linear: null layer for '", name, "'");
+  const Linear& old = *linears_[it->second];
+  require(layer->in_features() == old.in_features() && layer->out_features() == old.out_features(),
+          "LlamaModel::set_linear: '", name, "' is [", old.out_features(), ", ", old.in_features(),
+          "], the replacement is [", layer->out_features(), ", ", layer->in_features(), "]");
+  linears_[it->second] = std::move(layer);
+}
+
+uint64_t LlamaModel::weight_bytes() const {
+  uint64_t total = static_cast<uint64_t>(token_embd_->size()) * sizeof(float);
+  for (const auto& l : linears_) total += l->weight_bytes();
+  total += static_cast<uint64_t>(output_norm_.size() + 2 * config_.dim * config_.n_layers) * sizeof(float);
+  return total;
+}
+
+LlamaSession::LlamaSession(const LlamaModel& model, int64_t max_tokens) : model_(model), max_tokens_(max_tokens) {
+  const LlamaConfig& c = model.config();
+  require(max_tokens > 0, "LlamaSession: max_tokens must be positive, got ", max_tokens);
+  const int64_t kv_dim = c.n_kv_heads * c.head_dim;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    k_cache_.emplace_back(max_tokens, kv_dim);
+    v_cache_.emplace_back(max_tokens, kv_dim);
+  }
+}
+
+uint64_t LlamaSession::cache_bytes() const {
+  uint64_t total = 0;
+  for (size_t l = 0; l < k_cache_.size(); ++l)
+    total += static_cast<uint64_t>(k_cache_[l].size() + v_cache_[l].size()) * sizeof(float);
+  return total;
+}
+
+void LlamaSession::forward(std::span<const int32_t> tokens, float* logits, Logits which, ForwardHooks* hooks) {
+  const LlamaConfig& c = model_.config();
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return;
+  require(pos_ + n <= max_tokens_, "LlamaSession: ", pos_, " cached + ", n, " new tokens exceed the capacity of ",
+          max_tokens_);
+  require(which == Logits::none || logits != nullptr, "LlamaSession::forward: logits requested into a null buffer");
+  for (int32_t t : tokens)
+    require(t >= 0 && t < c.vocab_size, "LlamaSession: token id ", t, " outside the vocabulary of ", c.vocab_size);
+
+  const int64_t dim = c.dim, hd = c.head_dim, n_heads = c.n_heads, n_kv = c.n_kv_heads;
+  const int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, group = n_heads / n_kv;
+  const int64_t pos0 = pos_, total = pos0 + n;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+  RowMatrix<float> x(n, dim), xn(n, dim), q(n, q_dim), att(n, q_dim), tmp(n, dim);
+  RowMatrix<float> gate(n, c.hidden_dim), up(n, c.hidden_dim);
+  for (int64_t t = 0; t < n; ++t) x.row(t) = model_.token_embedding().row(tokens[static_cast<size_t>(t)]);
+
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const int li = static_cast<int>(l);
+    const auto& blk = model_.blocks()[static_cast<size_t>(l)];
+    const std::string prefix = hooks ? "blk." + std::to_string(l) + "." : std::string();
+    RowMatrix<float> block_in;
+    if (hooks) block_in = x;
+
+    rms_norm(x.data(), blk.attn_norm, c.norm_eps, n, dim, xn.data());
+    if (hooks) {
+      const std::string names[3] = {prefix + "attn_q.weight", prefix + "attn_k.weight", prefix + "attn_v.weight"};
+      hooks->on_linear_input(li, names, xn.data(), n, dim);
+    }
+    float* k_new = k_cache_[static_cast<size_t>(l)].data() + pos0 * kv_dim;
+    float* v_new = v_cache_[static_cast<size_t>(l)].data() + pos0 * kv_dim;
+    model_.layer(li, LlamaModel::kQ).forward(xn.data(), n, q.data());
+    model_.layer(li, LlamaModel::kK).forward(xn.data(), n, k_new);
+    model_.layer(li, LlamaModel::kV).forward(xn.data(), n, v_new);
+    apply_rope(q.data(), n, n_heads, hd, pos0, c.rope_theta);
+    apply_rope(k_new, n, n_kv, hd, pos0, c.rope_theta);
+
+    // Causal attention, one query head per task; each head's work is independent, so the result
+    // does not depend on the thread count.
+    const float* kc = k_cache_[static_cast<size_t>(l)].data();
+    const float* vc = v_cache_[static_cast<size_t>(l)].data();
+    const bool want_probs = hooks && hooks->wants_attention(li);
+    // Small attention (short prompts, decode at short context) is cheaper on one thread than the
+    // cost of waking others.
+    const bool parallel_heads = n * total * hd * n_heads >= (int64_t{1} << 20);
+    parallel_for(n_heads, parallel_heads ? 1 : n_heads, [&](int64_t h0, int64_t h1) {
+      RowMatrix<float> scores(n, total);
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t kvh = h / group;
+        using Strided = Eigen::Map<const RowMatrix<float>, 0, Eigen::OuterStride<>>;
+        Strided qh(q.data() + h * hd, n, hd, Eigen::OuterStride<>(q_dim));
+        Strided kh(kc + kvh * hd, total, hd, Eigen::OuterStride<>(kv_dim));
+        Strided vh(vc + kvh * hd, total, hd, Eigen::OuterStride<>(kv_dim));
+        scores.noalias() = (qh * kh.transpose()) * scale;
+        for (int64_t t = 0; t < n; ++t) {
+          const int64_t visible = pos0 + t + 1;
+          float* row = scores.data() + t * total;
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, row[j]);
+          double sum = 0;
+          for (int64_t j = 0; j < visible; ++j) {
+            row[j] = std::exp(row[j] - mx);
+            sum += row[j];
+          }
+          const float inv = static_cast<float>(1.0 / sum);
+          for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
+          for (int64_t j = visible; j < total; ++j) row[j] = 0.0f;
+        }
+        if (want_probs) hooks->on_attention(li, static_cast<int>(h), scores.data(), n, total, pos0);
+        Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>> out(att.data() + h * hd, n, hd,
+                                                                   Eigen::OuterStride<>(q_dim));
+        out.noalias() = scores * vh;
+      }
+    });
+
+    if (hooks) {
+      const std::string names[1] = {prefix + "attn_output.weight"};
+      hooks->on_linear_input(li, names, att.data(), n, q_dim);
+    }
+    model_.layer(li, LlamaModel::kO).forward(att.data(), n, tmp.data());
+    x += tmp;
+
+    rms_norm(x.data(), blk.ffn_norm, c.norm_eps, n, dim, xn.data());
+    if (hooks) {
+      const std::string names[2] = {prefix + "ffn_gate.weight", prefix + "ffn_up.weight"};
+      hooks->on_linear_input(li, names, xn.data(), n, dim);
+    }
+    model_.layer(li, LlamaModel::kGate).forward(xn.data(), n, gate.data());
+    model_.layer(li, LlamaModel::kUp).forward(xn.data(), n, up.data());
+    // SwiGLU: silu(gate) * up, written over gate.
+    float* g = gate.data();
+    const float* u = up.data();
+    const int64_t gn = n * c.hidden_dim;
+    for (int64_t i = 0; i < gn; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    if (hooks) {
+      const std::string names[1] = {prefix + "ffn_down.weight"};
+      hooks->on_linear_input(li, names, gate.data(), n, c.hidden_dim);
+    }
+    model_.layer(li, LlamaModel::kDown).forward(gate.data(), n, tmp.data());
+    x += tmp;
+    if (hooks) hooks->on_block(li, block_in.data(), x.data(), n, dim);
+  }
+  pos_ = total;
+
+  if (which == Logits::none) return;
+  if (which == Logits::last) {
+    rms_norm(x.data() + (n - 1) * dim, model_.output_norm(), c.norm_eps, 1, dim, xn.data());
+    if (hooks) {
+      const std::string names[1] = {"output.weight"};
+      hooks->on_linear_input(static_cast<int>(c.n_layers), names, xn.data(), 1, dim);
+    }
+    model_.output().forward(xn.data(), 1, logits);
+  } else {
+    rms_norm(x.data(), model_.output_norm(), c.norm_eps, n, dim, xn.data());
+    if (hooks) {
+      const std::string names[1] = {"output.weight"};
+      hooks->on_linear_input(static_cast<int>(c.n_layers), names, xn.data(), n, dim);
+    }
+    model_.output().forward(xn.data(), n, logits);
+  }
+}
+
+std::vector<int32_t> generate(const LlamaModel& model, std::span<const int32_t> prompt, int64_t n, float temperature,
+                              uint64_t seed, int32_t stop_token) {
+  require(!prompt.empty(), "generate: the prompt needs at least one token");
+  const int64_t vocab = model.config().vocab_size;
+  LlamaSession session(model, static_cast<int64_t>(prompt.size()) + n);
+  std::vector<float> logits(static_cast<size_t>(vocab));
+  session.forward(prompt, logits.data(), Logits::last);
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> out;
+  std::vector<double> probs(static_cast<size_t>(vocab));
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t next;
+    if (temperature <= 0) {
+      next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    } else {
+      const float mx = *std::max_element(logits.begin(), logits.end());
+      double sum = 0;
+      for (int64_t v = 0; v < vocab; ++v) {
+        probs[static_cast<size_t>(v)] = std::exp(static_cast<double>(logits[static_cast<size_t>(v)] - mx) / temperature);
+        sum += probs[static_cast<size_t>(v)];
+      }
+      // Inverse-CDF sampling with our own uniform draw: std::discrete_distribution's algorithm is
+      // implementation-defined, and samples must be reproducible across standard libraries.
+      const double r = std::uniform_real_distribution<double>(0.0, 1.0)(rng) * sum;
+      double acc = 0;
+      next = static_cast<int32_t>(vocab - 1);
+      for (int64_t v = 0; v < vocab; ++v) {
+        acc += probs[static_cast<size_t>(v)];
+        if (acc > r) {
+          next = static_cast<int32_t>(v);
+          break;
+        }
+      }
+    }
+    out.push_back(next);
+    if (next == stop_token || i + 1 == n) break;
+    const int32_t tok[1] = {next};
+    session.forward(tok, logits.data(), Logits::last);
+  }
+  return out;
+}
+
+}  // namespace strata::nn
