@@ -1,0 +1,107 @@
+#pragma once
+// The offline side of strata: a weight compressor turns one weight matrix (plus calibration
+// statistics of its input) into a compressed form, and says for every setting it offers what it
+// costs and how much output error it adds. The allocator sees only these (cost, error) options, so
+// one allocator serves every compressor and can mix them.
+//
+// Algorithms are plain functions in their family folders (lowrank/, prune/, quant/); each class
+// here is a thin adapter that the registry, recipes and the CLI use.
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "strata/core/eigen.hpp"
+#include "strata/core/tensor.hpp"
+#include "strata/nn/linear.hpp"
+
+namespace strata::compress {
+
+// What applying one option costs. bytes: what is stored for the layer; params: numbers stored
+// (non-zeros for sparse forms, factor entries for low-rank); flops: multiply-adds x 2 per token.
+struct Cost {
+  double bytes = 0, params = 0, flops = 0;
+};
+
+// One point of a layer's rate-distortion curve.
+struct Option {
+  std::string knob;  // the compressor's own setting, e.g. "rank=96", "q4_k", "sparsity=0.5,pattern=2:4"
+  Cost cost;
+  // Relative output error on the calibration inputs: tr(dW H dW^T) / tr(W H W^T) with H = X^T X / N,
+  // i.e. ||(W - W') X||_F^2 / ||W X||_F^2. Plain relative weight error when no H is available.
+  double error = std::numeric_limits<double>::quiet_NaN();
+};
+
+// A weight matrix [out, in] (row-major, as engines store it) and its name.
+struct Layer {
+  std::string name;
+  const RowMatrix<float>* weight = nullptr;
+  int64_t rows() const { return weight->rows(); }
+  int64_t cols() const { return weight->cols(); }
+};
+
+// Calibration statistics of the layer's input; compressors use what they need and throw
+// strata::Error naming the layer when something they need is missing.
+struct LayerCalibration {
+  const Matrix<double>* hessian = nullptr;   // H = X^T X / N, [in, in]
+  const Vector<double>* mean_sq = nullptr;   // E[x_j^2] per input channel (llama.cpp's imatrix)
+  const Vector<double>* mean_abs = nullptr;  // E|x_j| per input channel
+  int64_t tokens = 0;
+};
+
+// What a compressor stores for one layer. Bytes are counted from `tensors`, so reported cost and
+// what is written can never disagree.
+struct Compressed {
+  std::string method;  // registry name of the compressor
+  std::string knob;
+  int64_t rows = 0, cols = 0;
+  std::map<std::string, Tensor> tensors;
+  nlohmann::json meta = nlohmann::json::object();
+  uint64_t stored_bytes() const;
+};
+
+class WeightCompressor {
+ public:
+  virtual ~WeightCompressor() = default;
+  virtual std::string_view name() const = 0;  // "quant.gptq", "prune.wanda", "lowrank.svdllm"
+  virtual std::string_view description() const = 0;
+  // Whether apply() needs the Hessian (the Gram matrix) or only channel statistics or nothing.
+  virtual bool needs_hessian() const { return false; }
+
+  // The settings this compressor offers for a layer, cheapest first.
+  virtual std::vector<std::string> knobs(const Layer& layer) const = 0;
+  // Exact cost of a setting, without compressing.
+  virtual Cost cost(const Layer& layer, std::string_view knob) const = 0;
+  virtual Compressed apply(const Layer& layer, const LayerCalibration& calib, std::string_view knob) const = 0;
+  // The float32 weights the compressed form stands for, [rows, cols].
+  virtual RowMatrix<float> reconstruct(const Compressed& c) const = 0;
+
+  // Every knob with its cost and error. The default applies and reconstructs each knob; compressors
+  // with a cheaper exact curve (SVD-LLM's spectrum) override it.
+  virtual std::vector<Option> options(const Layer& layer, const LayerCalibration& calib) const;
+  // A linear layer for the engine computing with the compressed form. The default reconstructs
+  // dense float32 weights; forms with a faster product (low-rank factors) override it.
+  virtual std::shared_ptr<const nn::Linear> to_linear(const Compressed& c) const;
+};
+
+// tr(dW H dW^T) / tr(W H W^T) (the relative output error), or ||dW||^2 / ||W||^2 when H is null.
+double output_error(const RowMatrix<float>& w, const RowMatrix<float>& w_hat, const Matrix<double>* hessian);
+
+// All compressors strata ships, in one explicit list (static self-registration would be dropped by
+// the linker from a static library).
+const std::vector<std::unique_ptr<WeightCompressor>>& registry();
+// Throws strata::Error listing the known names when `name` is not registered.
+const WeightCompressor& find_compressor(std::string_view name);
+
+// Knob strings are comma-separated key=value pairs ("bits=4,group=128"); a bare word is a key
+// with an empty value ("q4_k").
+std::map<std::string, std::string> parse_knob(std::string_view knob);
+int64_t knob_int(const std::map<std::string, std::string>& kv, const std::string& key, std::string_view knob);
+double knob_double(const std::map<std::string, std::string>& kv, const std::string& key, std::string_view knob);
+
+}  // namespace strata::compress
