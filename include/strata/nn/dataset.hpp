@@ -25,7 +25,7 @@ struct TextSlice {
   bool overlaps(const TextSlice& other) const;
 };
 
-// Tokenizes the slice in pieces (cut at newlines) until `max_tokens` are produced (0 = all).
+// Tokenizes the slice (no BOS/EOS added) and keeps the first `max_tokens` tokens (0 = all).
 std::vector<int32_t> tokenize_slice(const BpeTokenizer& tokenizer, const TextSlice& slice, int64_t max_tokens = 0);
 
 // `count` consecutive, non-overlapping sequences of `length` tokens from the start of `tokens`,
