@@ -5,5 +5,8 @@
 namespace strata::cli {
 
 void register_info(CLI::App& app);
+void register_inspect(CLI::App& app);
+void register_engine(CLI::App& app);
+void register_sweep(CLI::App& app);
 
 }  // namespace strata::cli

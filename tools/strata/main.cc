@@ -17,6 +17,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   strata::cli::register_info(app);
+  strata::cli::register_inspect(app);
+  strata::cli::register_engine(app);
+  strata::cli::register_sweep(app);
 
   try {
     app.parse(argc, argv);
