@@ -1,0 +1,86 @@
+#pragma once
+// ggml's (llama.cpp's) block quantizers, written so that they produce exactly the bytes ggml's own
+// quantizers write (ggml_quantize_chunk, llama.cpp commit c392e509, February 2025), with and without
+// an importance vector (llama.cpp's imatrix: the mean of x_j^2 over calibration tokens, one value
+// per column). A tensor written with them is what `llama-quantize` would have written for the same
+// float32 weights and imatrix, so llama.cpp loads and runs it unchanged.
+//
+// Which algorithm runs follows ggml_quantize_chunk: without importance, the legacy types (Q4_0 ...
+// Q5_1, Q8_0) and the k-quants take ggml's *_ref path; IQ4_NL always takes its weighted search (with
+// x^2 as the weights when there is no importance); Q8_0 ignores the importance, as ggml does.
+//
+// Bit-exactness needs ggml's float operation order and its rounding helpers: every product is
+// rounded to float before it is added (the implementation blocks FMA contraction explicitly, so
+// -march=native builds give the same bytes), nearest_int is the 1.5 * 2^23 trick, and scales go to
+// binary16 with round-to-nearest-even (strata::f32_to_f16).
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "strata/kernels/ggml_blocks.hpp"
+
+namespace strata::compress {
+struct Compressed;
+}
+
+namespace strata::compress::ggml {
+
+using kernels::GgmlType;
+
+// The types quantize() writes, in ascending bits per weight within each family.
+std::span<const GgmlType> quantizable_types();
+bool can_quantize(GgmlType t);
+// Parses a lowercase or uppercase type name ("q4_k"); throws strata::Error listing the quantizable
+// types when the name is unknown or the type cannot be written.
+GgmlType quantizable_type(std::string_view name);
+// "q4_k": the spelling knobs and metadata use.
+std::string lower_name(GgmlType t);
+
+// The type llama.cpp writes when `wanted` does not fit a tensor whose rows have `cols` elements
+// (llama_tensor_get_type's fallback): `wanted` itself when cols is a multiple of its block size;
+// else Q2_K, Q3_K -> IQ4_NL, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; F16 when even that does not
+// fit. Other types that do not fit throw strata::Error, as llama.cpp refuses them.
+GgmlType fallback_type(GgmlType wanted, int64_t cols);
+
+// ---- per-format row quantizers --------------------------------------------------------------------
+// x: n floats, n a multiple of the type's block size; y: n / block_size blocks; importance: n
+// values for the same columns, or nullptr. No checks here: quantize_row() and quantize() validate.
+void quantize_row_q4_0(const float* x, kernels::BlockQ4_0* y, int64_t n, const float* importance);
+void quantize_row_q4_1(const float* x, kernels::BlockQ4_1* y, int64_t n, const float* importance);
+void quantize_row_q5_0(const float* x, kernels::BlockQ5_0* y, int64_t n, const float* importance);
+void quantize_row_q5_1(const float* x, kernels::BlockQ5_1* y, int64_t n, const float* importance);
+void quantize_row_q8_0(const float* x, kernels::BlockQ8_0* y, int64_t n);
+void quantize_row_q2_k(const float* x, kernels::BlockQ2_K* y, int64_t n, const float* importance);
+void quantize_row_q3_k(const float* x, kernels::BlockQ3_K* y, int64_t n, const float* importance);
+void quantize_row_q4_k(const float* x, kernels::BlockQ4_K* y, int64_t n, const float* importance);
+void quantize_row_q5_k(const float* x, kernels::BlockQ5_K* y, int64_t n, const float* importance);
+void quantize_row_q6_k(const float* x, kernels::BlockQ6_K* y, int64_t n, const float* importance);
+void quantize_row_iq4_nl(const float* x, kernels::BlockIQ4_NL* y, int64_t n, const float* importance);
+
+// ---- checked entry points -----------------------------------------------------------------------
+// One row: x.size() elements into exactly ggml_row_size(t, x.size()) bytes. `importance` is empty or
+// has x.size() finite, non-negative values. Throws strata::Error naming the type when the type is not
+// quantizable, the row length is not a whole number of blocks, a size disagrees, or a value is NaN/Inf.
+void quantize_row(GgmlType t, std::span<const float> x, std::span<const float> importance, std::span<std::byte> out);
+
+// A row-major matrix [rows, cols] into rows * ggml_row_size(t, cols) bytes, the rows in parallel
+// (each row is independent, so the bytes do not depend on the thread count). `importance`: empty or
+// `cols` values, applied to every row as llama.cpp applies an imatrix. Same checks as quantize_row.
+std::vector<std::byte> quantize(GgmlType t, const float* x, int64_t rows, int64_t cols,
+                                std::span<const float> importance = {});
+
+// ---- for the GGUF writer ------------------------------------------------------------------------
+// What to put in a GGUF tensor for a layer compressed by quant.ggml / quant.ggml_noimatrix: its
+// ggml type and its blocks (rows of `cols` elements, ggml's layout, ne = {cols, rows}), ready for
+// io::GgufWriter::replace_tensor. Throws strata::Error when `c` did not come from these compressors
+// or its bytes do not match its shape.
+struct GgufTensorData {
+  GgmlType type;
+  std::vector<std::byte> bytes;
+};
+GgufTensorData gguf_tensor_data(const Compressed& c);
+
+}  // namespace strata::compress::ggml

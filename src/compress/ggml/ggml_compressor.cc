@@ -1,0 +1,180 @@
+// "quant.ggml" and "quant.ggml_noimatrix": llama.cpp's block formats as weight compressors. The
+// stored form is exactly the bytes a GGUF tensor of that type holds, so the allocator's byte count
+// is what the file will hold and the writer copies the blocks unchanged.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "strata/compress/compressor.hpp"
+#include "strata/compress/ggml/quantize.hpp"
+#include "strata/compress/registry.hpp"
+#include "strata/core/error.hpp"
+#include "strata/core/parallel.hpp"
+#include "strata/kernels/ggml_dequant.hpp"
+
+namespace strata::compress {
+
+namespace {
+
+using kernels::GgmlType;
+
+constexpr std::string_view kWithImatrix = "quant.ggml";
+constexpr std::string_view kNoImatrix = "quant.ggml_noimatrix";
+constexpr std::string_view kImatrixSuffix = "+imatrix";
+
+struct GgmlKnob {
+  GgmlType type;
+  bool require_imatrix = false;  // "+imatrix": fail rather than quietly quantize without one
+};
+
+GgmlKnob parse_ggml_knob(std::string_view knob, std::string_view layer) {
+  GgmlKnob k{};
+  std::string_view name = knob;
+  if (name.size() > kImatrixSuffix.size() && name.substr(name.size() - kImatrixSuffix.size()) == kImatrixSuffix) {
+    k.require_imatrix = true;
+    name.remove_suffix(kImatrixSuffix.size());
+  }
+  try {
+    k.type = ggml::quantizable_type(name);
+  } catch (const Error& e) {
+    fail("layer '", layer, "': knob '", knob, "': ", e.what());
+  }
+  return k;
+}
+
+// Bytes of one row, after checking that the layer's rows are whole blocks of the type.
+uint64_t row_bytes_for(const Layer& layer, GgmlType t) {
+  const int64_t bs = kernels::ggml_block_size(t);
+  require(layer.cols() > 0 && layer.cols() % bs == 0, "layer '", layer.name, "': ", layer.cols(),
+          " columns are not a whole number of ", ggml::lower_name(t), " blocks (", bs, " elements)");
+  return kernels::ggml_row_size(t, layer.cols());
+}
+
+void check_layer(const Layer& layer) {
+  require(layer.weight != nullptr, "layer '", layer.name, "': no weight matrix");
+  const RowMatrix<float>& w = *layer.weight;
+  if (w.allFinite()) return;
+  for (int64_t r = 0; r < w.rows(); ++r)
+    for (int64_t c = 0; c < w.cols(); ++c)
+      require(std::isfinite(w(r, c)), "layer '", layer.name, "': weight [", r, ", ", c, "] is ", w(r, c));
+}
+
+// The importance vector to quantize with (empty for none), from LayerCalibration::mean_sq.
+std::vector<float> importance_for(const Layer& layer, const LayerCalibration& calib, bool use, bool required,
+                                  std::string_view knob) {
+  if (required)
+    require(use && calib.mean_sq != nullptr, "layer '", layer.name, "': knob '", knob, "' needs mean_sq (the imatrix)",
+            use ? " in the calibration" : ", which quant.ggml_noimatrix never uses");
+  if (!use || calib.mean_sq == nullptr) return {};
+  const Vector<double>& ms = *calib.mean_sq;
+  require(ms.size() == layer.cols(), "layer '", layer.name, "': mean_sq has ", ms.size(), " values for ", layer.cols(),
+          " input columns");
+  std::vector<float> out(static_cast<std::size_t>(ms.size()));
+  for (int64_t j = 0; j < ms.size(); ++j) {
+    require(std::isfinite(ms[j]) && ms[j] >= 0, "layer '", layer.name, "': mean_sq[", j, "] is ", ms[j],
+            " (must be finite and non-negative)");
+    out[static_cast<std::size_t>(j)] = static_cast<float>(ms[j]);
+  }
+  return out;
+}
+
+// The type and blocks of a Compressed made here, checked against its shape.
+std::pair<GgmlType, const Tensor*> stored_blocks(const Compressed& c) {
+  require(c.method == kWithImatrix || c.method == kNoImatrix, "ggml: compressed layer was made by '", c.method,
+          "', not by ", kWithImatrix, " or ", kNoImatrix);
+  require(c.meta.contains("ggml_type") && c.meta["ggml_type"].is_string(), c.method, ": meta has no ggml_type");
+  const GgmlType t = ggml::quantizable_type(c.meta["ggml_type"].get<std::string>());
+  auto it = c.tensors.find("blocks");
+  require(it != c.tensors.end(), c.method, ": no 'blocks' tensor");
+  require(c.rows >= 0 && c.cols > 0 && c.cols % kernels::ggml_block_size(t) == 0, c.method, ": shape [", c.rows, ", ",
+          c.cols, "] does not fit ", ggml::lower_name(t), " blocks");
+  const uint64_t want = static_cast<uint64_t>(c.rows) * kernels::ggml_row_size(t, c.cols);
+  require(it->second.nbytes() == want, c.method, ": 'blocks' holds ", it->second.nbytes(), " bytes, [", c.rows, ", ",
+          c.cols, "] of ", ggml::lower_name(t), " needs ", want);
+  return {t, &it->second};
+}
+
+class GgmlCompressor final : public WeightCompressor {
+ public:
+  explicit GgmlCompressor(bool use_imatrix) : use_imatrix_(use_imatrix) {}
+
+  std::string_view name() const override { return use_imatrix_ ? kWithImatrix : kNoImatrix; }
+  std::string_view description() const override {
+    return use_imatrix_ ? "llama.cpp block formats (q2_k ... q8_0, iq4_nl), byte-exact with ggml, weighted by the "
+                          "imatrix (mean x^2 per input column) when calibration provides it"
+                        : "llama.cpp block formats (q2_k ... q8_0, iq4_nl), byte-exact with ggml, without an imatrix";
+  }
+
+  // One ladder where more bytes never means more error: the k-quants from 2.6 to 6.6 bits and
+  // q8_0 when rows are whole 256-element super-blocks, else the 32-element formats.
+  std::vector<std::string> knobs(const Layer& layer) const override {
+    if (layer.cols() > 0 && layer.cols() % kernels::kQK_K == 0) return {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0"};
+    if (layer.cols() > 0 && layer.cols() % kernels::kQK == 0) return {"q4_0", "q5_0", "q8_0"};
+    return {};
+  }
+
+  Cost cost(const Layer& layer, std::string_view knob) const override {
+    const GgmlKnob k = parse_ggml_knob(knob, layer.name);
+    const double bytes = static_cast<double>(row_bytes_for(layer, k.type)) * static_cast<double>(layer.rows());
+    const double params = static_cast<double>(layer.rows()) * static_cast<double>(layer.cols());
+    return {bytes, params, 2.0 * params};
+  }
+
+  Compressed apply(const Layer& layer, const LayerCalibration& calib, std::string_view knob) const override {
+    const GgmlKnob k = parse_ggml_knob(knob, layer.name);
+    require(use_imatrix_ || !k.require_imatrix, "layer '", layer.name, "': knob '", knob, "': ", kNoImatrix,
+            " never uses an imatrix; use ", kWithImatrix);
+    check_layer(layer);
+    const uint64_t row_bytes = row_bytes_for(layer, k.type);
+    const std::vector<float> imp = importance_for(layer, calib, use_imatrix_, k.require_imatrix, knob);
+    const std::vector<std::byte> blocks = ggml::quantize(k.type, layer.weight->data(), layer.rows(), layer.cols(), imp);
+
+    Compressed c;
+    c.method = std::string(name());
+    c.knob = std::string(knob);
+    c.rows = layer.rows();
+    c.cols = layer.cols();
+    Tensor t(DType::i8, Shape{layer.rows(), static_cast<int64_t>(row_bytes)});
+    if (!blocks.empty()) std::memcpy(t.raw(), blocks.data(), blocks.size());
+    c.tensors.emplace("blocks", std::move(t));
+    c.meta["ggml_type"] = ggml::lower_name(k.type);
+    c.meta["imatrix"] = !imp.empty();
+    return c;
+  }
+
+  RowMatrix<float> reconstruct(const Compressed& c) const override {
+    const auto [t, blocks] = stored_blocks(c);
+    RowMatrix<float> w(c.rows, c.cols);
+    const uint64_t row_bytes = kernels::ggml_row_size(t, c.cols);
+    const std::byte* src = blocks->raw();
+    parallel_for(c.rows, std::max<int64_t>(1, 65536 / c.cols), [&](int64_t r0, int64_t r1) {
+      kernels::dequantize(t, {src + static_cast<uint64_t>(r0) * row_bytes, static_cast<uint64_t>(r1 - r0) * row_bytes},
+                          w.data() + r0 * c.cols, (r1 - r0) * c.cols);
+    });
+    return w;
+  }
+
+ private:
+  bool use_imatrix_;
+};
+
+}  // namespace
+
+namespace ggml {
+
+GgufTensorData gguf_tensor_data(const Compressed& c) {
+  const auto [t, blocks] = stored_blocks(c);
+  GgufTensorData out{t, std::vector<std::byte>(blocks->nbytes())};
+  if (!out.bytes.empty()) std::memcpy(out.bytes.data(), blocks->raw(), out.bytes.size());
+  return out;
+}
+
+}  // namespace ggml
+
+void add_ggml_compressors(Registry& registry) {
+  registry.push_back(std::make_unique<GgmlCompressor>(true));
+  registry.push_back(std::make_unique<GgmlCompressor>(false));
+}
+
+}  // namespace strata::compress
