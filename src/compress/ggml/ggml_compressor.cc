@@ -144,7 +144,9 @@ class GgmlCompressor final : public WeightCompressor {
   }
 
   RowMatrix<float> reconstruct(const Compressed& c) const override {
-    const auto [t, blocks] = stored_blocks(c);
+    const auto [stored_type, blocks] = stored_blocks(c);
+    // A named copy: lambdas may not capture structured bindings before C++20 as clang 14 reads it.
+    const auto t = stored_type;
     RowMatrix<float> w(c.rows, c.cols);
     const uint64_t row_bytes = kernels::ggml_row_size(t, c.cols);
     const std::byte* src = blocks->raw();
