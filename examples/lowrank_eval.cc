@@ -1,0 +1,201 @@
+// Acceptance figures for the low-rank compressors (docs/lowrank.md): every linear layer of
+// SmolLM2-135M's 30 blocks replaced by float32 factors A B keeping a fraction of its parameters,
+// with plain SVD, ASVD and SVD-LLM, the compressed model computing with the factors
+// (LowRankLinear, two products per layer), judged by perplexity and KL divergence to the dense
+// model on text disjoint from the calibration text.
+//
+//   lowrank_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
+//                [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--keep 0.8[,0.6...]]
+//                [--methods svd,asvd,svdllm] [--rsvd]
+// --rsvd computes each layer's factors with the randomized SVD instead of the full one.
+#include <cblas.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "strata/compress/compressor.hpp"
+#include "strata/core/blas.hpp"
+#include "strata/core/error.hpp"
+#include "strata/core/parallel.hpp"
+#include "strata/io/model.hpp"
+#include "strata/nn/calibration.hpp"
+#include "strata/nn/dataset.hpp"
+#include "strata/nn/eval.hpp"
+#include "strata/nn/llama.hpp"
+#include "strata/nn/tokenizer.hpp"
+
+namespace {
+
+using namespace strata;
+namespace fs = std::filesystem;
+
+struct Args {
+  fs::path model = fs::path(STRATA_SOURCE_DIR) / "models/smollm2-135m-instruct-q4_1.gguf";
+  fs::path calib = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/sotu_1790-2021.txt";
+  fs::path eval = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/moby_dick.txt";
+  std::string calib_slice = "0:0.5", eval_slice = "0.9:1.0";
+  int64_t sequences = 32, length = 512, eval_tokens = 4096;
+  std::vector<std::string> keeps = {"0.8"};
+  std::vector<std::string> methods = {"svd", "asvd", "svdllm"};
+  bool rsvd = false;
+};
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string part; std::getline(ss, part, sep);)
+    if (!part.empty()) out.push_back(part);
+  return out;
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      require(i + 1 < argc, k, " needs a value");
+      return argv[++i];
+    };
+    if (k == "--model") a.model = value();
+    else if (k == "--calib") a.calib = value();
+    else if (k == "--calib-slice") a.calib_slice = value();
+    else if (k == "--sequences") a.sequences = std::stoll(value());
+    else if (k == "--length") a.length = std::stoll(value());
+    else if (k == "--eval") a.eval = value();
+    else if (k == "--eval-slice") a.eval_slice = value();
+    else if (k == "--eval-tokens") a.eval_tokens = std::stoll(value());
+    else if (k == "--keep") a.keeps = split(value(), ',');
+    else if (k == "--methods") a.methods = split(value(), ',');
+    else if (k == "--rsvd") a.rsvd = true;
+    else fail("unknown argument '", k, "' (see the comment at the top of examples/lowrank_eval.cc)");
+  }
+  return a;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// tr(D H D^T) in single precision BLAS: a report-only figure, so float is enough.
+double weighted_trace(const RowMatrix<float>& d, const Matrix<float>& h) {
+  RowMatrix<float> dh(d.rows(), d.cols());
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(d.rows()), static_cast<int>(d.cols()),
+              static_cast<int>(d.cols()), 1.0f, d.data(), static_cast<int>(d.cols()), h.data(),
+              static_cast<int>(h.rows()), 0.0f, dh.data(), static_cast<int>(d.cols()));
+  return (dh.cast<double>().array() * d.cast<double>().array()).sum();
+}
+
+struct Totals {
+  double seconds = 0, bytes = 0, dense_bytes = 0, flops = 0, dense_flops = 0, mean_layer_error = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ensure_fast_blas(argc, argv);
+  try {
+    const Args a = parse_args(argc, argv);
+    std::printf("%s; %d threads\n", blas_info().describe().c_str(), num_threads());
+    std::printf("== SmolLM2-135M: %s\n", a.model.c_str());
+    const auto file = io::open_model(a.model);
+    const nn::LlamaModel dense = nn::LlamaModel::load(*file);
+    const nn::BpeTokenizer tok = nn::BpeTokenizer::from_model(*file);
+
+    const nn::TextSlice cs = nn::TextSlice::parse(a.calib, a.calib_slice);
+    const nn::TextSlice es = nn::TextSlice::parse(a.eval, a.eval_slice);
+    require(cs.path != es.path || !cs.overlaps(es), "calibration and evaluation slices overlap");
+    const auto seqs =
+        nn::cut_sequences(nn::tokenize_slice(tok, cs, a.sequences * a.length), a.sequences, a.length, -1);
+    nn::Calibration calib;
+    size_t next = 0;
+    auto t0 = std::chrono::steady_clock::now();
+    nn::calibrate(dense,
+                  [&](std::vector<int32_t>& s) {
+                    if (next == seqs.size()) return false;
+                    s = seqs[next++];
+                    return true;
+                  },
+                  calib);
+    std::printf("calibration: %s, %lld sequences x %lld tokens (%.0f s)\n", cs.describe().c_str(),
+                static_cast<long long>(a.sequences), static_cast<long long>(a.length), seconds_since(t0));
+    const auto eval_toks = nn::tokenize_slice(tok, es, a.eval_tokens);
+    const nn::WindowOptions window{512, 512, 0};
+    std::printf("evaluation: %s, %zu tokens, context 512, stride 512\n", es.describe().c_str(), eval_toks.size());
+
+    std::vector<std::string> names;
+    for (const auto& n : dense.linear_names())
+      if (n.rfind("blk.", 0) == 0) names.push_back(n);
+    std::printf("factorizing %zu linear layers (the 30 blocks; embeddings / tied output head stay dense)%s\n\n",
+                names.size(), a.rsvd ? ", randomized SVD" : ", full SVD");
+
+    // Per layer: H in float for the error figure, and tr(W H W^T).
+    std::map<std::string, std::pair<Matrix<float>, double>> h_cache;
+    const nn::PerplexityResult dense_ppl = nn::perplexity(dense, eval_toks, window);
+    std::printf("dense perplexity: %.3f (%lld tokens scored)\n\n", dense_ppl.perplexity,
+                static_cast<long long>(dense_ppl.tokens));
+    std::fflush(stdout);
+    std::printf("| method | keep | bytes vs dense | flops vs dense | factorize s | mean layer err | perplexity | "
+                "ppl increase | KL mean | KL p99 | top-1 |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    std::map<std::string, std::map<std::string, double>> increase;  // keep -> method -> ppl - dense ppl
+    for (const auto& keep : a.keeps) {
+      for (const auto& m : a.methods) {
+        const auto& c = compress::find_compressor("lowrank." + m);
+        const std::string knob = "keep=" + keep + (a.rsvd ? ",rsvd" : "");
+        nn::LlamaModel lr = dense.clone();
+        Totals out;
+        double error_sum = 0;
+        for (const auto& name : names) {
+          const RowMatrix<float> w = dense.linear(name).dense_weight();
+          const auto& st = calib.stats(name);
+          const Matrix<double> h = st.hessian();
+          const Vector<double> mean_sq = st.mean_sq(), mean_abs = st.mean_abs();
+          const compress::LayerCalibration lc{&h, &mean_sq, &mean_abs, st.tokens};
+          const compress::Layer layer{name, &w};
+          const auto t1 = std::chrono::steady_clock::now();
+          const compress::Compressed comp = c.apply(layer, lc, knob);
+          auto lin = c.to_linear(comp);
+          out.seconds += seconds_since(t1);
+          const compress::Cost cost = c.cost(layer, knob);
+          out.bytes += static_cast<double>(comp.stored_bytes());
+          out.dense_bytes += 4.0 * static_cast<double>(w.size());
+          out.flops += cost.flops;
+          out.dense_flops += 2.0 * static_cast<double>(w.size());
+          auto it = h_cache.find(name);
+          if (it == h_cache.end()) {
+            Matrix<float> hf = h.cast<float>();
+            const double denom = weighted_trace(w, hf);
+            it = h_cache.emplace(name, std::make_pair(std::move(hf), denom)).first;
+          }
+          error_sum += weighted_trace(w - lin->dense_weight(), it->second.first) / it->second.second;
+          lr.set_linear(name, std::move(lin));
+        }
+        out.mean_layer_error = error_sum / static_cast<double>(names.size());
+        const nn::KlResult kl = nn::kl_divergence(dense, lr, eval_toks, window);
+        increase[keep][m] = kl.model.perplexity - kl.reference.perplexity;
+        std::printf("| %s | %s | %.3f | %.3f | %.1f | %.4f | %.3f | %+.3f | %.4f | %.3f | %.2f%% |\n", c.name().data(),
+                    keep.c_str(), out.bytes / out.dense_bytes, out.flops / out.dense_flops, out.seconds,
+                    out.mean_layer_error, kl.model.perplexity, increase[keep][m], kl.mean_kl, kl.p99_kl,
+                    100.0 * kl.top1_agreement);
+        std::fflush(stdout);
+      }
+    }
+    std::printf("\n");
+    for (const auto& [keep, inc] : increase) {
+      if (!inc.count("svd")) continue;
+      for (const auto& [m, v] : inc)
+        if (m != "svd")
+          std::printf("keep=%s: perplexity increase of %s / that of plain SVD = %.3g\n", keep.c_str(), m.c_str(),
+                      v / inc.at("svd"));
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lowrank_eval: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
