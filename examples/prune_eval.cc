@@ -1,0 +1,259 @@
+// Acceptance figures for pruning (docs/pruning.md): every linear layer of SmolLM2-135M's 30 blocks
+// (not the tied embedding / output head) pruned by magnitude, Wanda and SparseGPT, unstructured at
+// 50% and semi-structured 2:4 and 4:8; then structured FFN-neuron pruning and block removal. Each
+// variant is judged by perplexity and KL divergence to the dense model on text disjoint from the
+// calibration text.
+//
+//   prune_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
+//              [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--patterns 0.5,2:4,4:8]
+//              [--methods magnitude,wanda,sparsegpt] [--ffn 0.1,0.25] [--blocks 1,2,4] [--threads N]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "strata/compress/compressor.hpp"
+#include "strata/compress/prune/prune.hpp"
+#include "strata/core/blas.hpp"
+#include "strata/core/error.hpp"
+#include "strata/core/parallel.hpp"
+#include "strata/io/model.hpp"
+#include "strata/nn/calibration.hpp"
+#include "strata/nn/dataset.hpp"
+#include "strata/nn/eval.hpp"
+#include "strata/nn/llama.hpp"
+#include "strata/nn/tokenizer.hpp"
+
+namespace {
+
+using namespace strata;
+namespace prune = strata::compress::prune;
+namespace fs = std::filesystem;
+
+struct Args {
+  fs::path model = fs::path(STRATA_SOURCE_DIR) / "models/smollm2-135m-instruct-q4_1.gguf";
+  fs::path calib = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/sotu_1790-2021.txt";
+  fs::path eval = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/moby_dick.txt";
+  std::string calib_slice = "0:0.5", eval_slice = "0.9:1.0";
+  int64_t sequences = 32, length = 512, eval_tokens = 4096, threads = 0;
+  std::vector<std::string> patterns = {"0.5", "2:4", "4:8"};
+  std::vector<std::string> methods = {"magnitude", "wanda", "sparsegpt"};
+  std::vector<double> ffn = {0.1, 0.25};
+  std::vector<int> blocks = {1, 2, 4};
+};
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string part; std::getline(ss, part, sep);)
+    if (!part.empty()) out.push_back(part);
+  return out;
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      require(i + 1 < argc, k, " needs a value");
+      return argv[++i];
+    };
+    if (k == "--model") a.model = value();
+    else if (k == "--calib") a.calib = value();
+    else if (k == "--calib-slice") a.calib_slice = value();
+    else if (k == "--sequences") a.sequences = std::stoll(value());
+    else if (k == "--length") a.length = std::stoll(value());
+    else if (k == "--eval") a.eval = value();
+    else if (k == "--eval-slice") a.eval_slice = value();
+    else if (k == "--eval-tokens") a.eval_tokens = std::stoll(value());
+    else if (k == "--threads") a.threads = std::stoll(value());
+    else if (k == "--patterns") a.patterns = split(value(), ',');
+    else if (k == "--methods") a.methods = split(value(), ',');
+    else if (k == "--ffn") {
+      a.ffn.clear();
+      for (const auto& f : split(value(), ',')) a.ffn.push_back(std::stod(f));
+    } else if (k == "--blocks") {
+      a.blocks.clear();
+      for (const auto& b : split(value(), ',')) a.blocks.push_back(std::stoi(b));
+    } else {
+      fail("unknown argument '", k, "' (see the comment at the top of examples/prune_eval.cc)");
+    }
+  }
+  for (const auto& m : a.methods)
+    require(m == "magnitude" || m == "wanda" || m == "sparsegpt", "--methods: unknown method '", m, "'");
+  return a;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+struct Row {
+  std::string method, pattern;
+  double ppl = 0, kl = 0, top1 = 0, layer_error = 0, seconds = 0;
+  uint64_t bytes = 0;
+};
+
+// Every linear layer of the blocks pruned by `method`; the statistics of an input are shared by the
+// layers that read it, and so is SparseGPT's Hessian factor.
+nn::LlamaModel prune_model(const nn::LlamaModel& dense, const nn::Calibration& calib, const std::string& method,
+                           const std::string& knob, Row& row) {
+  nn::LlamaModel out = dense.clone();
+  const prune::Setting setting = prune::parse_setting(knob, "all layers");
+  std::map<const nn::InputStats*, prune::SparseGptFactor> factors;
+  std::map<const nn::InputStats*, Matrix<double>> hessians;
+  double err_sum = 0;
+  int layers = 0;
+  for (const auto& name : dense.linear_names()) {
+    if (name == "output.weight") continue;  // tied to the embedding: not pruned
+    const nn::InputStats& st = calib.stats(name);
+    auto h = hessians.find(&st);
+    if (h == hessians.end()) h = hessians.emplace(&st, st.hessian()).first;
+    const RowMatrix<float> w = dense.linear(name).dense_weight();
+    prune::Pruned p;
+    if (method == "magnitude") {
+      p = prune::magnitude(w, setting.pattern, name);
+    } else if (method == "wanda") {
+      p = prune::wanda(w, st.mean_sq(), setting.pattern, name);
+    } else {
+      auto f = factors.find(&st);
+      if (f == factors.end()) f = factors.emplace(&st, prune::sparsegpt_factor(h->second, {}, name)).first;
+      p = prune::sparsegpt(w, f->second, setting.pattern, {}, name);
+    }
+    const compress::Compressed c = prune::encode(p, setting, "prune." + method, knob);
+    row.bytes += c.stored_bytes();
+    RowMatrix<float> w_hat = prune::decode(c);
+    err_sum += compress::output_error(w, w_hat, &h->second);
+    ++layers;
+    out.set_linear(name, std::make_shared<nn::DenseLinear>(std::move(w_hat)));
+  }
+  row.layer_error = err_sum / layers;
+  return out;
+}
+
+void evaluate(const nn::LlamaModel& dense, const nn::LlamaModel& m, const std::vector<int32_t>& toks,
+              const nn::WindowOptions& w, Row& row) {
+  const nn::KlResult kl = nn::kl_divergence(dense, m, toks, w);
+  row.ppl = kl.model.perplexity;
+  row.kl = kl.mean_kl;
+  row.top1 = kl.top1_agreement;
+}
+
+std::string pattern_knob(const std::string& p) {
+  return p.find(':') != std::string::npos ? "pattern=" + p : "sparsity=" + p;
+}
+
+void run(const Args& a) {
+  if (a.threads > 0) set_num_threads(static_cast<int>(a.threads));
+  std::printf("%s; %d threads\n", blas_info().describe().c_str(), num_threads());
+  const auto file = io::open_model(a.model);
+  const nn::LlamaModel dense = nn::LlamaModel::load(*file);
+  const nn::BpeTokenizer tok = nn::BpeTokenizer::from_model(*file);
+
+  const nn::TextSlice cs = nn::TextSlice::parse(a.calib, a.calib_slice);
+  const nn::TextSlice es = nn::TextSlice::parse(a.eval, a.eval_slice);
+  require(!cs.overlaps(es), "calibration and evaluation text overlap");
+  auto t0 = std::chrono::steady_clock::now();
+  const auto seqs = nn::cut_sequences(nn::tokenize_slice(tok, cs, a.sequences * a.length), a.sequences, a.length, -1);
+  nn::Calibration calib;
+  size_t next = 0;
+  nn::calibrate(dense, [&](std::vector<int32_t>& out) {
+    if (next == seqs.size()) return false;
+    out = seqs[next++];
+    return true;
+  }, calib);
+  std::printf("calibration: %s, %lld sequences x %lld tokens (%.0f s)\n", cs.describe().c_str(),
+              static_cast<long long>(a.sequences), static_cast<long long>(a.length), seconds_since(t0));
+
+  // A few tokens beyond the scored ones so that the last window is full.
+  const auto toks = nn::tokenize_slice(tok, es, a.eval_tokens + 16);
+  const nn::WindowOptions w{512, 512, a.eval_tokens};
+  t0 = std::chrono::steady_clock::now();
+  const nn::PerplexityResult base = nn::perplexity(dense, toks, w);
+  std::printf("evaluation: %s, %lld tokens scored, context 512, stride 512\n", es.describe().c_str(),
+              static_cast<long long>(base.tokens));
+  uint64_t dense_bytes = 0;
+  for (const auto& name : dense.linear_names())
+    if (name != "output.weight") dense_bytes += dense.linear(name).weight_bytes();
+  std::printf("dense: perplexity %.4f; block linear weights %.1f MiB (float32) (%.0f s)\n\n", base.perplexity,
+              static_cast<double>(dense_bytes) / (1 << 20), seconds_since(t0));
+
+  std::printf("%-10s %-13s %10s %9s %10s %8s %7s %10s %9s %7s\n", "method", "pattern", "perplexity", "d ppl",
+              "vs magn.", "KL", "top-1", "layer err", "MiB", "prune s");
+  std::map<std::string, double> magnitude_increase;
+  for (const auto& pat : a.patterns) {
+    const std::string knob = pattern_knob(pat);
+    for (const auto& method : a.methods) {
+      Row row{method, knob};
+      const auto tp = std::chrono::steady_clock::now();
+      const nn::LlamaModel m = prune_model(dense, calib, method, knob, row);
+      row.seconds = seconds_since(tp);
+      evaluate(dense, m, toks, w, row);
+      const double inc = row.ppl - base.perplexity;
+      if (method == "magnitude") magnitude_increase[knob] = inc;
+      const auto mi = magnitude_increase.find(knob);
+      char ratio[32] = "-";
+      if (mi != magnitude_increase.end() && method != "magnitude") std::snprintf(ratio, sizeof ratio, "%.3fx", inc / mi->second);
+      std::printf("%-10s %-13s %10.3f %9.3f %10s %8.4f %6.1f%% %10.4f %9.1f %7.1f\n", method.c_str(), knob.c_str(),
+                  row.ppl, inc, ratio, row.kl, 100 * row.top1, row.layer_error,
+                  static_cast<double>(row.bytes) / (1 << 20), row.seconds);
+      std::fflush(stdout);
+    }
+  }
+
+  if (!a.ffn.empty()) std::printf("\nstructured: FFN neurons removed per block (importance ||down[:, i]|| * rms(h_i))\n");
+  for (double f : a.ffn) {
+    for (bool compensate : {false, true}) {
+      prune::NeuronPruningReport rep;
+      const auto tp = std::chrono::steady_clock::now();
+      const nn::LlamaModel m = prune::prune_ffn_neurons(dense, calib, {f, compensate, 0.01}, &rep);
+      const double s = seconds_since(tp);
+      Row row;
+      evaluate(dense, m, toks, w, row);
+      std::printf("ffn %4.0f%% %-16s perplexity %8.3f  d ppl %8.3f  KL %.4f  top-1 %.1f%%  FFN MiB %.1f -> %.1f  (%.1f s)\n",
+                  100 * f, compensate ? "least-squares" : "no refit", row.ppl, row.ppl - base.perplexity, row.kl,
+                  100 * row.top1, static_cast<double>(rep.bytes_before) / (1 << 20),
+                  static_cast<double>(rep.bytes_after) / (1 << 20), s);
+      std::fflush(stdout);
+    }
+  }
+
+  if (!a.blocks.empty()) {
+    const std::vector<int> order = prune::rank_blocks_by_influence(calib, dense.config().n_layers);
+    const auto bi = calib.block_influence();
+    std::printf("\nblock influence, least first:");
+    for (int b : order) std::printf(" %d:%.3f", b, bi[static_cast<size_t>(b)]);
+    std::printf("\n");
+    for (int k : a.blocks) {
+      require(k >= 1 && k < dense.config().n_layers, "--blocks: cannot remove ", k, " blocks");
+      const std::vector<int> chosen(order.begin(), order.begin() + k);
+      const nn::LlamaModel m = prune::remove_blocks(dense, chosen);
+      Row row;
+      evaluate(dense, m, toks, w, row);
+      std::string list;
+      for (int b : chosen) list += (list.empty() ? "" : ",") + std::to_string(b);
+      std::printf("remove %d block%s (%s): perplexity %.3f  d ppl %.3f  KL %.4f  top-1 %.1f%%  weights %.1f -> %.1f MiB\n",
+                  k, k == 1 ? "" : "s", list.c_str(), row.ppl, row.ppl - base.perplexity, row.kl, 100 * row.top1,
+                  static_cast<double>(dense.weight_bytes()) / (1 << 20), static_cast<double>(m.weight_bytes()) / (1 << 20));
+      std::fflush(stdout);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  strata::ensure_fast_blas(argc, argv);
+  try {
+    run(parse_args(argc, argv));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "prune_eval: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

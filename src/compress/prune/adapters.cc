@@ -1,0 +1,148 @@
+// The registry's pruning compressors: thin adapters from WeightCompressor to the functions in
+// prune.hpp. They differ only in how the mask (and, for SparseGPT, the kept weights) are chosen.
+#include <cmath>
+
+#include "strata/compress/prune/prune.hpp"
+#include "strata/compress/registry.hpp"
+
+namespace strata::compress {
+
+namespace prune {
+
+namespace {
+
+class PruneCompressor : public WeightCompressor {
+ public:
+  // One ladder, cheapest first: lower sparsity keeps more weights, so it costs more and loses less.
+  std::vector<std::string> knobs(const Layer& layer) const override {
+    return {"sparsity=0.7", "sparsity=0.6", "sparsity=0.5", "sparsity=0.4", "sparsity=0.3", "sparsity=0.2"};
+  }
+
+  Cost cost(const Layer& layer, std::string_view knob) const override {
+    check_layer(layer);
+    const Setting s = parse_setting(knob, layer.name);
+    const int64_t kept = fits(layer, s.pattern);
+    Cost c;
+    c.bytes = static_cast<double>(stored_bytes(layer.rows(), layer.cols(), s));
+    c.params = static_cast<double>(layer.rows() * kept);
+    c.flops = 2.0 * c.params;
+    return c;
+  }
+
+  Compressed apply(const Layer& layer, const LayerCalibration& calib, std::string_view knob) const override {
+    check_layer(layer);
+    const Setting s = parse_setting(knob, layer.name);
+    fits(layer, s.pattern);
+    detail::check_weight(*layer.weight, layer.name);
+    return encode(prune(layer, calib, s.pattern), s, std::string(name()), std::string(knob));
+  }
+
+  RowMatrix<float> reconstruct(const Compressed& c) const override {
+    require(c.method == name(), name(), ": cannot reconstruct a layer compressed by '", c.method, "'");
+    return decode(c);
+  }
+
+ protected:
+  virtual Pruned prune(const Layer& layer, const LayerCalibration& calib, const Pattern& pattern) const = 0;
+
+  static void check_layer(const Layer& layer) {
+    require(layer.weight != nullptr, "layer '", layer.name, "': no weight");
+  }
+  // Kept weights per row; throws naming the layer when an N:M pattern does not divide its inputs.
+  static int64_t fits(const Layer& layer, const Pattern& pattern) {
+    try {
+      return pattern.kept_per_row(layer.cols());
+    } catch (const Error& e) {
+      fail("layer '", layer.name, "': ", e.what());
+    }
+  }
+};
+
+class MagnitudeCompressor final : public PruneCompressor {
+ public:
+  std::string_view name() const override { return "prune.magnitude"; }
+  std::string_view description() const override {
+    return "zero the smallest |W_ij| of every output row (unstructured or N:M); values f16 + bitmask / 2-bit indices";
+  }
+
+ protected:
+  Pruned prune(const Layer& layer, const LayerCalibration&, const Pattern& pattern) const override {
+    return magnitude(*layer.weight, pattern, layer.name);
+  }
+};
+
+class WandaCompressor final : public PruneCompressor {
+ public:
+  std::string_view name() const override { return "prune.wanda"; }
+  std::string_view description() const override {
+    return "Wanda: zero the smallest |W_ij| * ||x_j|| of every output row (needs the input mean square or H)";
+  }
+
+ protected:
+  Pruned prune(const Layer& layer, const LayerCalibration& calib, const Pattern& pattern) const override {
+    if (calib.mean_sq != nullptr) return wanda(*layer.weight, *calib.mean_sq, pattern, layer.name);
+    // E[x_j^2] is the diagonal of H = X^T X / N.
+    require(calib.hessian != nullptr, "layer '", layer.name,
+            "': prune.wanda needs input statistics (mean_sq or the Hessian), none given");
+    require(calib.hessian->rows() == layer.cols() && calib.hessian->cols() == layer.cols(), "layer '", layer.name,
+            "': Hessian is [", calib.hessian->rows(), ", ", calib.hessian->cols(), "] for a weight with ",
+            layer.cols(), " inputs");
+    const Vector<double> ms = calib.hessian->diagonal();
+    return wanda(*layer.weight, ms, pattern, layer.name);
+  }
+};
+
+class SparseGptCompressor final : public PruneCompressor {
+ public:
+  std::string_view name() const override { return "prune.sparsegpt"; }
+  std::string_view description() const override {
+    return "SparseGPT: per-block OBS mask selection and weight update from the input Hessian (128-column blocks, 1% damping)";
+  }
+  bool needs_hessian() const override { return true; }
+
+  // Factors the Hessian once for every knob instead of once per knob.
+  std::vector<Option> options(const Layer& layer, const LayerCalibration& calib) const override {
+    check_layer(layer);
+    detail::check_weight(*layer.weight, layer.name);
+    const SparseGptFactor f = factor(layer, calib);
+    std::vector<Option> out;
+    for (const auto& knob : knobs(layer)) {
+      const Setting s = parse_setting(knob, layer.name);
+      fits(layer, s.pattern);
+      const Compressed c = encode(sparsegpt(*layer.weight, f, s.pattern, {}, layer.name), s, std::string(name()), knob);
+      out.push_back({knob, cost(layer, knob), output_error(*layer.weight, decode(c), calib.hessian)});
+    }
+    return out;
+  }
+
+ protected:
+  Pruned prune(const Layer& layer, const LayerCalibration& calib, const Pattern& pattern) const override {
+    return sparsegpt(*layer.weight, factor(layer, calib), pattern, {}, layer.name);
+  }
+
+ private:
+  static SparseGptFactor factor(const Layer& layer, const LayerCalibration& calib) {
+    require(calib.hessian != nullptr, "layer '", layer.name,
+            "': prune.sparsegpt needs the input Hessian (calibrate with Gram matrices)");
+    require(calib.hessian->rows() == layer.cols() && calib.hessian->cols() == layer.cols(), "layer '", layer.name,
+            "': Hessian is [", calib.hessian->rows(), ", ", calib.hessian->cols(), "] for a weight with ",
+            layer.cols(), " inputs");
+    return sparsegpt_factor(*calib.hessian, {}, layer.name);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<WeightCompressor> make_magnitude_compressor() { return std::make_unique<MagnitudeCompressor>(); }
+std::unique_ptr<WeightCompressor> make_wanda_compressor() { return std::make_unique<WandaCompressor>(); }
+std::unique_ptr<WeightCompressor> make_sparsegpt_compressor() { return std::make_unique<SparseGptCompressor>(); }
+
+}  // namespace prune
+
+void add_prune_compressors(Registry& registry) {
+  registry.push_back(prune::make_magnitude_compressor());
+  registry.push_back(prune::make_wanda_compressor());
+  registry.push_back(prune::make_sparsegpt_compressor());
+}
+
+}  // namespace strata::compress
