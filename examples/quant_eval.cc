@@ -1,0 +1,333 @@
+// Acceptance figures for the integer quantizers (docs/quantization.md): every linear layer of
+// SmolLM2-135M's 30 blocks quantized with RTN, GPTQ and AWQ, judged by perplexity and KL divergence
+// to the dense model on text disjoint from the calibration text; then the same quantizers on
+// all-MiniLM-L6-v2 (float32 weights), judged by embedding cosine to the dense encoder.
+//
+//   quant_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
+//              [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--configs 4:128,3:128]
+//              [--methods rtn,gptq,gptq_natural,awq] [--minilm DIR] [--paraphrases TSV] [--no-minilm] [--no-smollm]
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "strata/compress/compressor.hpp"
+#include "strata/core/blas.hpp"
+#include "strata/core/error.hpp"
+#include "strata/core/parallel.hpp"
+#include "strata/io/model.hpp"
+#include "strata/nn/bert.hpp"
+#include "strata/nn/calibration.hpp"
+#include "strata/nn/dataset.hpp"
+#include "strata/nn/eval.hpp"
+#include "strata/nn/llama.hpp"
+#include "strata/nn/tokenizer.hpp"
+
+namespace {
+
+using namespace strata;
+namespace fs = std::filesystem;
+
+struct Args {
+  fs::path model = fs::path(STRATA_SOURCE_DIR) / "models/smollm2-135m-instruct-q4_1.gguf";
+  fs::path calib = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/sotu_1790-2021.txt";
+  fs::path eval = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/moby_dick.txt";
+  fs::path minilm = fs::path(STRATA_SOURCE_DIR) / "models/all-minilm-l6-v2";
+  fs::path paraphrases = fs::path(STRATA_SOURCE_DIR) / "tests/data/paraphrases.tsv";
+  std::string calib_slice = "0:0.5", eval_slice = "0.9:1.0";
+  int64_t sequences = 32, length = 512, eval_tokens = 4096, minilm_sentences = 512;
+  std::vector<std::pair<int, int>> configs = {{4, 128}, {3, 128}};
+  std::vector<std::string> methods = {"rtn", "gptq", "gptq_natural", "awq"};
+  bool minilm_run = true, smollm_run = true;
+};
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string part; std::getline(ss, part, sep);)
+    if (!part.empty()) out.push_back(part);
+  return out;
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      require(i + 1 < argc, k, " needs a value");
+      return argv[++i];
+    };
+    if (k == "--model") a.model = value();
+    else if (k == "--calib") a.calib = value();
+    else if (k == "--calib-slice") a.calib_slice = value();
+    else if (k == "--sequences") a.sequences = std::stoll(value());
+    else if (k == "--length") a.length = std::stoll(value());
+    else if (k == "--eval") a.eval = value();
+    else if (k == "--eval-slice") a.eval_slice = value();
+    else if (k == "--eval-tokens") a.eval_tokens = std::stoll(value());
+    else if (k == "--minilm") a.minilm = value();
+    else if (k == "--paraphrases") a.paraphrases = value();
+    else if (k == "--minilm-sentences") a.minilm_sentences = std::stoll(value());
+    else if (k == "--no-minilm") a.minilm_run = false;
+    else if (k == "--no-smollm") a.smollm_run = false;
+    else if (k == "--methods") a.methods = split(value(), ',');
+    else if (k == "--configs") {
+      a.configs.clear();
+      for (const auto& c : split(value(), ',')) {
+        const auto parts = split(c, ':');
+        require(parts.size() == 2, "--configs: expected BITS:GROUP, got '", c, "'");
+        a.configs.emplace_back(std::stoi(parts[0]), std::stoi(parts[1]));
+      }
+    } else {
+      fail("unknown argument '", k, "' (see the comment at the top of examples/quant_eval.cc)");
+    }
+  }
+  return a;
+}
+
+struct MethodSpec {
+  std::string label, compressor, suffix;
+};
+
+MethodSpec method_spec(const std::string& m) {
+  if (m == "rtn") return {"RTN", "quant.rtn", ""};
+  if (m == "gptq") return {"GPTQ act-order", "quant.gptq", ",act_order"};
+  if (m == "gptq_natural") return {"GPTQ", "quant.gptq", ",act_order=0"};
+  if (m == "awq") return {"AWQ", "quant.awq", ""};
+  fail("unknown method '", m, "' (rtn, gptq, gptq_natural, awq)");
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// tr(D H D^T) in single precision BLAS: a report-only figure, so float is enough and it keeps the
+// 210 layers x 5 quantizations affordable.
+double weighted_trace(const RowMatrix<float>& d, const Matrix<float>& h) {
+  RowMatrix<float> dh(d.rows(), d.cols());
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(d.rows()), static_cast<int>(d.cols()),
+              static_cast<int>(d.cols()), 1.0f, d.data(), static_cast<int>(d.cols()), h.data(),
+              static_cast<int>(h.rows()), 0.0f, dh.data(), static_cast<int>(d.cols()));
+  return (dh.cast<double>().array() * d.cast<double>().array()).sum();
+}
+
+// What one quantization of a whole model cost and how far its layers moved.
+struct Quantized {
+  double seconds = 0, bytes = 0, weights = 0, mean_layer_error = 0;
+};
+
+// Quantizes every named layer with `knob`, handing each reconstructed weight to `install`.
+template <class GetWeight, class Install>
+Quantized quantize_layers(const std::vector<std::string>& names, const nn::Calibration& calib,
+                          const compress::WeightCompressor& c, const std::string& knob, GetWeight get_weight,
+                          Install install, std::map<std::string, std::pair<Matrix<float>, double>>& h_cache) {
+  Quantized out;
+  double error_sum = 0;
+  for (const auto& name : names) {
+    const RowMatrix<float> w = get_weight(name);
+    const auto& st = calib.stats(name);
+    const Matrix<double> h = st.hessian();
+    const Vector<double> mean_sq = st.mean_sq(), mean_abs = st.mean_abs();
+    const compress::LayerCalibration lc{&h, &mean_sq, &mean_abs, st.tokens};
+    const compress::Layer layer{name, &w};
+    const auto t0 = std::chrono::steady_clock::now();
+    const compress::Compressed comp = c.apply(layer, lc, knob);
+    RowMatrix<float> w_hat = c.reconstruct(comp);
+    out.seconds += seconds_since(t0);
+    out.bytes += static_cast<double>(comp.stored_bytes());
+    out.weights += static_cast<double>(w.size());
+    auto it = h_cache.find(name);
+    if (it == h_cache.end()) {
+      Matrix<float> hf = h.cast<float>();
+      const double denom = weighted_trace(w, hf);
+      it = h_cache.emplace(name, std::make_pair(std::move(hf), denom)).first;
+    }
+    error_sum += weighted_trace(w - w_hat, it->second.first) / it->second.second;
+    install(name, std::move(w_hat));
+  }
+  out.mean_layer_error = error_sum / static_cast<double>(names.size());
+  return out;
+}
+
+std::string knob_for(int bits, int group, const MethodSpec& m) {
+  return "bits=" + std::to_string(bits) + ",group=" + std::to_string(group) + ",asym" + m.suffix;
+}
+
+void run_smollm(const Args& a) {
+  std::printf("== SmolLM2-135M: %s\n", a.model.c_str());
+  const auto file = io::open_model(a.model);
+  const nn::LlamaModel dense = nn::LlamaModel::load(*file);
+  const nn::BpeTokenizer tok = nn::BpeTokenizer::from_model(*file);
+
+  const nn::TextSlice cs = nn::TextSlice::parse(a.calib, a.calib_slice), es = nn::TextSlice::parse(a.eval, a.eval_slice);
+  require(!cs.overlaps(es) || cs.path != es.path, "calibration and evaluation slices overlap");
+  const auto seqs = nn::cut_sequences(nn::tokenize_slice(tok, cs, a.sequences * a.length), a.sequences, a.length, -1);
+  nn::Calibration calib;
+  size_t next = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  nn::calibrate(dense,
+                [&](std::vector<int32_t>& s) {
+                  if (next == seqs.size()) return false;
+                  s = seqs[next++];
+                  return true;
+                },
+                calib);
+  std::printf("calibration: %s, %lld sequences x %lld tokens (%.0f s)\n", cs.describe().c_str(),
+              static_cast<long long>(a.sequences), static_cast<long long>(a.length), seconds_since(t0));
+  const auto eval_toks = nn::tokenize_slice(tok, es, a.eval_tokens);
+  const nn::WindowOptions window{512, 512, 0};
+  std::printf("evaluation: %s, %zu tokens, context 512, stride 512\n", es.describe().c_str(), eval_toks.size());
+
+  std::vector<std::string> names;
+  for (const auto& n : dense.linear_names())
+    if (n.rfind("blk.", 0) == 0) names.push_back(n);
+  std::printf("quantizing %zu linear layers (the 30 blocks; embeddings / tied output head stay dense)\n\n",
+              names.size());
+
+  std::map<std::string, std::pair<Matrix<float>, double>> h_cache;
+  std::printf("| method | bits | group | bits/weight | quantize s | layer err (calib) | perplexity | KL mean | KL p99 | "
+              "top-1 |\n|---|---|---|---|---|---|---|---|---|---|\n");
+  double dense_ppl = 0;
+  std::map<std::pair<int, int>, std::map<std::string, double>> kl_of;
+  for (const auto& [bits, group] : a.configs) {
+    for (const auto& m : a.methods) {
+      const MethodSpec ms = method_spec(m);
+      const auto& c = compress::find_compressor(ms.compressor);
+      nn::LlamaModel q = dense.clone();
+      const std::string knob = knob_for(bits, group, ms);
+      const Quantized qz = quantize_layers(
+          names, calib, c, knob, [&](const std::string& n) { return dense.linear(n).dense_weight(); },
+          [&](const std::string& n, RowMatrix<float> w) {
+            q.set_linear(n, std::make_shared<nn::DenseLinear>(std::move(w)));
+          },
+          h_cache);
+      const nn::KlResult kl = nn::kl_divergence(dense, q, eval_toks, window);
+      dense_ppl = kl.reference.perplexity;
+      kl_of[{bits, group}][ms.label] = kl.mean_kl;
+      std::printf("| %s | %d | %d | %.3f | %.1f | %.5f | %.3f | %.5f | %.4f | %.2f%% |\n", ms.label.c_str(), bits, group,
+                  8.0 * qz.bytes / qz.weights, qz.seconds, qz.mean_layer_error, kl.model.perplexity, kl.mean_kl,
+                  kl.p99_kl, 100.0 * kl.top1_agreement);
+      std::fflush(stdout);
+    }
+  }
+  std::printf("\ndense perplexity: %.3f\n", dense_ppl);
+  for (const auto& [cfg, kls] : kl_of) {
+    if (!kls.count("RTN")) continue;
+    for (const auto& [label, kl] : kls)
+      if (label != "RTN")
+        std::printf("%d bits, group %d: KL(%s) / KL(RTN) = %.3f\n", cfg.first, cfg.second, label.c_str(),
+                    kl / kls.at("RTN"));
+  }
+}
+
+// Unique sentences of the paraphrase set, in file order.
+std::vector<std::string> paraphrase_sentences(const fs::path& path) {
+  std::ifstream in(path);
+  require(in.good(), "cannot open ", path.string());
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto f = split(line, '\t');
+    if (f.size() != 3) continue;
+    for (size_t i = f[0] == "retrieval" ? 2 : 1; i < 3; ++i)
+      if (seen.insert(f[i]).second) out.push_back(f[i]);
+  }
+  return out;
+}
+
+// Sentences of a text slice (cut after ". ", "? ", "! "), at least five words each.
+std::vector<std::string> text_sentences(const nn::TextSlice& slice, int64_t count) {
+  const std::string text = slice.read();
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (size_t i = 0; i + 1 < text.size() && static_cast<int64_t>(out.size()) < count; ++i) {
+    const char ch = text[i];
+    if ((ch == '.' || ch == '?' || ch == '!' || ch == '\n') && (text[i + 1] == ' ' || text[i + 1] == '\n')) {
+      std::string s = text.substr(start, i + 1 - start);
+      while (!s.empty() && (s.front() == ' ' || s.front() == '\n')) s.erase(s.begin());
+      if (std::count(s.begin(), s.end(), ' ') >= 4) out.push_back(s);
+      start = i + 1;
+    }
+  }
+  return out;
+}
+
+void run_minilm(const Args& a) {
+  std::printf("\n== all-MiniLM-L6-v2: %s\n", a.minilm.c_str());
+  nn::SentenceEncoder enc = nn::SentenceEncoder::open(a.minilm);
+  const nn::BertEncoder dense = enc.encoder().clone();
+  const nn::TextSlice cs = nn::TextSlice::parse(a.calib, a.calib_slice);
+  const auto calib_sentences = text_sentences(cs, a.minilm_sentences);
+  nn::Calibration calib;
+  enc.encode(calib_sentences, 32, &calib);
+  std::printf("calibration: %zu sentences (%lld tokens) from %s\n", calib_sentences.size(),
+              static_cast<long long>(calib.stats(dense.linear_names().front()).tokens), cs.describe().c_str());
+  const auto sentences = paraphrase_sentences(a.paraphrases);
+  const Tensor ref = enc.encode(sentences);
+  std::printf("evaluation: %zu sentences of %s, cosine of each embedding to the dense model's\n\n", sentences.size(),
+              a.paraphrases.c_str());
+  const auto& names = dense.linear_names();
+  std::map<std::string, std::pair<Matrix<float>, double>> h_cache;
+  std::printf("| method | bits | group | bits/weight | quantize s | layer err (calib) | mean cosine | min cosine | "
+              "1 - mean cos |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::map<std::pair<int, int>, std::map<std::string, double>> dist_of;
+  for (const auto& [bits, group] : a.configs) {
+    for (const auto& m : a.methods) {
+      const MethodSpec ms = method_spec(m);
+      const auto& c = compress::find_compressor(ms.compressor);
+      enc.encoder() = dense.clone();
+      const Quantized qz = quantize_layers(
+          names, calib, c, knob_for(bits, group, ms),
+          [&](const std::string& n) { return dense.linear(n).dense_weight(); },
+          [&](const std::string& n, RowMatrix<float> w) { enc.encoder().set_weight(n, std::move(w)); }, h_cache);
+      const Tensor e = enc.encode(sentences);
+      double sum = 0, worst = 1;
+      for (int64_t i = 0; i < e.dim(0); ++i) {
+        const auto dim = static_cast<size_t>(e.dim(1));
+        const float cs_i = nn::cosine({ref.view<const float>().data() + i * e.dim(1), dim},
+                                      {e.view<const float>().data() + i * e.dim(1), dim});
+        sum += cs_i;
+        worst = std::min(worst, static_cast<double>(cs_i));
+      }
+      const double mean = sum / static_cast<double>(e.dim(0));
+      dist_of[{bits, group}][ms.label] = 1 - mean;
+      std::printf("| %s | %d | %d | %.3f | %.1f | %.5f | %.5f | %.5f | %.5f |\n", ms.label.c_str(), bits, group,
+                  8.0 * qz.bytes / qz.weights, qz.seconds, qz.mean_layer_error, mean, worst, 1 - mean);
+      std::fflush(stdout);
+    }
+  }
+  for (const auto& [cfg, d] : dist_of) {
+    if (!d.count("RTN")) continue;
+    for (const auto& [label, v] : d)
+      if (label != "RTN")
+        std::printf("%d bits, group %d: (1 - cos)(%s) / (1 - cos)(RTN) = %.3f\n", cfg.first, cfg.second, label.c_str(),
+                    v / d.at("RTN"));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  strata::ensure_fast_blas(argc, argv);
+  try {
+    const Args a = parse_args(argc, argv);
+    std::printf("%s; %d threads\n", strata::blas_info().describe().c_str(), strata::num_threads());
+    if (a.smollm_run) run_smollm(a);
+    if (a.minilm_run) run_minilm(a);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "quant_eval: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

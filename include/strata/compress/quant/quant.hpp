@@ -1,0 +1,146 @@
+#pragma once
+// Integer weight quantization: round-to-nearest (RTN), GPTQ (Frantar et al. 2022, error feedback
+// through the inverse Hessian) and activation-aware scaling in the style of AWQ (Lin et al. 2023).
+//
+// One format serves all three, so one reconstruction serves all three:
+//   - weights W [rows, cols] are cut, per row, into groups of `group` consecutive inputs (the last
+//     group of a row is shorter when `group` does not divide cols; group 0 = the whole row);
+//   - each group has an f16 scale s and an integer zero point z; a weight is stored as a code
+//     c in [0, 2^bits) and stands for s (c - z);
+//   - asymmetric: s = (max - min) / (2^bits - 1) over the group with min <= 0 <= max (the range is
+//     widened to hold 0, so that z = round(-min / s) always fits in `bits` bits), z stored;
+//     symmetric: s = max|w| / (2^(bits-1) - 1), z = 2^(bits-1) implicit (not stored);
+//   - AWQ adds one f16 scale per input channel: W' = dequant(codes) diag(channel_scales)^-1.
+// Scales are rounded to f16 before the codes are chosen, so codes are optimal for the scale that is
+// stored, and what is reconstructed is exactly what the algorithms evaluated.
+//
+// Storage (see docs/quantization.md): codes as one LSB-first bitstream over the row-major matrix,
+// exactly ceil(rows * cols * bits / 8) bytes; scales f16 [rows, groups]; zero points (asymmetric
+// only) as a second bitstream of `bits`-bit values, ceil(rows * groups * bits / 8) bytes; AWQ's
+// channel scales f16 [cols].
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "strata/core/dtype.hpp"
+#include "strata/core/eigen.hpp"
+
+namespace strata::compress::quant {
+
+inline constexpr int kMinBits = 2;
+inline constexpr int kMaxBits = 8;
+
+struct QuantSpec {
+  int bits = 4;          // kMinBits..kMaxBits
+  int64_t group = 128;   // inputs per scale; 0 (or >= cols) = one group per row
+  bool symmetric = false;
+
+  // The group length for a layer with `cols` inputs (the last group may be shorter).
+  int64_t group_size(int64_t cols) const { return group <= 0 || group >= cols ? cols : group; }
+  int64_t groups(int64_t cols) const {
+    const int64_t g = group_size(cols);
+    return g > 0 ? (cols + g - 1) / g : 0;
+  }
+  int max_code() const { return (1 << bits) - 1; }
+  // "bits=4,group=128,asym"; group 0 prints as "group=row".
+  std::string knob() const;
+};
+
+// Throws strata::Error (naming `what`) unless bits is in [kMinBits, kMaxBits] and group >= 0.
+void check_spec(const QuantSpec& spec, std::string_view what);
+
+// Scale and zero point of one group. `scale` is already an f16 value (exactly representable).
+struct GroupParams {
+  float scale = 0;
+  int zero = 0;  // symmetric: 2^(bits-1)
+};
+
+// Fits a group of n values x[0], x[stride], ... (RTN's formulas above). A group of zeros gets
+// scale 0 (every code then stands for 0). Throws strata::Error when the scale overflows f16.
+GroupParams fit_group(const float* x, int64_t n, int64_t stride, const QuantSpec& spec);
+
+// The code of x under p: clamp(round(x / s) + z, 0, 2^bits - 1) (ties to even); z when s = 0.
+inline int quantize_value(float x, const GroupParams& p, int max_code) {
+  if (p.scale == 0.0f) return p.zero;
+  const float r = std::nearbyint(x / p.scale) + static_cast<float>(p.zero);
+  return r < 0.0f ? 0 : (r > static_cast<float>(max_code) ? max_code : static_cast<int>(r));
+}
+// s (c - z).
+inline float dequantize_value(int code, const GroupParams& p) { return p.scale * static_cast<float>(code - p.zero); }
+
+// A quantized matrix with its codes unpacked (one byte each); pack_bits gives the stored form.
+struct QuantizedMatrix {
+  int64_t rows = 0, cols = 0;
+  QuantSpec spec;
+  std::vector<uint8_t> codes;        // [rows * cols], row-major
+  std::vector<f16> scales;           // [rows * groups], row-major
+  std::vector<uint8_t> zeros;        // [rows * groups], asymmetric only
+  std::vector<f16> channel_scales;   // [cols], AWQ only; empty otherwise
+};
+
+// The float32 weights a quantized matrix stands for. Throws strata::Error when its arrays do not
+// match its shape and spec.
+RowMatrix<float> dequantize(const QuantizedMatrix& q);
+
+// Bytes each part of the stored form takes.
+struct StorageSize {
+  uint64_t codes = 0, scales = 0, zeros = 0, channel_scales = 0;
+  uint64_t total() const { return codes + scales + zeros + channel_scales; }
+};
+StorageSize storage_size(int64_t rows, int64_t cols, const QuantSpec& spec, bool channel_scales);
+
+// Packs values (each < 2^bits, 1 <= bits <= 8) into an LSB-first bitstream: value k occupies bits
+// [k bits, (k + 1) bits) counted from bit 0 of byte 0; ceil(n bits / 8) bytes, unused high bits of
+// the last byte zero. Throws strata::Error for a value out of range.
+std::vector<uint8_t> pack_bits(std::span<const uint8_t> values, int bits);
+// The inverse: `count` values from a bitstream of exactly ceil(count bits / 8) bytes.
+std::vector<uint8_t> unpack_bits(std::span<const uint8_t> packed, uint64_t count, int bits);
+
+// Throws strata::Error naming `name` unless w is non-empty and finite.
+void check_weight(const RowMatrix<float>& w, std::string_view name);
+
+// Round to nearest, group by group.
+QuantizedMatrix rtn(const RowMatrix<float>& w, const QuantSpec& spec, std::string_view name = "weight");
+
+struct GptqOptions {
+  double damp = 0.01;     // H += damp * mean(diag H) I
+  int64_t block = 128;    // columns per lazy batch (rounded to a multiple of the group length)
+  // Process columns by descending diag(H). Groups stay static: their scales come from the original
+  // weights in the original column order, before the loop, so the stored format is unchanged.
+  bool act_order = false;
+};
+
+// GPTQ with H = X^T X / N [cols, cols] (any positive multiple gives the same result). Inputs with
+// H_jj = 0 never reach the output: their weights are zeroed and H_jj set to 1. Without act-order,
+// a group's scale is fitted when the loop reaches its first column, on the weights as updated by
+// the error feedback so far; whole-row groups are fitted before the loop.
+QuantizedMatrix gptq(const RowMatrix<float>& w, const Matrix<double>& h, const QuantSpec& spec,
+                     const GptqOptions& options = {}, std::string_view name = "weight");
+
+struct AwqOptions {
+  int grid = 20;  // alpha = i / grid for i = 0 .. grid - 1
+  // The search scores each alpha on this many evenly spaced rows (all rows when the layer has no
+  // more): every row shares the channel scales, so a row sample ranks the candidates almost as the
+  // whole matrix does, at a fraction of the R C^2 cost per candidate. 0 = all rows.
+  int64_t search_rows = 128;
+};
+
+struct AwqResult {
+  QuantizedMatrix q;   // with channel_scales
+  double alpha = 0;    // the exponent chosen
+  double error = 0;    // its objective: tr(dW H dW^T) / tr(W H W^T), or the diagonal proxy
+};
+
+// Activation-aware scaling: s_j = mean_abs_j^alpha (normalised so that max(s) min(s) = 1, rounded
+// to f16), W' = RTN(W diag(s)) diag(s)^-1, alpha from the grid minimising the output error
+// tr(dW H dW^T) when `h` is given, else sum_j d_j ||dW[:, j]||^2 with d = mean_sq (or mean_abs^2
+// when mean_sq is null). The winner of the (row-sampled) search is checked against alpha = 0, plain
+// RTN, on all rows, so the result is never worse than RTN on that objective.
+AwqResult awq(const RowMatrix<float>& w, const Vector<double>& mean_abs, const Matrix<double>* h,
+              const Vector<double>* mean_sq, const QuantSpec& spec, const AwqOptions& options = {},
+              std::string_view name = "weight");
+
+}  // namespace strata::compress::quant
