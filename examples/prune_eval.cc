@@ -183,8 +183,9 @@ void run(const Args& a) {
   std::printf("dense: perplexity %.4f; block linear weights %.1f MiB (float32) (%.0f s)\n\n", base.perplexity,
               static_cast<double>(dense_bytes) / (1 << 20), seconds_since(t0));
 
-  std::printf("%-10s %-13s %10s %9s %10s %8s %7s %10s %9s %7s\n", "method", "pattern", "perplexity", "d ppl",
-              "vs magn.", "KL", "top-1", "layer err", "MiB", "prune s");
+  if (!a.patterns.empty())
+    std::printf("%-10s %-13s %10s %9s %10s %8s %7s %10s %9s %7s\n", "method", "pattern", "perplexity", "d ppl",
+                "vs magn.", "KL", "top-1", "layer err", "MiB", "prune s");
   std::map<std::string, double> magnitude_increase;
   for (const auto& pat : a.patterns) {
     const std::string knob = pattern_knob(pat);
@@ -211,7 +212,10 @@ void run(const Args& a) {
     for (bool compensate : {false, true}) {
       prune::NeuronPruningReport rep;
       const auto tp = std::chrono::steady_clock::now();
-      const nn::LlamaModel m = prune::prune_ffn_neurons(dense, calib, {f, compensate, 0.01}, &rep);
+      prune::NeuronPruningOptions o;
+      o.fraction = f;
+      o.compensate = compensate;
+      const nn::LlamaModel m = prune::prune_ffn_neurons(dense, calib, o, &rep);
       const double s = seconds_since(tp);
       Row row;
       evaluate(dense, m, toks, w, row);

@@ -62,7 +62,7 @@ Pruned sparsegpt(const RowMatrix<float>& w, const SparseGptFactor& factor, const
   const int64_t block = pattern.semi_structured() ? std::max<int64_t>(m, options.block / m * m) : options.block;
   const int64_t n_blocks = (n + block - 1) / block;
 
-  const RowMatrix<double> u = factor.u;  // row-major: the updates read rows of U
+  const RowMatrix<double>& u = factor.u;
   const Vector<double> d = u.diagonal();
   RowMatrix<double> wd = w.cast<double>();
   for (int64_t j = 0; j < n; ++j)

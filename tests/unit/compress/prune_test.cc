@@ -384,8 +384,8 @@ TEST_F(Stories, PrunedModelsRunAndOrderEndToEnd) {
 TEST_F(Stories, FfnNeuronPruningKeepsTheModelRunnable) {
   const int64_t hidden = model_->config().hidden_dim;
   NeuronPruningReport with, without;
-  const nn::LlamaModel pruned = prune_ffn_neurons(*model_, *calib_, {0.25, true, 0.01}, &with);
-  const nn::LlamaModel plain = prune_ffn_neurons(*model_, *calib_, {0.25, false, 0.01}, &without);
+  const nn::LlamaModel pruned = prune_ffn_neurons(*model_, *calib_, {0.25, true}, &with);
+  const nn::LlamaModel plain = prune_ffn_neurons(*model_, *calib_, {0.25, false}, &without);
   ASSERT_EQ(with.kept.size(), static_cast<size_t>(model_->config().n_layers));
   for (const auto& k : with.kept) EXPECT_EQ(static_cast<int64_t>(k.size()), hidden - hidden / 4);
   EXPECT_LT(with.bytes_after, with.bytes_before * 0.77);
@@ -420,7 +420,7 @@ TEST_F(Stories, FfnNeuronPruningKeepsTheModelRunnable) {
   EXPECT_GT(kl_without, 0.0);
   EXPECT_LT(kl_without, 0.7 * kl_random) << "importance ranking vs random neurons";
   EXPECT_LT(kl_with, kl_without) << "least-squares compensation should help";
-  EXPECT_THROW(prune_ffn_neurons(*model_, *calib_, {1.0, true, 0.01}), Error);
+  EXPECT_THROW(prune_ffn_neurons(*model_, *calib_, {1.0, true}), Error);
 }
 
 TEST(Structured, SubmatrixAndZeroLinearComputeTheirDenseView) {

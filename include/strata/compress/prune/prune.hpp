@@ -69,7 +69,8 @@ struct SparseGptOptions {
 // What SparseGPT needs of the Hessian, computed once per input and shared by the layers that read
 // the same input (q/k/v, gate/up).
 struct SparseGptFactor {
-  Matrix<double> u;         // upper Cholesky factor of (H + damp I)^-1 (dead inputs' diagonal set to 1)
+  RowMatrix<double> u;      // upper Cholesky factor of (H + damp I)^-1 (dead inputs' diagonal set to 1);
+                            // row-major because the column updates read its rows
   std::vector<uint8_t> dead;  // 1 where H_jj == 0: the input never carried a signal
   double damp = 0;
 };
@@ -155,7 +156,10 @@ struct NeuronPruningOptions {
   // (W_K <- W H[:, K] H[K, K]^-1, damped), so the kept neurons absorb what the removed ones carried.
   // Needs Gram matrices in the calibration; without them the weights are kept as they are.
   bool compensate = true;
-  double damp = 0.01;
+  // Ridge term, relative to mean(diag H[K, K]). On SmolLM2 (KL to dense, 10% / 25% of neurons):
+  // no refit 0.281 / 0.918, damp 0.01 0.292 / 0.846, 0.1 0.277 / 0.817, 1.0 0.266 / 0.829: a weak
+  // ridge fits the calibration text too closely.
+  double damp = 0.1;
 };
 
 struct NeuronPruningReport {
