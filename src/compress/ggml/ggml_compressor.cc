@@ -145,7 +145,7 @@ class GgmlCompressor final : public WeightCompressor {
 
   RowMatrix<float> reconstruct(const Compressed& c) const override {
     const auto [stored_type, blocks] = stored_blocks(c);
-    // A named copy: lambdas may not capture structured bindings before C++20 as clang 14 reads it.
+    // A named copy: clang before 16 cannot capture a structured binding in a lambda (the fuzz build).
     const auto t = stored_type;
     RowMatrix<float> w(c.rows, c.cols);
     const uint64_t row_bytes = kernels::ggml_row_size(t, c.cols);
