@@ -1,5 +1,6 @@
 // Registry adapters for the integer quantizers: knob parsing, the stored tensors and their exact
 // byte count, and the one reconstruction RTN, GPTQ and AWQ share.
+#include <cmath>
 #include <cstring>
 #include <set>
 #include <string>
@@ -20,18 +21,19 @@ enum class Method { rtn, gptq, awq };
 struct Setting {
   QuantSpec spec;
   bool act_order = false;
+  double damp = 0.01;
 };
 
 std::string layer_prefix(std::string_view layer) { return "layer '" + std::string(layer) + "'"; }
 
-// "bits=B[,group=G|row][,sym|asym][,act_order[=0|1]]"; what is not given comes from the compressor's
-// defaults, so that "bits=3" means a point of the ladder the compressor lists.
+// "bits=B[,group=G|row][,sym|asym]", GPTQ also "[,act_order[=0|1]][,damp=D]"; what is not given
+// comes from the compressor's defaults, so that "bits=3" means a point of the ladder it lists.
 Setting parse_setting(std::string_view knob, const Setting& defaults, Method method, std::string_view layer) {
   const std::string where = layer_prefix(layer);
   try {
     const auto kv = parse_knob(knob);
     std::set<std::string> known = {"bits", "group", "sym", "asym"};
-    if (method == Method::gptq) known.insert("act_order");
+    if (method == Method::gptq) known.insert({"act_order", "damp"});
     for (const auto& [key, value] : kv) {
       if (!known.count(key)) {
         std::string list;
@@ -45,7 +47,10 @@ Setting parse_setting(std::string_view knob, const Setting& defaults, Method met
                 "': act_order takes no value, 0 or 1, got '", value, "'");
     }
     Setting s = defaults;
-    s.spec.bits = static_cast<int>(knob_int(kv, "bits", knob));
+    const int64_t bits = knob_int(kv, "bits", knob);
+    require(bits >= quant::kMinBits && bits <= quant::kMaxBits, "knob '", knob, "': bits must be in [",
+            quant::kMinBits, ", ", quant::kMaxBits, "], got ", bits);
+    s.spec.bits = static_cast<int>(bits);
     if (auto it = kv.find("group"); it != kv.end()) {
       if (it->second == "row") {
         s.spec.group = 0;
@@ -58,6 +63,10 @@ Setting parse_setting(std::string_view knob, const Setting& defaults, Method met
     if (kv.count("sym")) s.spec.symmetric = true;
     if (kv.count("asym")) s.spec.symmetric = false;
     if (auto it = kv.find("act_order"); it != kv.end()) s.act_order = it->second != "0";
+    if (kv.count("damp")) {
+      s.damp = knob_double(kv, "damp", knob);
+      require(std::isfinite(s.damp) && s.damp > 0, "knob '", knob, "': damp must be finite and > 0, got ", s.damp);
+    }
     quant::check_spec(s.spec, "knob '" + std::string(knob) + "'");
     return s;
   } catch (const Error& e) {
@@ -136,6 +145,7 @@ class QuantCompressor final : public WeightCompressor {
         require(calib.hessian != nullptr, where, ": GPTQ needs the input Hessian (calibration with Gram matrices)");
         quant::GptqOptions opt;
         opt.act_order = s.act_order;
+        opt.damp = s.damp;
         q = quant::gptq(*layer.weight, *calib.hessian, s.spec, opt, layer.name);
         extra["act_order"] = s.act_order;
         extra["damp"] = opt.damp;
