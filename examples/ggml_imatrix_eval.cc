@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "real_data_args.hpp"
 #include "strata/compress/compressor.hpp"
 #include "strata/compress/ggml/quantize.hpp"
 #include "strata/core/blas.hpp"
@@ -40,12 +41,7 @@ using namespace strata;
 namespace fs = std::filesystem;
 namespace ggml = strata::compress::ggml;
 
-struct Args {
-  fs::path model = fs::path(STRATA_SOURCE_DIR) / "models/smollm2-135m-instruct-q4_1.gguf";
-  fs::path calib = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/sotu_1790-2021.txt";
-  fs::path eval = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/moby_dick.txt";
-  std::string calib_slice = "0:0.5", eval_slice = "0.9:1.0";
-  int64_t sequences = 32, length = 512, eval_tokens = 4096;
+struct Args : strata::examples::RealDataArgs {
   std::vector<std::string> types = {"q2_k", "q3_k"};
 };
 
@@ -57,15 +53,8 @@ Args parse_args(int argc, char** argv) {
       require(i + 1 < argc, k, " needs a value");
       return argv[++i];
     };
-    if (k == "--model") a.model = value();
-    else if (k == "--calib") a.calib = value();
-    else if (k == "--calib-slice") a.calib_slice = value();
-    else if (k == "--sequences") a.sequences = std::stoll(value());
-    else if (k == "--length") a.length = std::stoll(value());
-    else if (k == "--eval") a.eval = value();
-    else if (k == "--eval-slice") a.eval_slice = value();
-    else if (k == "--eval-tokens") a.eval_tokens = std::stoll(value());
-    else if (k == "--types") {
+    if (a.parse_shared(k, value)) continue;
+    if (k == "--types") {
       a.types.clear();
       std::stringstream ss(value());
       for (std::string t; std::getline(ss, t, ',');)

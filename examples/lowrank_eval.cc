@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "real_data_args.hpp"
 #include "strata/compress/compressor.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/error.hpp"
@@ -35,24 +36,13 @@ namespace {
 using namespace strata;
 namespace fs = std::filesystem;
 
-struct Args {
-  fs::path model = fs::path(STRATA_SOURCE_DIR) / "models/smollm2-135m-instruct-q4_1.gguf";
-  fs::path calib = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/sotu_1790-2021.txt";
-  fs::path eval = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/moby_dick.txt";
-  std::string calib_slice = "0:0.5", eval_slice = "0.9:1.0";
-  int64_t sequences = 32, length = 512, eval_tokens = 4096;
+using strata::examples::split;
+
+struct Args : strata::examples::RealDataArgs {
   std::vector<std::string> keeps = {"0.8"};
   std::vector<std::string> methods = {"svd", "asvd", "svdllm"};
   bool rsvd = false;
 };
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string part; std::getline(ss, part, sep);)
-    if (!part.empty()) out.push_back(part);
-  return out;
-}
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -62,15 +52,8 @@ Args parse_args(int argc, char** argv) {
       require(i + 1 < argc, k, " needs a value");
       return argv[++i];
     };
-    if (k == "--model") a.model = value();
-    else if (k == "--calib") a.calib = value();
-    else if (k == "--calib-slice") a.calib_slice = value();
-    else if (k == "--sequences") a.sequences = std::stoll(value());
-    else if (k == "--length") a.length = std::stoll(value());
-    else if (k == "--eval") a.eval = value();
-    else if (k == "--eval-slice") a.eval_slice = value();
-    else if (k == "--eval-tokens") a.eval_tokens = std::stoll(value());
-    else if (k == "--keep") a.keeps = split(value(), ',');
+    if (a.parse_shared(k, value)) continue;
+    if (k == "--keep") a.keeps = split(value(), ',');
     else if (k == "--methods") a.methods = split(value(), ',');
     else if (k == "--rsvd") a.rsvd = true;
     else fail("unknown argument '", k, "' (see the comment at the top of examples/lowrank_eval.cc)");

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "real_data_args.hpp"
 #include "strata/compress/compressor.hpp"
 #include "strata/compress/prune/prune.hpp"
 #include "strata/core/blas.hpp"
@@ -35,25 +36,15 @@ using namespace strata;
 namespace prune = strata::compress::prune;
 namespace fs = std::filesystem;
 
-struct Args {
-  fs::path model = fs::path(STRATA_SOURCE_DIR) / "models/smollm2-135m-instruct-q4_1.gguf";
-  fs::path calib = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/sotu_1790-2021.txt";
-  fs::path eval = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/moby_dick.txt";
-  std::string calib_slice = "0:0.5", eval_slice = "0.9:1.0";
-  int64_t sequences = 32, length = 512, eval_tokens = 4096, threads = 0;
+using strata::examples::split;
+
+struct Args : strata::examples::RealDataArgs {
+  int64_t threads = 0;
   std::vector<std::string> patterns = {"0.5", "2:4", "4:8"};
   std::vector<std::string> methods = {"magnitude", "wanda", "sparsegpt"};
   std::vector<double> ffn = {0.1, 0.25};
   std::vector<int> blocks = {1, 2, 4};
 };
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string part; std::getline(ss, part, sep);)
-    if (!part.empty()) out.push_back(part);
-  return out;
-}
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -63,15 +54,8 @@ Args parse_args(int argc, char** argv) {
       require(i + 1 < argc, k, " needs a value");
       return argv[++i];
     };
-    if (k == "--model") a.model = value();
-    else if (k == "--calib") a.calib = value();
-    else if (k == "--calib-slice") a.calib_slice = value();
-    else if (k == "--sequences") a.sequences = std::stoll(value());
-    else if (k == "--length") a.length = std::stoll(value());
-    else if (k == "--eval") a.eval = value();
-    else if (k == "--eval-slice") a.eval_slice = value();
-    else if (k == "--eval-tokens") a.eval_tokens = std::stoll(value());
-    else if (k == "--threads") a.threads = std::stoll(value());
+    if (a.parse_shared(k, value)) continue;
+    if (k == "--threads") a.threads = std::stoll(value());
     else if (k == "--patterns") a.patterns = split(value(), ',');
     else if (k == "--methods") a.methods = split(value(), ',');
     else if (k == "--ffn") {

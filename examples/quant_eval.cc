@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "real_data_args.hpp"
 #include "strata/compress/compressor.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/error.hpp"
@@ -39,26 +40,16 @@ namespace {
 using namespace strata;
 namespace fs = std::filesystem;
 
-struct Args {
-  fs::path model = fs::path(STRATA_SOURCE_DIR) / "models/smollm2-135m-instruct-q4_1.gguf";
-  fs::path calib = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/sotu_1790-2021.txt";
-  fs::path eval = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/moby_dick.txt";
+using strata::examples::split;
+
+struct Args : strata::examples::RealDataArgs {
   fs::path minilm = fs::path(STRATA_SOURCE_DIR) / "models/all-minilm-l6-v2";
   fs::path paraphrases = fs::path(STRATA_SOURCE_DIR) / "tests/data/paraphrases.tsv";
-  std::string calib_slice = "0:0.5", eval_slice = "0.9:1.0";
-  int64_t sequences = 32, length = 512, eval_tokens = 4096, minilm_sentences = 512;
+  int64_t minilm_sentences = 512;
   std::vector<std::pair<int, int>> configs = {{4, 128}, {3, 128}};
   std::vector<std::string> methods = {"rtn", "gptq", "gptq_natural", "gptq_damp", "awq"};
   bool minilm_run = true, smollm_run = true, grid_check = true;
 };
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string part; std::getline(ss, part, sep);)
-    if (!part.empty()) out.push_back(part);
-  return out;
-}
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -68,15 +59,8 @@ Args parse_args(int argc, char** argv) {
       require(i + 1 < argc, k, " needs a value");
       return argv[++i];
     };
-    if (k == "--model") a.model = value();
-    else if (k == "--calib") a.calib = value();
-    else if (k == "--calib-slice") a.calib_slice = value();
-    else if (k == "--sequences") a.sequences = std::stoll(value());
-    else if (k == "--length") a.length = std::stoll(value());
-    else if (k == "--eval") a.eval = value();
-    else if (k == "--eval-slice") a.eval_slice = value();
-    else if (k == "--eval-tokens") a.eval_tokens = std::stoll(value());
-    else if (k == "--minilm") a.minilm = value();
+    if (a.parse_shared(k, value)) continue;
+    if (k == "--minilm") a.minilm = value();
     else if (k == "--paraphrases") a.paraphrases = value();
     else if (k == "--minilm-sentences") a.minilm_sentences = std::stoll(value());
     else if (k == "--no-minilm") a.minilm_run = false;
