@@ -369,6 +369,88 @@ ModelConfig config_from_hf_json(const nlohmann::json& c, std::string_view what) 
   return cfg;
 }
 
+nlohmann::json config_to_json(const ModelConfig& c) {
+  return {{"architecture", c.architecture}, {"name", c.name},
+          {"n_layers", c.n_layers},         {"dim", c.dim},
+          {"hidden_dim", c.hidden_dim},     {"n_heads", c.n_heads},
+          {"n_kv_heads", c.n_kv_heads},     {"head_dim", c.head_dim},
+          {"vocab_size", c.vocab_size},     {"context_length", c.context_length},
+          {"rope_theta", c.rope_theta},     {"norm_eps", c.norm_eps},
+          {"tied_embeddings", c.tied_embeddings}};
+}
+
+ModelConfig config_from_json(const nlohmann::json& j, std::string_view what) {
+  require(j.is_object(), what, ": expected a JSON object, got ", j.type_name());
+  auto field = [&](const char* key) -> const nlohmann::json& {
+    auto it = j.find(key);
+    require(it != j.end(), what, ": missing '", key, "'");
+    return *it;
+  };
+  auto get_string = [&](const char* key) {
+    const auto& v = field(key);
+    require(v.is_string(), what, ": '", key, "': expected a string, got ", v.dump());
+    return v.get<std::string>();
+  };
+  auto get_int = [&](const char* key) {
+    const auto& v = field(key);
+    require(v.is_number_integer() && v.get<int64_t>() >= 0, what, ": '", key,
+            "': expected a non-negative integer, got ", v.dump());
+    return v.get<int64_t>();
+  };
+  auto get_double = [&](const char* key) {
+    const auto& v = field(key);
+    require(v.is_number(), what, ": '", key, "': expected a number, got ", v.dump());
+    return v.get<double>();
+  };
+  ModelConfig c;
+  c.architecture = get_string("architecture");
+  c.name = get_string("name");
+  c.n_layers = get_int("n_layers");
+  c.dim = get_int("dim");
+  c.hidden_dim = get_int("hidden_dim");
+  c.n_heads = get_int("n_heads");
+  c.n_kv_heads = get_int("n_kv_heads");
+  c.head_dim = get_int("head_dim");
+  c.vocab_size = get_int("vocab_size");
+  c.context_length = get_int("context_length");
+  c.rope_theta = get_double("rope_theta");
+  c.norm_eps = get_double("norm_eps");
+  const auto& tied = field("tied_embeddings");
+  require(tied.is_boolean(), what, ": 'tied_embeddings': expected true or false, got ", tied.dump());
+  c.tied_embeddings = tied.get<bool>();
+  return c;
+}
+
+namespace {
+
+// The source metadata and config a strata compressed-model file carries (see kStrataFormatKey).
+void expose_strata_source(const StringPairs& file_metadata, const std::string& what, nlohmann::json& metadata,
+                          ModelConfig& config) {
+  auto value = [&](std::string_view key) -> const std::string* {
+    for (const auto& [k, v] : file_metadata)
+      if (k == key) return &v;
+    return nullptr;
+  };
+  if (!value(kStrataFormatKey)) return;
+  auto parse = [&](std::string_view key, const std::string& text) {
+    const std::string part = detail::concat("__metadata__ '", key, "'");
+    check_json_depth(text, detail::concat(what, ": ", part));
+    return nlohmann::json::parse(parse_json_strict(text, what, part).dump());
+  };
+  if (const std::string* text = value(kStrataSourceMetadataKey)) {
+    auto source = parse(kStrataSourceMetadataKey, *text);
+    require(source.is_object(), what, ": __metadata__ '", kStrataSourceMetadataKey, "': expected a JSON object, got ",
+            source.type_name());
+    for (auto& [k, v] : source.items())
+      if (k != "__metadata__") metadata[k] = std::move(v);
+  }
+  if (const std::string* text = value(kStrataConfigKey))
+    config = config_from_json(parse(kStrataConfigKey, *text),
+                              detail::concat(what, ": __metadata__ '", kStrataConfigKey, "'"));
+}
+
+}  // namespace
+
 SafetensorsModel::SafetensorsModel(const std::filesystem::path& path) {
   path_ = path;
   const std::string fname = path.filename().string();
@@ -416,6 +498,7 @@ SafetensorsModel::SafetensorsModel(const std::filesystem::path& path) {
     for (const auto& [k, v] : file_metadata_) meta[k] = v;
     if (has_file_metadata_) metadata_["__metadata__"] = std::move(meta);
   }
+  expose_strata_source(file_metadata_, path.string(), metadata_, config_);
   const auto config_path = path.parent_path() / "config.json";
   if (std::filesystem::is_regular_file(config_path)) {
     const auto c = parse_json_strict(read_small_file(config_path, 16u << 20), config_path.string(), "config");

@@ -72,7 +72,9 @@ void apply_rope(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, int
 
 }  // namespace
 
-LlamaModel LlamaModel::load(const io::Model& file) {
+LlamaModel LlamaModel::load(const io::Model& file) { return load(file, Overrides{}); }
+
+LlamaModel LlamaModel::load(const io::Model& file, const Overrides& overrides) {
   warn_if_blas_slow();
   const io::ModelConfig& mc = file.config();
   const std::string where = file.path().string();
@@ -97,11 +99,31 @@ LlamaModel LlamaModel::load(const io::Model& file) {
           c.n_kv_heads, " KV heads");
   require(c.head_dim % 2 == 0, where, ": head dimension ", c.head_dim, " is odd; RoPE needs pairs");
 
-  const io::TensorInfo& embd = file.tensor("token_embd.weight");
-  require(embd.shape.rank() == 2 && embd.shape[1] == c.dim, where, ": token_embd.weight has shape ",
-          embd.shape.str(), ", expected [vocab, ", c.dim, "]");
-  if (c.vocab_size == 0) c.vocab_size = embd.shape[0];
-  m.token_embd_ = std::make_shared<RowMatrix<float>>(load_matrix(file, "token_embd.weight", c.vocab_size, c.dim));
+  if (overrides.token_embedding) {
+    const RowMatrix<float>& e = *overrides.token_embedding;
+    if (c.vocab_size == 0) c.vocab_size = e.rows();
+    require(e.rows() == c.vocab_size && e.cols() == c.dim, where, ": token_embd.weight: the replacement is [",
+            e.rows(), ", ", e.cols(), "], expected [", c.vocab_size, ", ", c.dim, "]");
+    m.token_embd_ = overrides.token_embedding;
+  } else {
+    const io::TensorInfo& embd = file.tensor("token_embd.weight");
+    require(embd.shape.rank() == 2 && embd.shape[1] == c.dim, where, ": token_embd.weight has shape ",
+            embd.shape.str(), ", expected [vocab, ", c.dim, "]");
+    if (c.vocab_size == 0) c.vocab_size = embd.shape[0];
+    m.token_embd_ = std::make_shared<RowMatrix<float>>(load_matrix(file, "token_embd.weight", c.vocab_size, c.dim));
+  }
+  // Takes a linear layer from `overrides` (checking its shape) or loads it from the file.
+  std::size_t used = 0;
+  auto linear_layer = [&](const std::string& name, int64_t rows, int64_t cols) -> std::shared_ptr<const Linear> {
+    auto it = overrides.linears.find(name);
+    if (it == overrides.linears.end()) return std::make_shared<DenseLinear>(load_matrix(file, name, rows, cols));
+    ++used;
+    require(it->second != nullptr, where, ": tensor '", name, "': null replacement layer");
+    require(it->second->out_features() == rows && it->second->in_features() == cols, where, ": tensor '", name,
+            "': the replacement is [", it->second->out_features(), ", ", it->second->in_features(), "], expected [",
+            rows, ", ", cols, "]");
+    return it->second;
+  };
 
   const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
   const int64_t shapes[7][2] = {{q_dim, c.dim},  {kv_dim, c.dim},       {kv_dim, c.dim},      {c.dim, q_dim},
@@ -114,16 +136,20 @@ LlamaModel LlamaModel::load(const io::Model& file) {
       const std::string name = prefix + kSlotNames[s] + ".weight";
       m.linear_index_[name] = m.linears_.size();
       m.linear_names_.push_back(name);
-      m.linears_.push_back(std::make_shared<DenseLinear>(load_matrix(file, name, shapes[s][0], shapes[s][1])));
+      m.linears_.push_back(linear_layer(name, shapes[s][0], shapes[s][1]));
     }
   }
   m.output_norm_ = load_vector(file, "output_norm.weight", c.dim);
   m.linear_index_["output.weight"] = m.linears_.size();
   m.linear_names_.push_back("output.weight");
-  if (file.find("output.weight")) {
-    m.linears_.push_back(std::make_shared<DenseLinear>(load_matrix(file, "output.weight", c.vocab_size, c.dim)));
+  if (file.find("output.weight") || overrides.linears.count("output.weight")) {
+    m.linears_.push_back(linear_layer("output.weight", c.vocab_size, c.dim));
   } else {
     m.linears_.push_back(std::make_shared<DenseLinear>(*m.token_embd_));  // tied embeddings
+  }
+  if (used != overrides.linears.size()) {
+    for (const auto& [name, layer] : overrides.linears)
+      require(m.linear_index_.count(name) != 0, where, ": tensor '", name, "' is not a linear layer of the model");
   }
   return m;
 }
@@ -145,6 +171,14 @@ void LlamaModel::set_linear(std::string_view name, std::shared_ptr<const Linear>
   linears_[it->second] = std::move(layer);
 }
 
+void LlamaModel::set_token_embedding(std::shared_ptr<const RowMatrix<float>> embedding) {
+  require(embedding != nullptr, "LlamaModel::set_token_embedding: null embedding");
+  require(embedding->rows() == token_embd_->rows() && embedding->cols() == token_embd_->cols(),
+          "LlamaModel::set_token_embedding: the embedding is [", token_embd_->rows(), ", ", token_embd_->cols(),
+          "], the replacement is [", embedding->rows(), ", ", embedding->cols(), "]");
+  token_embd_ = std::move(embedding);
+}
+
 uint64_t LlamaModel::weight_bytes() const {
   uint64_t total = static_cast<uint64_t>(token_embd_->size()) * sizeof(float);
   for (const auto& l : linears_) total += l->weight_bytes();
@@ -162,7 +196,14 @@ LlamaSession::LlamaSession(const LlamaModel& model, int64_t max_tokens) : model_
   }
 }
 
+LlamaSession::LlamaSession(const LlamaModel& model, int64_t max_tokens, KvStore* store)
+    : model_(model), max_tokens_(max_tokens), store_(store) {
+  require(max_tokens > 0, "LlamaSession: max_tokens must be positive, got ", max_tokens);
+  require(store != nullptr, "LlamaSession: null KV store");
+}
+
 uint64_t LlamaSession::cache_bytes() const {
+  if (store_) return store_->bytes();
   uint64_t total = 0;
   for (size_t l = 0; l < k_cache_.size(); ++l)
     total += static_cast<uint64_t>(k_cache_[l].size() + v_cache_[l].size()) * sizeof(float);
@@ -186,6 +227,11 @@ void LlamaSession::forward(std::span<const int32_t> tokens, float* logits, Logit
 
   RowMatrix<float> x(n, dim), xn(n, dim), q(n, q_dim), att(n, q_dim), tmp(n, dim);
   RowMatrix<float> gate(n, c.hidden_dim), up(n, c.hidden_dim);
+  RowMatrix<float> k_rows, v_rows;  // a KvStore's new keys and values, before it stores them
+  if (store_) {
+    k_rows.resize(n, kv_dim);
+    v_rows.resize(n, kv_dim);
+  }
   for (int64_t t = 0; t < n; ++t) x.row(t) = model_.token_embedding().row(tokens[static_cast<size_t>(t)]);
 
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -200,23 +246,26 @@ void LlamaSession::forward(std::span<const int32_t> tokens, float* logits, Logit
       const std::string names[3] = {prefix + "attn_q.weight", prefix + "attn_k.weight", prefix + "attn_v.weight"};
       hooks->on_linear_input(li, names, xn.data(), n, dim);
     }
-    float* k_new = k_cache_[static_cast<size_t>(l)].data() + pos0 * kv_dim;
-    float* v_new = v_cache_[static_cast<size_t>(l)].data() + pos0 * kv_dim;
+    float* k_new = store_ ? k_rows.data() : k_cache_[static_cast<size_t>(l)].data() + pos0 * kv_dim;
+    float* v_new = store_ ? v_rows.data() : v_cache_[static_cast<size_t>(l)].data() + pos0 * kv_dim;
     model_.layer(li, LlamaModel::kQ).forward(xn.data(), n, q.data());
     model_.layer(li, LlamaModel::kK).forward(xn.data(), n, k_new);
     model_.layer(li, LlamaModel::kV).forward(xn.data(), n, v_new);
     apply_rope(q.data(), n, n_heads, hd, pos0, c.rope_theta);
     apply_rope(k_new, n, n_kv, hd, pos0, c.rope_theta);
 
+    // A KvStore stores the new keys and values and attends over what it holds; the dense cache
+    // attends below.
+    if (store_) store_->attend(li, q.data(), k_new, v_new, n, pos0, att.data(), hooks);
     // Causal attention, one query head per task; each head's work is independent, so the result
     // does not depend on the thread count.
-    const float* kc = k_cache_[static_cast<size_t>(l)].data();
-    const float* vc = v_cache_[static_cast<size_t>(l)].data();
+    const float* kc = store_ ? nullptr : k_cache_[static_cast<size_t>(l)].data();
+    const float* vc = store_ ? nullptr : v_cache_[static_cast<size_t>(l)].data();
     const bool want_probs = hooks && hooks->wants_attention(li);
     // Small attention (short prompts, decode at short context) is cheaper on one thread than the
     // cost of waking others.
     const bool parallel_heads = n * total * hd * n_heads >= (int64_t{1} << 20);
-    parallel_for(n_heads, parallel_heads ? 1 : n_heads, [&](int64_t h0, int64_t h1) {
+    if (!store_) parallel_for(n_heads, parallel_heads ? 1 : n_heads, [&](int64_t h0, int64_t h1) {
       RowMatrix<float> scores(n, total);
       for (int64_t h = h0; h < h1; ++h) {
         const int64_t kvh = h / group;

@@ -90,6 +90,21 @@ std::unique_ptr<Model> open_safetensors(const std::filesystem::path& path);
 // Throws strata::Error naming `what` and the key when a known key has the wrong JSON type.
 ModelConfig config_from_hf_json(const nlohmann::json& config, std::string_view what);
 
+// ---- compressed models written by strata (strata/compress/model_io.hpp) ------------------------
+// Such a file marks itself with "strata.format" in __metadata__ and keeps its source's metadata and
+// config there as JSON text. SafetensorsModel exposes them: every key of the source metadata at the
+// top level of metadata() (beside "__metadata__", which stays this file's own) and the config as
+// config(); a config.json in the same folder still takes precedence. Malformed JSON in either key
+// throws strata::Error naming the file and the key.
+inline constexpr std::string_view kStrataFormatKey = "strata.format";
+inline constexpr std::string_view kStrataSourceMetadataKey = "strata.source_metadata";
+inline constexpr std::string_view kStrataConfigKey = "strata.config";
+
+// ModelConfig as a JSON object with one key per field (its member name), and back. config_from_json
+// requires every key with the field's JSON type and throws strata::Error naming `what` and the key.
+nlohmann::json config_to_json(const ModelConfig& config);
+ModelConfig config_from_json(const nlohmann::json& json, std::string_view what);
+
 // ---- writing ----------------------------------------------------------------------------------
 
 struct SafetensorsEntry {

@@ -29,6 +29,16 @@ class LlamaModel {
   // Loads every tensor as float32 (dequantizing as needed). Tensor names follow GGUF's llama
   // convention (token_embd.weight, blk.N.attn_q.weight, ...), which the llama2.c reader also uses.
   static LlamaModel load(const io::Model& file);
+  // Layers that come from elsewhere (a compressed model file): the file's tensors of these names are
+  // neither read nor required. Linear layers by tensor name; the embedding [vocab, dim]. A tied
+  // output head without an "output.weight" entry copies the embedding, as load(file) does.
+  struct Overrides {
+    std::map<std::string, std::shared_ptr<const Linear>, std::less<>> linears;
+    std::shared_ptr<const RowMatrix<float>> token_embedding;
+  };
+  // Throws strata::Error naming the file and the tensor when an override is not a linear layer of
+  // the model, or its shape differs from the one the config implies.
+  static LlamaModel load(const io::Model& file, const Overrides& overrides);
 
   const LlamaConfig& config() const { return config_; }
 
@@ -38,6 +48,9 @@ class LlamaModel {
   // Replaces one linear layer (same shape), e.g. with a compressed one. Throws strata::Error for an
   // unknown name or a shape mismatch.
   void set_linear(std::string_view name, std::shared_ptr<const Linear> layer);
+  // Replaces the token embedding (same shape). A tied output head keeps its own layer: replace it
+  // with set_linear("output.weight", ...) too when it should follow.
+  void set_token_embedding(std::shared_ptr<const RowMatrix<float>> embedding);
   // A copy that shares the (immutable) layers, so a compressed variant costs only what it replaces.
   LlamaModel clone() const { return *this; }
   uint64_t weight_bytes() const;  // bytes of all linear weights plus embeddings and norms
@@ -71,13 +84,33 @@ enum class Logits { none, last, all };
 // One sequence's state: the KV cache and the position. Not thread-safe; one session per sequence.
 class LlamaSession {
  public:
+  // Where keys and values live and how attention reads them. The session's own store is one dense
+  // [max_tokens, n_kv_heads * head_dim] cache per layer; kv::Session plugs in a cache whose heads
+  // keep their own subsets of tokens.
+  class KvStore {
+   public:
+    virtual ~KvStore() = default;
+    // One layer: stores the keys k and values v of `tokens` new tokens at positions pos0, pos0 + 1, ..
+    // (rows [tokens, n_kv_heads * head_dim], RoPE applied to k), then writes the causal attention of
+    // the queries q [tokens, n_heads * head_dim] (RoPE applied) over what the layer holds into out
+    // [tokens, n_heads * head_dim]. Hands attention probabilities to `hooks` (may be null) as the
+    // dense cache does, with columns in the store's own token order.
+    virtual void attend(int layer, const float* q, const float* k, const float* v, int64_t tokens, int64_t pos0,
+                        float* out, ForwardHooks* hooks) = 0;
+    virtual uint64_t bytes() const = 0;  // bytes the store holds
+  };
+
   LlamaSession(const LlamaModel& model, int64_t max_tokens);
+  // A session whose keys and values live in `store` (not owned; it must outlive the session).
+  // max_tokens bounds the positions, as for the dense cache; the store decides what it holds.
+  LlamaSession(const LlamaModel& model, int64_t max_tokens, KvStore* store);
 
   // Runs `tokens` at positions position() .. position() + n - 1, appending their keys and values to
   // the cache. Writes logits [n, vocab] (Logits::all) or [vocab] (Logits::last) into `logits`.
   void forward(std::span<const int32_t> tokens, float* logits, Logits which, ForwardHooks* hooks = nullptr);
   int64_t position() const { return pos_; }
   int64_t capacity() const { return max_tokens_; }
+  // Back to position 0. A KvStore is its owner's to clear.
   void reset() { pos_ = 0; }
   // Bytes held by the KV cache.
   uint64_t cache_bytes() const;
@@ -87,6 +120,7 @@ class LlamaSession {
   int64_t max_tokens_;
   int64_t pos_ = 0;
   std::vector<RowMatrix<float>> k_cache_, v_cache_;  // per layer [max_tokens, n_kv_heads * head_dim]
+  KvStore* store_ = nullptr;                          // replaces k_cache_ / v_cache_ when set
 };
 
 // Samples `n` tokens after `prompt` (temperature 0 = greedy), seeded; returns only the new tokens.
