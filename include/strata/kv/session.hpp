@@ -1,0 +1,75 @@
+#pragma once
+// A Llama-family session whose keys and values live in a kv::Cache: every KV head attends over its
+// own kept tokens, and a kv::Compressor evicts after the prompt and/or while generating.
+//
+// With nothing evicted the attention is the dense session's, operation for operation (the same
+// products and the same softmax over the same tokens in the same order), so logits match
+// nn::LlamaSession's (tests/unit/kv/kv_session_test.cc).
+//
+// When it compresses (Schedule):
+//   prefill   after every forward of more than one token (a prompt, or a chunk of one).
+//   decode    after single-token forwards, every `every` of them. every = 1: each step brings every
+//             head back to its budget, so the cache never holds more than budget + 1 tokens per head
+//             (TOVA's "evict one per step"). every = k: a head holds between its budget and budget +
+//             k - 1 tokens after a forward (budget + k during one), and the cache keeps k rows of
+//             headroom per head (Cache::set_headroom) so that it does not reallocate in between; k
+//             trades eviction work (scoring and moving rows, once per k steps) for k - 1 extra tokens.
+// A session without a compressor never evicts. The scorer observes attention on every forward,
+// whether or not that forward compresses (H2O accumulates over all of them).
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "strata/kv/cache.hpp"
+#include "strata/kv/policy.hpp"
+#include "strata/kv/scorers.hpp"
+#include "strata/nn/hooks.hpp"
+#include "strata/nn/llama.hpp"
+
+namespace strata::kv {
+
+struct Schedule {
+  bool prefill = true;   // compress after each multi-token forward
+  bool decode = false;   // compress during generation
+  int64_t every = 1;     // decode: compress after every `every`-th single-token forward
+};
+
+class Session : private nn::LlamaSession::KvStore {
+ public:
+  // max_tokens bounds the positions (the model's context), not the memory, which the budget bounds.
+  // The compressor's scorer is bound to the model's layout here and belongs to this session.
+  Session(const nn::LlamaModel& model, int64_t max_tokens, std::optional<Compressor> compressor = std::nullopt,
+          Schedule schedule = {});
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // As nn::LlamaSession::forward, then compresses as the schedule says. `hooks` sees attention rows
+  // over each KV head's kept tokens (k_len = that head's length, columns in cache order).
+  void forward(std::span<const int32_t> tokens, float* logits, nn::Logits which, nn::ForwardHooks* hooks = nullptr);
+  // Compresses now (whatever the schedule); returns the number of tokens evicted.
+  int64_t compress();
+
+  int64_t position() const { return session_.position(); }
+  int64_t capacity() const { return session_.capacity(); }
+  const Cache& cache() const { return cache_; }
+  const std::optional<Compressor>& compressor() const { return compressor_; }
+  const Schedule& schedule() const { return schedule_; }
+  uint64_t cache_bytes() const { return cache_.bytes(); }
+  int64_t evicted() const { return evicted_; }  // tokens evicted since construction or reset()
+  void reset();                                 // empty cache, position 0, scorer state cleared
+
+ private:
+  void attend(int layer, const float* q, const float* k, const float* v, int64_t tokens, int64_t pos0, float* out,
+              nn::ForwardHooks* hooks) override;
+  uint64_t bytes() const override { return cache_.bytes(); }
+
+  const nn::LlamaModel& model_;
+  Cache cache_;
+  std::optional<Compressor> compressor_;
+  Schedule schedule_;
+  nn::LlamaSession session_;
+  int64_t steps_since_compress_ = 0;
+  int64_t evicted_ = 0;
+};
+
+}  // namespace strata::kv
