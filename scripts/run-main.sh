@@ -12,12 +12,13 @@ cmake --build --preset default -j "$(nproc)"
 strata=build/default/bin/strata
 models="${STRATA_MODELS_DIR:-models}"
 shared="${STRATA_SHARED_DATA:-../shared/data}"
+out="${STRATA_OUT:-out}"
+mkdir -p "$out"
 "$strata" info
 echo
-"$strata" inspect "$models/smollm2-135m-instruct-q4_1.gguf"
-echo
-"$strata" inspect "$models/all-minilm-l6-v2/model.safetensors"
-if [ -f "$shared/models/stories260K/stories260K.bin" ]; then
-  echo
-  "$strata" inspect "$shared/models/stories260K/stories260K.bin"
-fi
+# Compress SmolLM2-135M with the default GGUF recipe to the size of llama.cpp's uniform Q3_K, calibrated
+# on State of the Union addresses and judged on a disjoint slice of Moby Dick; the report compares
+# the dense, uniform and allocated models and draws the allocation and rate-distortion plots.
+"$strata" compress "$models/smollm2-135m-instruct-q4_1.gguf" --preset gguf \
+  --calib-text "$shared/corpora/sotu_1790-2021.txt" --eval-text "$shared/corpora/moby_dick.txt" \
+  --out "$out/smollm2-135m-strata.gguf" --report "$out/report"

@@ -8,5 +8,7 @@ void register_info(CLI::App& app);
 void register_inspect(CLI::App& app);
 void register_engine(CLI::App& app);
 void register_sweep(CLI::App& app);
+void register_compress(CLI::App& app);
+void register_kv(CLI::App& app);
 
 }  // namespace strata::cli

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   strata::cli::register_inspect(app);
   strata::cli::register_engine(app);
   strata::cli::register_sweep(app);
+  strata::cli::register_compress(app);
+  strata::cli::register_kv(app);
 
   try {
     app.parse(argc, argv);
