@@ -14,14 +14,16 @@ namespace {
 // Norm vectors are 1-D and tiny: every preset leaves them as they are.
 constexpr std::string_view kGguf = R"json({
   "name": "gguf",
-  "description": "llama.cpp block formats only, for a GGUF llama.cpp loads: block linear weights from q2_k to q8_0 (and the 32-element formats for rows that are not whole 256-element super-blocks) at the size llama.cpp's uniform Q3_K would take, greedy; the token embedding is left as it is in the source",
+  "description": "llama.cpp block formats only, for a GGUF llama.cpp loads: block linear weights from q2_k to q8_0 (and the 32-element formats for rows that are not whole 256-element super-blocks) and the token embedding from the 32-element types, at the size llama.cpp's uniform Q3_K would take (which keeps a tied embedding at q6_k, or q8_0 when its rows are not whole super-blocks), errors weighed by measured KL sensitivity, greedy",
   "rules": [
     {"match": "*_norm.weight", "skip": true},
-    {"match": "token_embd.weight", "skip": true},
+    {"match": "token_embd.weight", "methods": [{"compressor": "quant.ggml",
+      "knobs": ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl"]}]},
     {"match": "blk.*.weight", "methods": [{"compressor": "quant.ggml",
       "knobs": ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]}]}
   ],
   "like": "quant.ggml:q3_k",
+  "error_mode": "kl",
   "solver": "greedy",
   "evolve": false
 })json";
@@ -31,15 +33,17 @@ constexpr std::string_view kGgufEvolve = R"json({
   "description": "the gguf preset, then an evolutionary search on the measured KL divergence of the whole model to the dense one",
   "rules": [
     {"match": "*_norm.weight", "skip": true},
-    {"match": "token_embd.weight", "skip": true},
+    {"match": "token_embd.weight", "methods": [{"compressor": "quant.ggml",
+      "knobs": ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl"]}]},
     {"match": "blk.*.weight", "methods": [{"compressor": "quant.ggml",
       "knobs": ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]}]}
   ],
   "like": "quant.ggml:q3_k",
+  "error_mode": "kl",
   "solver": "greedy",
   "evolve": true,
-  "generations": 50,
-  "offspring": 8,
+  "generations": 30,
+  "offspring": 6,
   "max_swaps": 3,
   "seed": 1
 })json";

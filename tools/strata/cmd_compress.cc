@@ -36,7 +36,7 @@ struct Options {
   std::optional<double> max_error;
   bool evolve = false, no_evolve = false;
   int generations = -1, offspring = -1;
-  int64_t probe_windows = 4, probe_length = 128;
+  int64_t probe_windows = 2, probe_length = 64;
   std::string calib_text, calib_slice;
   int64_t sequences = -1, length = -1;
   std::string eval_text, eval_slice = "0.9:1.0";

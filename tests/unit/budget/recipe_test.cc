@@ -164,7 +164,7 @@ TEST(Recipe, ErrorsNameTheSourceAndTheField) {
       {R"({"rules": [)" + ok_rule + R"(], "calib_slice": "0.5"})", "my.json: calib_slice: text slice '0.5'"},
       {R"({"rules": [)" + ok_rule + R"(], "calib_slice": "0.6:0.5"})", "need 0 <= begin < end <= 1"},
       {R"({"rules": [)" + ok_rule + R"(], "calib_length": 1})", "my.json: calib_length: must be in 2.."},
-      {R"({"rules": [)" + ok_rule + R"(], "error_mode": "kl"})", "my.json: error_mode: unknown error mode 'kl'"},
+      {R"({"rules": [)" + ok_rule + R"(], "error_mode": "kld"})", "my.json: error_mode: unknown error mode 'kld'"},
       {R"({"rules": []})", "my.json: rules: is empty"},
       {R"({"name": "x"})", "my.json: rules: missing"},
       {R"({"rules": {}})", "my.json: rules: expected an array, got an object"},
@@ -220,10 +220,12 @@ TEST(Presets, ParseAndMatchTheDocumentedShape) {
   const Recipe g = preset("gguf");
   EXPECT_FALSE(g.bits_per_weight.has_value());
   EXPECT_EQ(*g.like, "quant.ggml:q3_k");
+  EXPECT_EQ(g.error_mode, "kl");
   EXPECT_EQ(g.solver, "greedy");
   EXPECT_FALSE(g.evolve);
   EXPECT_TRUE(preset("gguf-evolve").evolve);
-  EXPECT_TRUE(g.rule_for("token_embd.weight")->skip);
+  EXPECT_FALSE(g.rule_for("token_embd.weight")->skip);
+  EXPECT_EQ(g.rule_for("token_embd.weight")->methods.at(0).compressor, "quant.ggml");
   EXPECT_TRUE(g.rule_for("blk.3.attn_norm.weight")->skip);
   EXPECT_TRUE(g.rule_for("output_norm.weight")->skip);
   const Rule* blk = g.rule_for("blk.3.ffn_down.weight");
