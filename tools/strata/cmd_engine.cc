@@ -7,6 +7,7 @@
 
 #include "commands.hpp"
 #include "progress.hpp"
+#include "strata/compress/model_io.hpp"
 #include "strata/core/parallel.hpp"
 #include "strata/io/model.hpp"
 #include "strata/nn/calibration.hpp"
@@ -27,8 +28,10 @@ struct Loaded {
 
 Loaded load(const std::string& path) {
   Loaded l;
-  l.file = io::open_model(path);
-  l.model = std::make_unique<nn::LlamaModel>(nn::LlamaModel::load(*l.file));
+  // GGUF, llama2.c, or a strata safetensors whose compressed layers run as their compressors say.
+  compress::LoadedModel loaded = compress::load_llama(path);
+  l.file = std::move(loaded.file);
+  l.model = std::make_unique<nn::LlamaModel>(std::move(loaded.model));
   if (l.file->metadata().contains("tokenizer.ggml.tokens")) l.tokenizer = nn::BpeTokenizer::from_model(*l.file);
   const auto& c = l.model->config();
   std::printf("model: %s (%s, %lld layers, dim %lld, %lld heads / %lld KV heads, vocab %lld)\n", path.c_str(),
