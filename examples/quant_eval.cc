@@ -5,8 +5,9 @@
 //
 //   quant_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
 //              [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--configs 4:128,3:128]
-//              [--methods rtn,gptq,gptq_natural,gptq_damp,awq] [--minilm DIR] [--paraphrases TSV] [--no-minilm] [--no-smollm]
-//              [--no-grid-check]
+//              [--methods rtn,rtn_clip,rtn_clip_w,gptq,gptq_minmax,gptq_natural,awq,COMPRESSOR:KEY+KEY,METHOD@seqK]
+//              [--minilm DIR] [--paraphrases TSV] [--no-minilm] [--no-smollm]
+//              [--no-grid-check] [--calib-cache FILE]
 #include <cblas.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -47,8 +49,9 @@ struct Args : strata::examples::RealDataArgs {
   fs::path paraphrases = fs::path(STRATA_SOURCE_DIR) / "tests/data/paraphrases.tsv";
   int64_t minilm_sentences = 512;
   std::vector<std::pair<int, int>> configs = {{4, 128}, {3, 128}};
-  std::vector<std::string> methods = {"rtn", "gptq", "gptq_natural", "gptq_damp", "awq"};
+  std::vector<std::string> methods = {"rtn", "rtn_clip_w", "gptq", "gptq_minmax", "gptq_natural", "awq"};
   bool minilm_run = true, smollm_run = true, grid_check = true;
+  fs::path calib_cache;  // SmolLM2's calibration statistics, reused when the file exists
 };
 
 Args parse_args(int argc, char** argv) {
@@ -66,6 +69,7 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--no-minilm") a.minilm_run = false;
     else if (k == "--no-smollm") a.smollm_run = false;
     else if (k == "--no-grid-check") a.grid_check = false;
+    else if (k == "--calib-cache") a.calib_cache = value();
     else if (k == "--methods") a.methods = split(value(), ',');
     else if (k == "--configs") {
       a.configs.clear();
@@ -81,17 +85,33 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
+constexpr const char* kRtnLabel = "RTN (min/max)";
+constexpr const char* kRtnClipLabel = "RTN + weighted clip search";
+
 struct MethodSpec {
   std::string label, compressor, suffix;
 };
 
+// A named method, or COMPRESSOR[:KEYS] with KEYS ('+'-separated, since ',' separates methods)
+// appended to "bits=B,group=G,asym" (for example quant.gptq:act_order+clip+damp=0.05), labelled by
+// itself.
 MethodSpec method_spec(const std::string& m) {
-  if (m == "rtn") return {"RTN", "quant.rtn", ""};
-  if (m == "gptq") return {"GPTQ act-order", "quant.gptq", ",act_order"};
-  if (m == "gptq_natural") return {"GPTQ", "quant.gptq", ",act_order=0"};
-  if (m == "gptq_damp") return {"GPTQ act-order damp 0.1", "quant.gptq", ",act_order,damp=0.1"};
+  if (m == "rtn") return {kRtnLabel, "quant.rtn", ""};
+  if (m == "rtn_clip") return {"RTN + clip search", "quant.rtn", ",clip"};
+  if (m == "rtn_clip_w") return {kRtnClipLabel, "quant.rtn", ",clip=w"};
+  if (m == "gptq") return {"GPTQ (defaults: act-order, weighted clip, damp 0.1)", "quant.gptq", ""};
+  if (m == "gptq_minmax") return {"GPTQ act-order, min/max, damp 0.01", "quant.gptq", ",act_order,clip=0,damp=0.01"};
+  if (m == "gptq_natural") return {"GPTQ natural order, weighted clip, damp 0.1", "quant.gptq", ",act_order=0"};
   if (m == "awq") return {"AWQ", "quant.awq", ""};
-  fail("unknown method '", m, "' (rtn, gptq, gptq_natural, gptq_damp, awq)");
+  if (m.rfind("quant.", 0) == 0) {
+    const auto colon = m.find(':');
+    if (colon == std::string::npos) return {m, m, ""};
+    std::string keys = m.substr(colon + 1);
+    std::replace(keys.begin(), keys.end(), '+', ',');
+    return {m, m.substr(0, colon), "," + keys};
+  }
+  fail("unknown method '", m,
+       "' (rtn, rtn_clip, rtn_clip_w, gptq, gptq_minmax, gptq_natural, awq, or COMPRESSOR:KEYS)");
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -108,6 +128,96 @@ double weighted_trace(const RowMatrix<float>& d, const Matrix<float>& h) {
   return (dh.cast<double>().array() * d.cast<double>().array()).sum();
 }
 
+// The statistics of one layer input that the quantizers read (shared by the layers reading it).
+struct InputStatistics {
+  Matrix<double> h;  // X^T X / N
+  Vector<double> mean_sq, mean_abs;
+  int64_t tokens = 0;
+};
+using Statistics = std::map<std::string, std::shared_ptr<const InputStatistics>>;
+
+Statistics statistics_of(const nn::Calibration& calib, const std::vector<std::string>& names) {
+  Statistics out;
+  std::map<const nn::InputStats*, std::shared_ptr<const InputStatistics>> by_input;
+  for (const auto& name : names) {
+    const nn::InputStats& st = calib.stats(name);
+    auto& s = by_input[&st];
+    if (!s)
+      s = std::make_shared<const InputStatistics>(
+          InputStatistics{st.hessian(), st.mean_sq(), st.mean_abs(), st.tokens});
+    out[name] = s;
+  }
+  return out;
+}
+
+// The calibration cache: a key line (model, text slice, sequences) and, per distinct input, the
+// names reading it and its statistics in double precision, so that a second run with the same key
+// skips the calibration.
+constexpr const char* kCacheMagic = "quant_eval calibration cache v1";
+
+template <class T>
+void write_pod(std::ofstream& out, const T& v) {
+  out.write(reinterpret_cast<const char*>(&v), sizeof v);
+}
+template <class T>
+T read_pod(std::ifstream& in) {
+  T v{};
+  in.read(reinterpret_cast<char*>(&v), sizeof v);
+  return v;
+}
+
+void save_statistics(const fs::path& path, const std::string& key, const Statistics& stats) {
+  std::ofstream out(path, std::ios::binary);
+  require(out.good(), "cannot write the calibration cache ", path.string());
+  out << kCacheMagic << '\n' << key << '\n';
+  std::map<const InputStatistics*, std::vector<std::string>> names_of;
+  for (const auto& [name, s] : stats) names_of[s.get()].push_back(name);
+  write_pod(out, static_cast<uint64_t>(names_of.size()));
+  for (const auto& [s, names] : names_of) {
+    write_pod(out, static_cast<uint64_t>(names.size()));
+    for (const auto& n : names) out << n << '\n';
+    const int64_t n = s->h.rows();
+    write_pod(out, n);
+    write_pod(out, s->tokens);
+    out.write(reinterpret_cast<const char*>(s->h.data()), static_cast<std::streamsize>(n * n * sizeof(double)));
+    out.write(reinterpret_cast<const char*>(s->mean_sq.data()), static_cast<std::streamsize>(n * sizeof(double)));
+    out.write(reinterpret_cast<const char*>(s->mean_abs.data()), static_cast<std::streamsize>(n * sizeof(double)));
+  }
+  require(out.good(), "writing the calibration cache ", path.string(), " failed");
+}
+
+// Empty when the file does not exist; throws when it belongs to another key or is damaged.
+std::optional<Statistics> load_statistics(const fs::path& path, const std::string& key) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in.good()) return std::nullopt;
+  std::string magic, file_key;
+  std::getline(in, magic);
+  std::getline(in, file_key);
+  require(magic == kCacheMagic, path.string(), " is not a quant_eval calibration cache");
+  require(file_key == key, path.string(), " was written for '", file_key, "', not '", key,
+          "': delete it or pass another --calib-cache");
+  Statistics out;
+  const auto inputs = read_pod<uint64_t>(in);
+  for (uint64_t i = 0; i < inputs && in.good(); ++i) {
+    const auto count = read_pod<uint64_t>(in);
+    std::vector<std::string> names(count);
+    for (auto& n : names) std::getline(in, n);
+    auto s = std::make_shared<InputStatistics>();
+    const auto n = read_pod<int64_t>(in);
+    s->tokens = read_pod<int64_t>(in);
+    require(n > 0 && n < (1 << 20), path.string(), ": bad input size ", n);
+    s->h.resize(n, n);
+    s->mean_sq.resize(n);
+    s->mean_abs.resize(n);
+    in.read(reinterpret_cast<char*>(s->h.data()), static_cast<std::streamsize>(n * n * sizeof(double)));
+    in.read(reinterpret_cast<char*>(s->mean_sq.data()), static_cast<std::streamsize>(n * sizeof(double)));
+    in.read(reinterpret_cast<char*>(s->mean_abs.data()), static_cast<std::streamsize>(n * sizeof(double)));
+    for (const auto& name : names) out[name] = s;
+  }
+  require(in.good(), path.string(), " is truncated");
+  return out;
+}
+
 // What one quantization of a whole model cost and how far its layers moved.
 struct Quantized {
   double seconds = 0, bytes = 0, weights = 0, mean_layer_error = 0;
@@ -115,17 +225,16 @@ struct Quantized {
 
 // Quantizes every named layer with `knob`, handing each reconstructed weight to `install`.
 template <class GetWeight, class Install>
-Quantized quantize_layers(const std::vector<std::string>& names, const nn::Calibration& calib,
+Quantized quantize_layers(const std::vector<std::string>& names, const Statistics& stats,
                           const compress::WeightCompressor& c, const std::string& knob, GetWeight get_weight,
                           Install install, std::map<std::string, std::pair<Matrix<float>, double>>& h_cache) {
   Quantized out;
   double error_sum = 0;
   for (const auto& name : names) {
     const RowMatrix<float> w = get_weight(name);
-    const auto& st = calib.stats(name);
-    const Matrix<double> h = st.hessian();
-    const Vector<double> mean_sq = st.mean_sq(), mean_abs = st.mean_abs();
-    const compress::LayerCalibration lc{&h, &mean_sq, &mean_abs, st.tokens};
+    const InputStatistics& st = *stats.at(name);
+    const Matrix<double>& h = st.h;
+    const compress::LayerCalibration lc{&st.h, &st.mean_sq, &st.mean_abs, st.tokens};
     const compress::Layer layer{name, &w};
     const auto t0 = std::chrono::steady_clock::now();
     const compress::Compressed comp = c.apply(layer, lc, knob);
@@ -146,6 +255,90 @@ Quantized quantize_layers(const std::vector<std::string>& names, const nn::Calib
   return out;
 }
 
+// Thrown by StageHook after the last block of a stage: the rest of the forward pass is not needed.
+struct StageDone {};
+
+// Collects the statistics of the inputs of blocks [first, last] and ends the forward pass after
+// block `last`.
+class StageHook final : public nn::ForwardHooks {
+ public:
+  StageHook(int first, int last, nn::Calibration& calib) : first_(first), last_(last), calib_(calib) {}
+  void on_linear_input(int layer, std::span<const std::string> tensors, const float* x, int64_t tokens,
+                       int64_t in) override {
+    if (layer >= first_ && layer <= last_) calib_.on_linear_input(layer, tensors, x, tokens, in);
+  }
+  void on_block(int layer, const float*, const float*, int64_t, int64_t) override {
+    if (layer == last_) throw StageDone{};
+  }
+
+ private:
+  int first_, last_;
+  nn::Calibration& calib_;
+};
+
+// Sequential calibration, as GPTQ's reference code runs it: blocks are quantized in stages of
+// `stage_blocks`, and each stage's input statistics come from the model whose earlier blocks are
+// already quantized, so that a layer also corrects the error its inputs carry. Each stage costs a
+// forward pass up to its last block over every calibration sequence.
+Quantized quantize_sequential(nn::LlamaModel& q, const std::vector<std::vector<int32_t>>& seqs, int stage_blocks,
+                              const compress::WeightCompressor& c, const std::string& knob, double& calib_seconds) {
+  const int n_blocks = static_cast<int>(q.config().n_layers);
+  Quantized total;
+  double error_sum = 0;
+  int64_t layers = 0;
+  calib_seconds = 0;
+  for (int first = 0; first < n_blocks; first += stage_blocks) {
+    const int last = std::min(n_blocks, first + stage_blocks) - 1;
+    const auto t0 = std::chrono::steady_clock::now();
+    nn::Calibration calib;
+    StageHook hook(first, last, calib);
+    {
+      nn::LlamaSession session(q, static_cast<int64_t>(seqs.front().size()));
+      for (const auto& seq : seqs) {
+        session.reset();
+        try {
+          session.forward(seq, nullptr, nn::Logits::none, &hook);
+        } catch (const StageDone&) {
+        }
+      }
+    }
+    calib_seconds += seconds_since(t0);
+    std::vector<std::string> names;
+    for (const auto& n : q.linear_names())
+      for (int b = first; b <= last; ++b)
+        if (n.rfind("blk." + std::to_string(b) + ".", 0) == 0) names.push_back(n);
+    // The error is measured on the Hessians this stage quantized with, so no cache across stages.
+    std::map<std::string, std::pair<Matrix<float>, double>> h_cache;
+    const Quantized part = quantize_layers(
+        names, statistics_of(calib, names), c, knob, [&](const std::string& n) { return q.linear(n).dense_weight(); },
+        [&](const std::string& n, RowMatrix<float> w) {
+          q.set_linear(n, std::make_shared<nn::DenseLinear>(std::move(w)));
+        },
+        h_cache);
+    total.seconds += part.seconds;
+    total.bytes += part.bytes;
+    total.weights += part.weights;
+    error_sum += part.mean_layer_error * static_cast<double>(names.size());
+    layers += static_cast<int64_t>(names.size());
+  }
+  total.mean_layer_error = error_sum / static_cast<double>(layers);
+  return total;
+}
+
+// Every method's figure over plain RTN's, and over RTN with the weighted clipping search (the fair
+// comparison for methods that search their group ranges too), per configuration.
+void print_ratios(const std::map<std::pair<int, int>, std::map<std::string, double>>& by_config, const char* what) {
+  for (const auto& [cfg, values] : by_config) {
+    for (const char* base : {kRtnLabel, kRtnClipLabel}) {
+      if (!values.count(base)) continue;
+      for (const auto& [label, v] : values)
+        if (label != base)
+          std::printf("%d bits, group %d: %s(%s) / %s(%s) = %.3f\n", cfg.first, cfg.second, what, label.c_str(), what,
+                      base, v / values.at(base));
+    }
+  }
+}
+
 std::string knob_for(int bits, int group, const MethodSpec& m) {
   return "bits=" + std::to_string(bits) + ",group=" + std::to_string(group) + ",asym" + m.suffix;
 }
@@ -158,26 +351,38 @@ void run_smollm(const Args& a) {
 
   const nn::TextSlice cs = nn::TextSlice::parse(a.calib, a.calib_slice), es = nn::TextSlice::parse(a.eval, a.eval_slice);
   require(!cs.overlaps(es) || cs.path != es.path, "calibration and evaluation slices overlap");
-  const auto seqs = nn::cut_sequences(nn::tokenize_slice(tok, cs, a.sequences * a.length), a.sequences, a.length, -1);
-  nn::Calibration calib;
-  size_t next = 0;
-  auto t0 = std::chrono::steady_clock::now();
-  nn::calibrate(dense,
-                [&](std::vector<int32_t>& s) {
-                  if (next == seqs.size()) return false;
-                  s = seqs[next++];
-                  return true;
-                },
-                calib);
-  std::printf("calibration: %s, %lld sequences x %lld tokens (%.0f s)\n", cs.describe().c_str(),
-              static_cast<long long>(a.sequences), static_cast<long long>(a.length), seconds_since(t0));
-  const auto eval_toks = nn::tokenize_slice(tok, es, a.eval_tokens);
-  const nn::WindowOptions window{512, 512, 0};
-  std::printf("evaluation: %s, %zu tokens, context 512, stride 512\n", es.describe().c_str(), eval_toks.size());
-
   std::vector<std::string> names;
   for (const auto& n : dense.linear_names())
     if (n.rfind("blk.", 0) == 0) names.push_back(n);
+  const std::string cache_key = fs::absolute(a.model).string() + " | " + cs.describe() + " | " +
+                                std::to_string(a.sequences) + " x " + std::to_string(a.length);
+  const auto seqs = nn::cut_sequences(nn::tokenize_slice(tok, cs, a.sequences * a.length), a.sequences, a.length, -1);
+  std::optional<Statistics> cached;
+  if (!a.calib_cache.empty()) cached = load_statistics(a.calib_cache, cache_key);
+  Statistics stats;
+  if (cached) {
+    stats = std::move(*cached);
+    std::printf("calibration: %s, %lld sequences x %lld tokens (read from %s)\n", cs.describe().c_str(),
+                static_cast<long long>(a.sequences), static_cast<long long>(a.length), a.calib_cache.c_str());
+  } else {
+    nn::Calibration calib;
+    size_t next = 0;
+    auto t0 = std::chrono::steady_clock::now();
+    nn::calibrate(dense,
+                  [&](std::vector<int32_t>& s) {
+                    if (next == seqs.size()) return false;
+                    s = seqs[next++];
+                    return true;
+                  },
+                  calib);
+    std::printf("calibration: %s, %lld sequences x %lld tokens (%.0f s)\n", cs.describe().c_str(),
+                static_cast<long long>(a.sequences), static_cast<long long>(a.length), seconds_since(t0));
+    stats = statistics_of(calib, names);
+    if (!a.calib_cache.empty()) save_statistics(a.calib_cache, cache_key, stats);
+  }
+  const auto eval_toks = nn::tokenize_slice(tok, es, a.eval_tokens);
+  const nn::WindowOptions window{512, 512, 0};
+  std::printf("evaluation: %s, %zu tokens, context 512, stride 512\n", es.describe().c_str(), eval_toks.size());
   std::printf("quantizing %zu linear layers (the 30 blocks; embeddings / tied output head stay dense)\n\n",
               names.size());
 
@@ -185,25 +390,40 @@ void run_smollm(const Args& a) {
   std::printf("| method | bits | group | bits/weight | quantize s | layer err (calib) | perplexity | KL mean | KL p99 | "
               "top-1 |\n|---|---|---|---|---|---|---|---|---|---|\n");
   double dense_ppl = 0;
+  std::vector<std::string> notes;
   std::map<std::pair<int, int>, std::map<std::string, double>> kl_of;
   for (const auto& [bits, group] : a.configs) {
     for (const auto& m : a.methods) {
-      const MethodSpec ms = method_spec(m);
+      // METHOD@seqK: sequential calibration in stages of K blocks.
+      const auto at = m.find("@seq");
+      const int stage_blocks = at == std::string::npos ? 0 : std::stoi(m.substr(at + 4));
+      require(at == std::string::npos || stage_blocks >= 1, "method '", m, "': @seq needs a number of blocks >= 1");
+      MethodSpec ms = method_spec(m.substr(0, at));
+      if (stage_blocks) ms.label = m;
       const auto& c = compress::find_compressor(ms.compressor);
       nn::LlamaModel q = dense.clone();
       const std::string knob = knob_for(bits, group, ms);
-      const Quantized qz = quantize_layers(
-          names, calib, c, knob, [&](const std::string& n) { return dense.linear(n).dense_weight(); },
-          [&](const std::string& n, RowMatrix<float> w) {
-            q.set_linear(n, std::make_shared<nn::DenseLinear>(std::move(w)));
-          },
-          h_cache);
+      double seq_calib_s = 0;
+      Quantized qz;
+      if (stage_blocks) {
+        qz = quantize_sequential(q, seqs, stage_blocks, c, knob, seq_calib_s);
+      } else {
+        qz = quantize_layers(
+            names, stats, c, knob, [&](const std::string& n) { return dense.linear(n).dense_weight(); },
+            [&](const std::string& n, RowMatrix<float> w) {
+              q.set_linear(n, std::make_shared<nn::DenseLinear>(std::move(w)));
+            },
+            h_cache);
+      }
       const nn::KlResult kl = nn::kl_divergence(dense, q, eval_toks, window);
       dense_ppl = kl.reference.perplexity;
       kl_of[{bits, group}][ms.label] = kl.mean_kl;
       std::printf("| %s | %d | %d | %.3f | %.1f | %.5f | %.3f | %.5f | %.4f | %.2f%% |\n", ms.label.c_str(), bits, group,
                   8.0 * qz.bytes / qz.weights, qz.seconds, qz.mean_layer_error, kl.model.perplexity, kl.mean_kl,
                   kl.p99_kl, 100.0 * kl.top1_agreement);
+      if (stage_blocks) notes.push_back(m + ": the sequential calibration (" +
+                                        std::to_string((dense.config().n_layers + stage_blocks - 1) / stage_blocks) +
+                                        " stages) took " + std::to_string(static_cast<int>(seq_calib_s)) + " s");
       std::fflush(stdout);
     }
   }
@@ -213,7 +433,7 @@ void run_smollm(const Args& a) {
     const auto& c = compress::find_compressor("quant.rtn");
     nn::LlamaModel q = dense.clone();
     const Quantized qz = quantize_layers(
-        names, calib, c, "bits=4,group=32,asym", [&](const std::string& n) { return dense.linear(n).dense_weight(); },
+        names, stats, c, "bits=4,group=32,asym", [&](const std::string& n) { return dense.linear(n).dense_weight(); },
         [&](const std::string& n, RowMatrix<float> w) { q.set_linear(n, std::make_shared<nn::DenseLinear>(std::move(w))); },
         h_cache);
     const nn::KlResult kl = nn::kl_divergence(dense, q, eval_toks, window);
@@ -222,13 +442,8 @@ void run_smollm(const Args& a) {
                 100.0 * kl.top1_agreement);
   }
   std::printf("\ndense perplexity: %.3f\n", dense_ppl);
-  for (const auto& [cfg, kls] : kl_of) {
-    if (!kls.count("RTN")) continue;
-    for (const auto& [label, kl] : kls)
-      if (label != "RTN")
-        std::printf("%d bits, group %d: KL(%s) / KL(RTN) = %.3f\n", cfg.first, cfg.second, label.c_str(),
-                    kl / kls.at("RTN"));
-  }
+  for (const auto& n : notes) std::printf("%s\n", n.c_str());
+  print_ratios(kl_of, "KL");
 }
 
 // Unique sentences of the paraphrase set, in file order.
@@ -279,6 +494,7 @@ void run_minilm(const Args& a) {
   std::printf("evaluation: %zu sentences of %s, cosine of each embedding to the dense model's\n\n", sentences.size(),
               a.paraphrases.c_str());
   const auto& names = dense.linear_names();
+  const Statistics stats = statistics_of(calib, names);
   std::map<std::string, std::pair<Matrix<float>, double>> h_cache;
   std::printf("| method | bits | group | bits/weight | quantize s | layer err (calib) | mean cosine | min cosine | "
               "1 - mean cos |\n|---|---|---|---|---|---|---|---|---|\n");
@@ -289,7 +505,7 @@ void run_minilm(const Args& a) {
       const auto& c = compress::find_compressor(ms.compressor);
       enc.encoder() = dense.clone();
       const Quantized qz = quantize_layers(
-          names, calib, c, knob_for(bits, group, ms),
+          names, stats, c, knob_for(bits, group, ms),
           [&](const std::string& n) { return dense.linear(n).dense_weight(); },
           [&](const std::string& n, RowMatrix<float> w) { enc.encoder().set_weight(n, std::move(w)); }, h_cache);
       const Tensor e = enc.encode(sentences);
@@ -308,13 +524,7 @@ void run_minilm(const Args& a) {
       std::fflush(stdout);
     }
   }
-  for (const auto& [cfg, d] : dist_of) {
-    if (!d.count("RTN")) continue;
-    for (const auto& [label, v] : d)
-      if (label != "RTN")
-        std::printf("%d bits, group %d: (1 - cos)(%s) / (1 - cos)(RTN) = %.3f\n", cfg.first, cfg.second, label.c_str(),
-                    v / d.at("RTN"));
-  }
+  print_ratios(dist_of, "(1 - cos)");
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include "strata/compress/quant/quant.hpp"
@@ -22,17 +23,21 @@ struct Setting {
   QuantSpec spec;
   bool act_order = false;
   double damp = 0.01;
+  bool clip = false;           // clipping search for each group's range (RTN and GPTQ)
+  bool clip_weighted = false;  // its error weighted by E[x_j^2]
 };
 
 std::string layer_prefix(std::string_view layer) { return "layer '" + std::string(layer) + "'"; }
 
-// "bits=B[,group=G|row][,sym|asym]", GPTQ also "[,act_order[=0|1]][,damp=D]"; what is not given
+// "bits=B[,group=G|row][,sym|asym]", RTN and GPTQ also "[,clip[=0|1|w]]", GPTQ also
+// "[,act_order[=0|1]][,damp=D]"; what is not given
 // comes from the compressor's defaults, so that "bits=3" means a point of the ladder it lists.
 Setting parse_setting(std::string_view knob, const Setting& defaults, Method method, std::string_view layer) {
   const std::string where = layer_prefix(layer);
   try {
     const auto kv = parse_knob(knob);
     std::set<std::string> known = {"bits", "group", "sym", "asym"};
+    if (method != Method::awq) known.insert("clip");
     if (method == Method::gptq) known.insert({"act_order", "damp"});
     for (const auto& [key, value] : kv) {
       if (!known.count(key)) {
@@ -45,6 +50,9 @@ Setting parse_setting(std::string_view knob, const Setting& defaults, Method met
       if (key == "act_order")
         require(value.empty() || value == "0" || value == "1", "knob '", knob,
                 "': act_order takes no value, 0 or 1, got '", value, "'");
+      if (key == "clip")
+        require(value.empty() || value == "0" || value == "1" || value == "w", "knob '", knob,
+                "': clip takes no value, 0, 1 or w, got '", value, "'");
     }
     Setting s = defaults;
     const int64_t bits = knob_int(kv, "bits", knob);
@@ -63,6 +71,10 @@ Setting parse_setting(std::string_view knob, const Setting& defaults, Method met
     if (kv.count("sym")) s.spec.symmetric = true;
     if (kv.count("asym")) s.spec.symmetric = false;
     if (auto it = kv.find("act_order"); it != kv.end()) s.act_order = it->second != "0";
+    if (auto it = kv.find("clip"); it != kv.end()) {
+      s.clip = it->second != "0";
+      s.clip_weighted = it->second == "w";
+    }
     if (kv.count("damp")) {
       s.damp = knob_double(kv, "damp", knob);
       require(std::isfinite(s.damp) && s.damp > 0, "knob '", knob, "': damp must be finite and > 0, got ", s.damp);
@@ -113,7 +125,14 @@ class QuantCompressor final : public WeightCompressor {
     for (int bits : {2, 3, 4, 5, 6, 8}) {
       QuantSpec spec = defaults_.spec;
       spec.bits = bits;
-      out.push_back(spec.knob() + (defaults_.act_order ? ",act_order" : ""));
+      std::string knob = spec.knob() + (defaults_.act_order ? ",act_order" : "") +
+                         (defaults_.clip ? (defaults_.clip_weighted ? ",clip=w" : ",clip") : "");
+      if (method_ == Method::gptq) {
+        std::ostringstream damp;
+        damp << defaults_.damp;
+        knob += ",damp=" + damp.str();
+      }
+      out.push_back(std::move(knob));
     }
     return out;
   }
@@ -138,17 +157,30 @@ class QuantCompressor final : public WeightCompressor {
     QuantizedMatrix q;
     nlohmann::json extra = nlohmann::json::object();
     switch (method_) {
-      case Method::rtn:
-        q = quant::rtn(*layer.weight, s.spec, layer.name);
+      case Method::rtn: {
+        std::vector<float> importance;
+        if (s.clip_weighted) {
+          require(calib.mean_sq != nullptr, where,
+                  ": clip=w needs the per-channel mean x^2 of the input (calibration)");
+          require(calib.mean_sq->size() == layer.cols(), where, ": mean_sq has ", calib.mean_sq->size(),
+                  " entries for ", layer.cols(), " inputs");
+          importance.assign(calib.mean_sq->data(), calib.mean_sq->data() + calib.mean_sq->size());
+        }
+        q = quant::rtn(*layer.weight, s.spec, s.clip ? quant::kMseClip : quant::ClipSearch{}, layer.name, importance);
+        extra["clip"] = s.clip ? (s.clip_weighted ? "mse, weighted by E[x^2]" : "mse") : "none";
         break;
+      }
       case Method::gptq: {
         require(calib.hessian != nullptr, where, ": GPTQ needs the input Hessian (calibration with Gram matrices)");
         quant::GptqOptions opt;
         opt.act_order = s.act_order;
         opt.damp = s.damp;
+        if (s.clip) opt.clip = quant::kMseClip;
+        opt.clip_weighted = s.clip_weighted;
         q = quant::gptq(*layer.weight, *calib.hessian, s.spec, opt, layer.name);
         extra["act_order"] = s.act_order;
         extra["damp"] = opt.damp;
+        extra["clip"] = s.clip ? (s.clip_weighted ? "mse, weighted by H_jj" : "mse") : "none";
         break;
       }
       case Method::awq: {
@@ -236,14 +268,18 @@ void add_quant_compressors(Registry& registry) {
     registry.push_back(std::make_unique<QuantCompressor>(std::move(name), std::move(description), method, defaults));
   };
   add("quant.rtn",
-      "Round to nearest, asymmetric, groups of 128 inputs: packed codes + f16 scales + packed zero points", Method::rtn,
-      {{4, 128, false}, false});
-  add("quant.rtn_sym", "Round to nearest, symmetric, groups of 128 inputs: packed codes + f16 scales", Method::rtn,
-      {{4, 128, true}, false});
+      "Round to nearest on each group's min/max range, asymmetric, groups of 128 inputs: packed codes + f16 scales "
+      "+ packed zero points",
+      Method::rtn, {{4, 128, false}, false});
+  add("quant.rtn_sym",
+      "Round to nearest on each group's max |w|, symmetric, groups of 128 inputs: packed codes + f16 scales",
+      Method::rtn, {{4, 128, true}, false});
+  // The defaults measured best on SmolLM2 at 3 bits (docs/quantization.md): act-order, each group's
+  // range from a clipping search weighted by H_jj, 10% dampening.
   add("quant.gptq",
-      "GPTQ: error feedback through the inverse Hessian, act-order with static groups of 128, asymmetric; "
-      "RTN's storage",
-      Method::gptq, {{4, 128, false}, true});
+      "GPTQ: error feedback through the inverse Hessian, act-order with static groups of 128 whose ranges come "
+      "from a clipping search weighted by E[x^2], 10% dampening, asymmetric; RTN's storage",
+      Method::gptq, {{4, 128, false}, true, 0.1, true, true});
   add("quant.awq",
       "Activation-aware scaling (AWQ-style): per-input scales mean|x|^alpha, alpha searched on the output error, "
       "then RTN (asymmetric, groups of 128); RTN's storage + f16 scale per input",

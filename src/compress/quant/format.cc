@@ -35,34 +35,100 @@ float round_to_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
 // thread team costs more than they take (and much more on a loaded machine).
 int64_t row_chunk(int64_t cols) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, cols)); }
 
-}  // namespace
-
-GroupParams fit_group(const float* x, int64_t n, int64_t stride, const QuantSpec& spec) {
+// The scale and zero point of the range [lo, hi] (lo <= 0 <= hi), or of max|w| = hi when symmetric.
+GroupParams params_for_range(float lo, float hi, const QuantSpec& spec) {
   GroupParams p;
   if (spec.symmetric) {
-    float amax = 0;
-    for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::abs(x[i * stride]));
     const int half = 1 << (spec.bits - 1);
     p.zero = half;
-    p.scale = round_to_f16(amax / static_cast<float>(half - 1));
-    require(std::isfinite(p.scale), "quant: a group's scale overflows f16 (largest |weight| ", amax, ")");
+    p.scale = round_to_f16(hi / static_cast<float>(half - 1));
     return p;
-  }
-  // The range always holds 0 so that the zero point is a code, and 0 is exactly representable
-  // (pruned or dead weights stay 0).
-  float lo = 0, hi = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    lo = std::min(lo, x[i * stride]);
-    hi = std::max(hi, x[i * stride]);
   }
   const int max_code = spec.max_code();
   p.scale = round_to_f16((hi - lo) / static_cast<float>(max_code));
-  require(std::isfinite(p.scale), "quant: a group's scale overflows f16 (weights in [", lo, ", ", hi, "])");
-  if (p.scale > 0) {
+  if (p.scale > 0 && std::isfinite(p.scale)) {
     const float z = std::nearbyint(-lo / p.scale);
     p.zero = static_cast<int>(std::clamp(z, 0.0f, static_cast<float>(max_code)));
   }
   return p;
+}
+
+// sum_i (x_i - dequant(quant(x_i)))^2 over a contiguous group, the arithmetic of quantize_value and
+// dequantize_value written so that the compiler vectorises it (the search calls it ~80 times a group).
+float squared_error(const float* x, const float* importance, int64_t n, const GroupParams& p, int max_code) {
+  const float s = p.scale, z = static_cast<float>(p.zero), top = static_cast<float>(max_code);
+  float acc = 0;
+  if (importance) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float c = std::min(std::max(std::nearbyint(x[i] / s) + z, 0.0f), top);
+      const float e = x[i] - s * (c - z);
+      acc += importance[i] * e * e;
+    }
+    return acc;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float c = std::min(std::max(std::nearbyint(x[i] / s) + z, 0.0f), top);
+    const float e = x[i] - s * (c - z);
+    acc += e * e;
+  }
+  return acc;
+}
+
+}  // namespace
+
+GroupParams fit_group(const float* x, int64_t n, int64_t stride, const QuantSpec& spec) {
+  return fit_group(x, n, stride, spec, ClipSearch{});
+}
+
+GroupParams fit_group(const float* x, int64_t n, int64_t stride, const QuantSpec& spec, const ClipSearch& clip,
+                      const float* importance) {
+  require(clip.grid >= 0, "quant: clip grid must be >= 0, got ", clip.grid);
+  require(clip.max_shrink >= 0 && clip.max_shrink < 1, "quant: clip max_shrink must be in [0, 1), got ",
+          clip.max_shrink);
+  // The range always holds 0 so that the zero point is a code, and 0 is exactly representable
+  // (pruned or dead weights stay 0). Symmetric grids use hi = max|w|.
+  float lo = 0, hi = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i * stride];
+    if (spec.symmetric) {
+      hi = std::max(hi, std::abs(v));
+    } else {
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
+    }
+  }
+  const GroupParams full = params_for_range(lo, hi, spec);
+  if (spec.symmetric)
+    require(std::isfinite(full.scale), "quant: a group's scale overflows f16 (largest |weight| ", hi, ")");
+  else
+    require(std::isfinite(full.scale), "quant: a group's scale overflows f16 (weights in [", lo, ", ", hi, "])");
+  if (!clip.enabled() || full.scale == 0.0f || n == 0) return full;
+
+  std::vector<float> buf;
+  const float* g = x;
+  if (stride != 1) {
+    buf.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) buf[static_cast<size_t>(i)] = x[i * stride];
+    g = buf.data();
+  }
+  const int max_code = spec.max_code();
+  GroupParams best = full;
+  float best_err = squared_error(g, importance, n, full, max_code);
+  const auto steps = static_cast<int>(std::ceil(clip.max_shrink * clip.grid - 1e-9));
+  GroupParams last = full;
+  for (int i = 1; i < steps; ++i) {
+    const float f = 1.0f - static_cast<float>(i) / static_cast<float>(clip.grid);
+    const GroupParams p = params_for_range(f * lo, f * hi, spec);
+    // Neighbouring factors often round to the same f16 scale.
+    if (p.scale == 0.0f || (p.scale == last.scale && p.zero == last.zero)) continue;
+    last = p;
+    const float err = squared_error(g, importance, n, p, max_code);
+    if (err < best_err) {
+      best_err = err;
+      best = p;
+    }
+  }
+  return best;
 }
 
 StorageSize storage_size(int64_t rows, int64_t cols, const QuantSpec& spec, bool channel_scales) {
@@ -176,8 +242,18 @@ RowMatrix<float> dequantize(const QuantizedMatrix& q) {
 }
 
 QuantizedMatrix rtn(const RowMatrix<float>& w, const QuantSpec& spec, std::string_view name) {
+  return rtn(w, spec, ClipSearch{}, name);
+}
+
+QuantizedMatrix rtn(const RowMatrix<float>& w, const QuantSpec& spec, const ClipSearch& clip, std::string_view name,
+                    std::span<const float> importance) {
   check_spec(spec, std::string("layer '") + std::string(name) + "'");
   check_weight(w, name);
+  require(importance.empty() || static_cast<int64_t>(importance.size()) == w.cols(), "layer '", name, "': ",
+          importance.size(), " importance weights for ", w.cols(), " inputs");
+  for (size_t j = 0; j < importance.size(); ++j)
+    require(std::isfinite(importance[j]) && importance[j] >= 0, "layer '", name, "': importance weight ", j, " is ",
+            importance[j], ", must be finite and >= 0");
   QuantizedMatrix q;
   q.rows = w.rows();
   q.cols = w.cols();
@@ -193,7 +269,8 @@ QuantizedMatrix rtn(const RowMatrix<float>& w, const QuantSpec& spec, std::strin
         const float* row = w.data() + r * cols;
         for (int64_t k = 0; k < ng; ++k) {
           const int64_t c0 = k * g, c1 = std::min(cols, c0 + g);
-          const GroupParams p = fit_group(row + c0, c1 - c0, 1, spec);
+          const GroupParams p =
+              fit_group(row + c0, c1 - c0, 1, spec, clip, importance.empty() ? nullptr : importance.data() + c0);
           const size_t gi = static_cast<size_t>(r * ng + k);
           q.scales[gi] = f32_to_f16(p.scale);
           if (!spec.symmetric) q.zeros[gi] = static_cast<uint8_t>(p.zero);

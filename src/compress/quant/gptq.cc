@@ -54,18 +54,30 @@ QuantizedMatrix gptq(const RowMatrix<float>& w, const Matrix<double>& h, const Q
   const bool static_groups = options.act_order || g == cols;
   const int max_code = spec.max_code();
   std::vector<GroupParams> params(static_cast<size_t>(rows * ng));
+  // The diagonal of H in the original column order, for a weighted clipping search.
+  std::vector<float> importance;
+  if (options.clip.enabled() && options.clip_weighted) {
+    importance.resize(static_cast<size_t>(cols));
+    for (int64_t j = 0; j < cols; ++j) importance[static_cast<size_t>(j)] = static_cast<float>(hess(j, j));
+  }
   auto fit = [&](int64_t r, int64_t k, const float* first, int64_t n, int64_t stride) {
     try {
-      params[static_cast<size_t>(r * ng + k)] = fit_group(first, n, stride, spec);
+      params[static_cast<size_t>(r * ng + k)] =
+          fit_group(first, n, stride, spec, options.clip, importance.empty() ? nullptr : importance.data() + k * g);
     } catch (const Error& e) {
       fail(what, ": row ", r, ", group ", k, ": ", e.what());
     }
   };
   if (static_groups) {
-    for (int64_t k = 0; k < ng; ++k) {
-      const int64_t c0 = k * g, n = std::min(cols, c0 + g) - c0;
-      for (int64_t r = 0; r < rows; ++r) fit(r, k, &w0(r, c0), n, rows);
-    }
+    // Rows in parallel: with a clipping search (80 candidate ranges a group) the fits are a sizeable
+    // part of the work.
+    const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 16) / cols);
+    parallel_for(rows, chunk, [&](int64_t r0, int64_t r1) {
+      for (int64_t k = 0; k < ng; ++k) {
+        const int64_t c0 = k * g, n = std::min(cols, c0 + g) - c0;
+        for (int64_t r = r0; r < r1; ++r) fit(r, k, &w0(r, c0), n, rows);
+      }
+    });
   }
 
   // Column order: act-order takes the inputs with the largest mean square first, while most columns

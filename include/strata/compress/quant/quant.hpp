@@ -10,6 +10,8 @@
 //   - asymmetric: s = (max - min) / (2^bits - 1) over the group with min <= 0 <= max (the range is
 //     widened to hold 0, so that z = round(-min / s) always fits in `bits` bits), z stored;
 //     symmetric: s = max|w| / (2^(bits-1) - 1), z = 2^(bits-1) implicit (not stored);
+//   - a clipping search (ClipSearch, below) may fit a group on a narrower range than min/max; the
+//     weights outside it take the end codes, and the format does not change;
 //   - AWQ adds one f16 scale per input channel: W' = dequant(codes) diag(channel_scales)^-1.
 // Scales are rounded to f16 before the codes are chosen, so codes are optimal for the scale that is
 // stored, and what is reconstructed is exactly what the algorithms evaluated.
@@ -62,6 +64,29 @@ struct GroupParams {
 // scale 0 (every code then stands for 0). Throws strata::Error when the scale overflows f16.
 GroupParams fit_group(const float* x, int64_t n, int64_t stride, const QuantSpec& spec);
 
+// A search over clipped ranges for a group's scale and zero point. With the full range, one outlier
+// stretches the grid for the whole group; at 2-3 bits a grid that clips the outlier and resolves
+// the other weights finely often reproduces the group better. Candidates are the full range scaled
+// by 1 - i / grid for i = 0 .. ceil(max_shrink * grid) - 1 (asymmetric: both ends, which keep
+// holding 0; symmetric: max|w|), each with its f16 scale, and the one with the least squared error
+// sum_i (x_i - dequant(quant(x_i)))^2 wins (the full range on ties). GPTQ's reference quantizer
+// searches the same kind of grid (100 steps, shrinking to 0.2).
+struct ClipSearch {
+  int grid = 0;             // 0: no search (the full range, RTN's formulas)
+  double max_shrink = 0.8;  // the smallest candidate range is (1 - max_shrink) of the full one
+  bool enabled() const { return grid > 0; }
+};
+inline constexpr ClipSearch kMseClip{100, 0.8};
+
+// fit_group with a clipping search (the plain fit when `clip` is disabled). `importance` is null or
+// n weights >= 0, one per value in group order (contiguous, whatever the stride): the search then
+// minimises sum_i importance_i (x_i - dequant(quant(x_i)))^2, so that the weights of inputs with large
+// activations (importance E[x_j^2], the diagonal of H) are not clipped to resolve the others. Never
+// worse than the plain fit on that error. Throws strata::Error for a grid < 0 or max_shrink outside
+// [0, 1), and when the full range's scale overflows f16.
+GroupParams fit_group(const float* x, int64_t n, int64_t stride, const QuantSpec& spec, const ClipSearch& clip,
+                      const float* importance = nullptr);
+
 // The code of x under p: clamp(round(x / s) + z, 0, 2^bits - 1) (ties to even); z when s = 0.
 inline int quantize_value(float x, const GroupParams& p, int max_code) {
   if (p.scale == 0.0f) return p.zero;
@@ -102,8 +127,12 @@ std::vector<uint8_t> unpack_bits(std::span<const uint8_t> packed, uint64_t count
 // Throws strata::Error naming `name` unless w is non-empty and finite.
 void check_weight(const RowMatrix<float>& w, std::string_view name);
 
-// Round to nearest, group by group.
+// Round to nearest, group by group, on the full range of each group.
 QuantizedMatrix rtn(const RowMatrix<float>& w, const QuantSpec& spec, std::string_view name = "weight");
+// Round to nearest with each group's range from a clipping search; `importance` is empty (plain
+// squared error) or one weight >= 0 per input channel [cols] for the search (e.g. E[x_j^2]).
+QuantizedMatrix rtn(const RowMatrix<float>& w, const QuantSpec& spec, const ClipSearch& clip,
+                    std::string_view name = "weight", std::span<const float> importance = {});
 
 struct GptqOptions {
   double damp = 0.01;     // H += damp * mean(diag H) I
@@ -111,6 +140,12 @@ struct GptqOptions {
   // Process columns by descending diag(H). Groups stay static: their scales come from the original
   // weights in the original column order, before the loop, so the stored format is unchanged.
   bool act_order = false;
+  // How each group's scale and zero point are chosen (a static group: on the original weights; a
+  // dynamic one: on the weights as updated when the loop reaches it).
+  ClipSearch clip;
+  // The search weighs the error of input j by H_jj: the output error of the group's rounding alone,
+  // without the cross terms.
+  bool clip_weighted = false;
 };
 
 // GPTQ with H = X^T X / N [cols, cols] (any positive multiple gives the same result). Inputs with
