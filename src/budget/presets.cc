@@ -28,19 +28,10 @@ constexpr std::string_view kGguf = R"json({
   "evolve": false
 })json";
 
+// The gguf preset with the evolutionary search on: a JSON merge patch over kGguf.
 constexpr std::string_view kGgufEvolve = R"json({
   "name": "gguf-evolve",
   "description": "the gguf preset, then an evolutionary search on the measured KL divergence of the whole model to the dense one",
-  "rules": [
-    {"match": "*_norm.weight", "skip": true},
-    {"match": "token_embd.weight", "methods": [{"compressor": "quant.ggml",
-      "knobs": ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl"]}]},
-    {"match": "blk.*.weight", "methods": [{"compressor": "quant.ggml",
-      "knobs": ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]}]}
-  ],
-  "like": "quant.ggml:q3_k",
-  "error_mode": "kl",
-  "solver": "greedy",
   "evolve": true,
   "generations": 30,
   "offspring": 6,
@@ -71,8 +62,10 @@ constexpr std::string_view kMixed = R"json({
 
 struct PresetText {
   std::string_view name, json;
+  std::string_view base = {};  // when set, `json` is a merge patch (RFC 7386) over this JSON
 };
-constexpr std::array<PresetText, 3> kPresets = {{{"gguf", kGguf}, {"gguf-evolve", kGgufEvolve}, {"mixed", kMixed}}};
+constexpr std::array<PresetText, 3> kPresets = {
+    {{"gguf", kGguf}, {"gguf-evolve", kGgufEvolve, kGguf}, {"mixed", kMixed}}};
 
 }  // namespace
 
@@ -87,7 +80,13 @@ Recipe preset(std::string_view name) {
   for (const PresetText& p : kPresets) {
     if (p.name == name) {
       const std::string source = "preset '" + std::string(name) + "'";
-      return Recipe::from_json(parse_json(p.json, source), source);
+      nlohmann::json j = parse_json(p.json, source);
+      if (!p.base.empty()) {
+        nlohmann::json base = parse_json(p.base, source);
+        base.merge_patch(j);
+        j = std::move(base);
+      }
+      return Recipe::from_json(j, source);
     }
     known << ' ' << p.name;
   }

@@ -499,9 +499,13 @@ TEST(Gptq, DeadInputsAreZeroed) {
 TEST(Gptq, DeterministicForAnyThreadCount) {
   const RowMatrix<float> w = heavy_tailed(80, 300, 10);
   const Matrix<double> h = correlated_hessian(300, 10);
-  for (bool act : {false, true}) {
+  for (int variant = 0; variant < 3; ++variant) {
     GptqOptions opt;
-    opt.act_order = act;
+    opt.act_order = variant > 0;
+    if (variant == 2) {  // the registered defaults: the weighted search fits rows in parallel
+      opt.clip = kMseClip;
+      opt.clip_weighted = true;
+    }
     const QuantSpec spec{3, 64, false};
     const int saved = num_threads();
     set_num_threads(1);
