@@ -23,28 +23,8 @@
 namespace strata::compress::quant {
 namespace {
 
-RowMatrix<float> heavy_tailed(int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::student_t_distribution<float> t(4.0f);
-  RowMatrix<float> w(rows, cols);
-  for (int64_t i = 0; i < w.size(); ++i) w.data()[i] = 0.02f * t(rng);
-  return w;
-}
-
-// H = X^T X / N for inputs with correlated channels and a few loud ones, like a real layer's.
-Matrix<double> correlated_hessian(int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> gauss(0.0, 1.0);
-  const int64_t tokens = 4 * cols, latent = std::max<int64_t>(4, cols / 8);
-  Matrix<double> mix(latent, cols), z(tokens, latent);
-  for (int64_t i = 0; i < mix.size(); ++i) mix.data()[i] = gauss(rng);
-  for (int64_t i = 0; i < z.size(); ++i) z.data()[i] = gauss(rng);
-  Matrix<double> x = z * mix;
-  for (int64_t i = 0; i < x.size(); ++i) x.data()[i] += 0.3 * gauss(rng);
-  for (int64_t j = 3; j < cols; j += 41) x.col(j) *= 10.0;
-  Matrix<double> h = x.transpose() * x / static_cast<double>(tokens);
-  return (h + h.transpose()) / 2;
-}
+using strata::testing::correlated_hessian;
+using strata::testing::heavy_tailed;
 
 float f16_round(float x) { return f16_to_f32(f32_to_f16(x)); }
 
