@@ -403,8 +403,14 @@ void run(const Options& o, bool compress_model) {
     params += rows * cols;
   }
   report.params = params;
+  // One judgement per variant: the plan, then a uniform and an allocated plan per --compare request.
+  std::vector<std::string> likes = split_list(o.compare);
+  if (!o.like.empty() && std::find(likes.begin(), likes.end(), o.like) == likes.end()) likes.push_back(o.like);
+  Progress eval_bar("evaluating", given_plan ? 1 : 1 + 2 * static_cast<int64_t>(likes.size()));
+  int64_t judged = 0;
   auto measure = [&](const budget::Plan& p, const std::string& label) {
     const Judgement j = judge(apply_plan(*dense.model, p, bank));
+    eval_bar.update(++judged);
     report.dense_perplexity = j.dense_perplexity;
     VariantResult v;
     v.label = label;
@@ -422,8 +428,6 @@ void run(const Options& o, bool compress_model) {
   report.variants.push_back(measure(plan, "allocated (" + report.solver + ")"));
   if (!given_plan) {
     // Uniform requests for the curve, and the one of the plan's size for the headline comparison.
-    std::vector<std::string> likes = split_list(o.compare);
-    if (!o.like.empty() && std::find(likes.begin(), likes.end(), o.like) == likes.end()) likes.push_back(o.like);
     struct Sized {
       std::string like;
       budget::Plan uniform;
@@ -452,7 +456,10 @@ void run(const Options& o, bool compress_model) {
       }
       const VariantResult v = measure(a, "allocated at the size of " + s.like);
       report.curve.push_back({s.like, u.bits_per_weight, u.mean_kl, v.bits_per_weight, v.mean_kl});
-      if (std::abs(u.bytes - plan.total_cost().bytes) <= 0.5 * 0.001 * u.bytes) report.variants.push_back(u);
+      // The uniform plan the budget was sized by (or that happens to match it) joins the headline table.
+      const double budget_bytes = constraint && constraint->metric == budget::Metric::bytes ? constraint->budget
+                                                                                            : plan.total_cost().bytes;
+      if (std::abs(u.bytes - budget_bytes) <= 0.5 * 0.001 * u.bytes) report.variants.push_back(u);
     }
   }
   report.seconds.emplace_back("evaluation", since(t));
