@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "strata/nn/attention.hpp"
 #include "strata/core/eigen.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
@@ -90,20 +91,7 @@ void Session::attend(int layer, const float* q, const float* k, const float* v, 
       Eigen::Map<const RowMatrix<float>> vh(cache_.values(layer, kvh), len, hd);
       scores.resize(n, len);
       scores.noalias() = (qh * kh.transpose()) * scale;
-      for (int64_t t = 0; t < n; ++t) {
-        const int64_t visible = before + t + 1;
-        float* row = scores.data() + t * len;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, row[j]);
-        double sum = 0;
-        for (int64_t j = 0; j < visible; ++j) {
-          row[j] = std::exp(row[j] - mx);
-          sum += row[j];
-        }
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
-        for (int64_t j = visible; j < len; ++j) row[j] = 0.0f;
-      }
+      nn::causal_softmax_rows(scores.data(), n, len, before);
       if (scorer_probs) scorer->observe(layer, static_cast<int>(h), scores.data(), n, len, pos0);
       if (hook_probs) hooks->on_attention(layer, static_cast<int>(h), scores.data(), n, len, pos0);
       Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>> o(out + h * hd, n, hd, Eigen::OuterStride<>(q_dim));

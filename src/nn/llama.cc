@@ -5,6 +5,7 @@
 #include <limits>
 #include <random>
 
+#include "strata/nn/attention.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/parallel.hpp"
 
@@ -274,20 +275,7 @@ void LlamaSession::forward(std::span<const int32_t> tokens, float* logits, Logit
         Strided kh(kc + kvh * hd, total, hd, Eigen::OuterStride<>(kv_dim));
         Strided vh(vc + kvh * hd, total, hd, Eigen::OuterStride<>(kv_dim));
         scores.noalias() = (qh * kh.transpose()) * scale;
-        for (int64_t t = 0; t < n; ++t) {
-          const int64_t visible = pos0 + t + 1;
-          float* row = scores.data() + t * total;
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, row[j]);
-          double sum = 0;
-          for (int64_t j = 0; j < visible; ++j) {
-            row[j] = std::exp(row[j] - mx);
-            sum += row[j];
-          }
-          const float inv = static_cast<float>(1.0 / sum);
-          for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
-          for (int64_t j = visible; j < total; ++j) row[j] = 0.0f;
-        }
+        causal_softmax_rows(scores.data(), n, total, pos0);
         if (want_probs) hooks->on_attention(li, static_cast<int>(h), scores.data(), n, total, pos0);
         Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>> out(att.data() + h * hd, n, hd,
                                                                    Eigen::OuterStride<>(q_dim));
