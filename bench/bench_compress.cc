@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_paths.hpp"
 #include "strata/compress/compressor.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/error.hpp"
@@ -306,17 +307,12 @@ void print_summary() {
   }
 }
 
-fs::path env_path(const char* var, const char* fallback, const char* rel) {
-  if (const char* v = std::getenv(var)) return fs::path(v) / rel;
-  return fs::path(fallback) / rel;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
-  g_config.model = env_path("STRATA_MODELS_DIR", "models", "smollm2-135m-instruct-q4_1.gguf");
-  g_config.calib = env_path("STRATA_SHARED_DATA", "../shared/data", "corpora/sotu_1790-2021.txt");
+  g_config.model = strata::bench::default_smollm2();
+  g_config.calib = strata::bench::env_path("STRATA_SHARED_DATA", "../shared/data", "corpora/sotu_1790-2021.txt");
   std::vector<char*> rest;
   try {
     for (int i = 0; i < argc; ++i) {

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_paths.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/io/model.hpp"
 #include "strata/kv/session.hpp"
@@ -109,9 +110,7 @@ void BM_Compressed(benchmark::State& state, std::string name, std::string scorer
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
-  std::filesystem::path model_path;
-  if (const char* dir = std::getenv("STRATA_MODELS_DIR")) model_path = std::filesystem::path(dir) / "smollm2-135m-instruct-q4_1.gguf";
-  else model_path = "models/smollm2-135m-instruct-q4_1.gguf";
+  std::filesystem::path model_path = strata::bench::default_smollm2();
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
