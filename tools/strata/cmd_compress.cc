@@ -105,15 +105,9 @@ double cheapest_cost(const DenseModel& dense, const budget::Recipe& recipe, budg
   double total = 0;
   for (const auto& [tensor, params] : covered_tensors(dense, recipe)) {
     const budget::Rule& rule = *recipe.rule_for(tensor);
-    const RowMatrix<float>* w = nullptr;
-    RowMatrix<float> shape_only;
-    const int64_t rows = tensor == "token_embd.weight" ? dense.model->config().vocab_size
-                                                       : dense.model->linear(tensor).out_features();
-    const int64_t cols = tensor == "token_embd.weight" ? dense.model->config().dim
-                                                       : dense.model->linear(tensor).in_features();
-    shape_only.resize(rows, cols);  // cost() reads only the shape
-    w = &shape_only;
-    const compress::Layer layer{tensor, w};
+    const auto [rows, cols] = weight_shape(*dense.model, tensor);
+    const RowMatrix<float> shape_only(rows, cols);  // cost() reads only the shape
+    const compress::Layer layer{tensor, &shape_only};
     double best = std::numeric_limits<double>::infinity();
     std::vector<budget::MethodSpec> specs = rule.methods;
     if (rule.pin) {
@@ -396,10 +390,7 @@ void run(const Options& o, bool compress_model) {
                       std::to_string(n_windows) + " windows of " + std::to_string(o.context);
   int64_t params = 0;
   for (const auto& ch : plan.choices) {
-    const int64_t rows = ch.tensor == "token_embd.weight" ? dense.model->config().vocab_size
-                                                          : dense.model->linear(ch.tensor).out_features();
-    const int64_t cols = ch.tensor == "token_embd.weight" ? dense.model->config().dim
-                                                          : dense.model->linear(ch.tensor).in_features();
+    const auto [rows, cols] = weight_shape(*dense.model, ch.tensor);
     params += rows * cols;
   }
   report.params = params;

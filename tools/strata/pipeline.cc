@@ -102,6 +102,12 @@ void LayerBank::trim() {
   linears_.clear();
 }
 
+std::pair<int64_t, int64_t> weight_shape(const nn::LlamaModel& dense, const std::string& tensor) {
+  if (tensor == "token_embd.weight") return {dense.config().vocab_size, dense.config().dim};
+  const nn::Linear& l = dense.linear(tensor);
+  return {l.out_features(), l.in_features()};
+}
+
 std::string effective_knob(const std::string& method, const std::string& knob, int64_t cols) {
   if (method.rfind("quant.ggml", 0) != 0) return knob;
   const auto type = compress::ggml::quantizable_type(knob);
@@ -199,8 +205,7 @@ budget::Plan uniform_plan(const budget::Table& table, const std::string& method,
     if (layer.options.size() == 1) {
       pick = &layer.options.front();  // pinned
     } else {
-      const int64_t cols = layer.tensor == "token_embd.weight" ? dense.config().dim
-                                                               : dense.linear(layer.tensor).in_features();
+      const int64_t cols = weight_shape(dense, layer.tensor).second;
       std::string want = effective_knob(method, knob, cols);
       // llama-quantize gives the output head (a tied token embedding is the head) q6_k whatever the
       // requested type, or q8_0 when its rows are not whole super-blocks.

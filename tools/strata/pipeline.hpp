@@ -69,6 +69,9 @@ class LayerBank {
   std::map<std::tuple<std::string, std::string, std::string>, std::shared_ptr<const nn::Linear>> linears_;
 };
 
+// [rows, cols] of a tensor the pipeline can compress: a linear layer's weight or the token embedding.
+std::pair<int64_t, int64_t> weight_shape(const nn::LlamaModel& dense, const std::string& tensor);
+
 // The knob a ggml type request becomes for a layer, following llama.cpp's fallback for rows that
 // are not whole super-blocks ("q3_k" on 576 columns -> "iq4_nl"); other methods' knobs unchanged.
 std::string effective_knob(const std::string& method, const std::string& knob, int64_t cols);
