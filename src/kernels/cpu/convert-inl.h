@@ -17,6 +17,21 @@ namespace strata {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// Targets with f16 conversion instructions (x86 from AVX2 on, with F16C; Arm) round to nearest even
+// and keep infinities and NaNs, like the reference. Highway 1.0's emulation for the others (x86
+// SSE4/SSSE3, the scalar and EMU128 targets) truncates the mantissa, flushes the smallest
+// subnormals to zero and turns f16 infinities into 65536, so those targets convert with the
+// reference itself: they are pre-2013 CPUs, where exactness matters more than speed.
+#if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128 || \
+    (HWY_ARCH_X86 && (HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3))
+inline void ConvertF32ToF16(const float* HWY_RESTRICT in, f16* HWY_RESTRICT out, uint64_t n) {
+  for (uint64_t i = 0; i < n; ++i) out[i] = f32_to_f16(in[i]);
+}
+
+inline void ConvertF16ToF32(const f16* HWY_RESTRICT in, float* HWY_RESTRICT out, uint64_t n) {
+  for (uint64_t i = 0; i < n; ++i) out[i] = f16_to_f32(in[i]);
+}
+#else
 inline void ConvertF32ToF16(const float* HWY_RESTRICT in, f16* HWY_RESTRICT out, uint64_t n) {
   const hn::ScalableTag<float> df;
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
@@ -36,6 +51,7 @@ inline void ConvertF16ToF32(const f16* HWY_RESTRICT in, float* HWY_RESTRICT out,
   for (; i + N <= n; i += N) hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, p + i)), df, out + i);
   for (; i < n; ++i) out[i] = f16_to_f32(in[i]);
 }
+#endif
 
 // Round to nearest even on the integer bits, as the scalar reference does; Highway's own bf16
 // demotion may truncate on some targets, so it is not used.

@@ -124,7 +124,9 @@ TEST(KvAllocate, ProbeErrorIsTheEvictedSessionsAttentionError) {
   ASSERT_EQ(static_cast<int64_t>(errs.size()), c.n_layers);
   EXPECT_NEAR(errs[layer], want, 1e-4 * want + 1e-6);
   for (int l = 0; l < c.n_layers; ++l)
-    if (l != layer) EXPECT_EQ(errs[static_cast<size_t>(l)], 0.0);
+    if (l != layer) {
+      EXPECT_EQ(errs[static_cast<size_t>(l)], 0.0);
+    }
 
   EXPECT_THROW(ap.error(layer, std::vector<std::vector<int64_t>>(1)), Error);
   std::vector<std::vector<int64_t>> outside = every;
