@@ -173,9 +173,9 @@ std::vector<int64_t> allocate_layer_budgets(const budget::Table& table, int64_t 
 
 Policy allocated_policy(const budget::Table& table, int64_t budget, const Policy& within_layer,
                         budget::Solver solver) {
-  Policy p = Policy::layerwise(allocate_layer_budgets(table, budget, solver), within_layer.sinks, within_layer.recent);
-  p.headwise = within_layer.headwise;
-  p.adakv_floor = within_layer.adakv_floor;
+  Policy p = within_layer;  // sinks, window, head-wise allocation: as the table was measured with
+  p.layers = LayerBudget::layerwise;
+  p.per_layer = allocate_layer_budgets(table, budget, solver);
   return p;
 }
 

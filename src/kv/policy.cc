@@ -55,18 +55,31 @@ std::string describe(const Policy& p) {
   }
   s << " sinks=" << p.sinks;
   if (!p.streaming) s << " recent=" << p.recent;
+  if (!p.streaming && p.recent_share > 0) s << " recent_share=" << p.recent_share;
   return s.str();
+}
+
+int64_t recent_window(const Policy& p, int64_t layer_budget) {
+  if (p.streaming) return std::max<int64_t>(0, layer_budget - p.sinks);
+  const auto share = static_cast<int64_t>(std::floor(p.recent_share * static_cast<double>(layer_budget)));
+  return std::max(p.recent, std::min(share, layer_budget - p.sinks));
 }
 
 namespace {
 
-// Tokens of a layer that are protected whatever the scores say.
+// Tokens of a head that are protected whatever the scores say. The streaming window is the budget
+// itself, so only the sinks count against it; a share-sized window never exceeds the budget.
 int64_t protected_tokens(const Policy& p) { return p.streaming ? p.sinks : p.sinks + p.recent; }
+int64_t protected_tokens(const Policy& p, int64_t layer_budget) {
+  return p.streaming ? p.sinks : p.sinks + recent_window(p, layer_budget);
+}
 
 void check(const Policy& p) {
   require(p.sinks >= 0 && p.recent >= 0, "kv policy: sinks (", p.sinks, ") and recent (", p.recent,
           ") must be >= 0");
   require(p.adakv_floor >= 0 && p.adakv_floor <= 1, "kv policy: AdaKV floor must be in [0, 1], got ", p.adakv_floor);
+  require(p.recent_share >= 0 && p.recent_share < 1, "kv policy: recent_share must be in [0, 1), got ",
+          p.recent_share);
   require(!(p.streaming && p.headwise), "kv policy: StreamingLLM keeps sinks + window in every head; it has no "
                                         "head-wise allocation");
 }
@@ -117,9 +130,9 @@ std::vector<std::vector<int64_t>> select(const Policy& p, int64_t layer_budget, 
                                          std::span<const std::vector<float>> scores) {
   check(p);
   const int64_t heads = static_cast<int64_t>(lengths.size());
-  const int64_t prot = protected_tokens(p);
-  require(layer_budget >= prot, "kv policy: layer budget ", layer_budget, " cannot hold the ", prot,
-          " protected tokens");
+  require(layer_budget >= protected_tokens(p), "kv policy: layer budget ", layer_budget, " cannot hold the ",
+          protected_tokens(p), " protected tokens");
+  const int64_t prot = protected_tokens(p, layer_budget);
   require(p.streaming || static_cast<int64_t>(scores.size()) == heads, "kv policy: ", scores.size(),
           " score vectors for ", heads, " heads");
   for (int64_t h = 0; h < heads && !p.streaming; ++h) {
@@ -128,7 +141,7 @@ std::vector<std::vector<int64_t>> select(const Policy& p, int64_t layer_budget, 
             lengths[static_cast<size_t>(h)], " tokens but ", s.size(), " scores");
     for (float v : s) require(!std::isnan(v), "kv policy: head ", h, " has a NaN score");
   }
-  const int64_t recent = p.streaming ? layer_budget - p.sinks : p.recent;
+  const int64_t recent = recent_window(p, layer_budget);
 
   std::vector<std::vector<int64_t>> keep(static_cast<size_t>(heads));
   int64_t total = 0;

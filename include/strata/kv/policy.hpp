@@ -27,8 +27,9 @@
 // layer budget (both keep the same protected tokens, and per head is one of the allocations the
 // head-wise selection chooses among). tests/unit/kv/kv_session_test.cc checks both on SmolLM2.
 //
-// Protected tokens: the first `sinks` tokens of every head (attention sinks) and its `recent` newest
-// ones are always kept. StreamingLLM is the policy that keeps only those: the window takes the whole
+// Protected tokens: the first `sinks` tokens of every head (attention sinks) and its newest ones
+// (the recent window: `recent` tokens, or `recent_share` of the layer's budget when that is more, as
+// H2O splits its budget between heavy hitters and a recent window) are always kept. StreamingLLM is the policy that keeps only those: the window takes the whole
 // budget after the sinks, and no scorer is needed.
 #include <cstdint>
 #include <memory>
@@ -51,6 +52,7 @@ struct Policy {
   std::vector<int64_t> per_layer;  // layerwise: tokens per KV head of each layer
   int64_t sinks = 4;             // first tokens always kept
   int64_t recent = 32;           // newest tokens always kept
+  double recent_share = 0;       // ... or this fraction of the layer's budget, when more (H2O: 0.5)
   bool streaming = false;        // StreamingLLM: recent = budget - sinks, scores unused
 
   static Policy uniform(int64_t sinks = 4, int64_t recent = 32);
@@ -62,6 +64,11 @@ struct Policy {
 
 // "pyramid(beta=20) sinks=4 recent=32", "adakv(floor=0.2) ...", "streaming-llm sinks=4" for reports.
 std::string describe(const Policy& policy);
+
+// The newest tokens a head of a layer with `layer_budget` tokens per head always keeps:
+// max(recent, floor(recent_share x layer_budget)), at most layer_budget - sinks (and never below
+// `recent`); for StreamingLLM the whole budget after the sinks.
+int64_t recent_window(const Policy& policy, int64_t layer_budget);
 
 // Tokens per KV head of each of n_layers layers for an average budget `budget`. Throws
 // strata::Error when a layer's budget cannot hold its protected tokens.

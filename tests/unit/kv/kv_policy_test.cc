@@ -83,6 +83,46 @@ TEST(KvPolicy, PerHeadSelectionKeepsProtectedAndTopScores) {
   EXPECT_THROW(select(p, 4, one, flat), Error);  // below sinks + recent
 }
 
+TEST(KvPolicy, RecentShareSizesTheWindowFromEachLayersBudget) {
+  // H2O's split: half of the budget a recent window, the other half the best scores.
+  Policy p = Policy::uniform(2, 3);
+  p.recent_share = 0.5;
+  EXPECT_EQ(recent_window(p, 4), 3);    // the fixed window when the share is smaller
+  EXPECT_EQ(recent_window(p, 10), 5);
+  EXPECT_EQ(recent_window(p, 21), 10);  // floor(10.5)
+  std::vector<float> s(40);
+  for (int j = 0; j < 40; ++j) s[static_cast<size_t>(j)] = static_cast<float>(40 - j);  // earliest best
+  const std::vector<std::vector<float>> scores = {s};
+  const std::vector<int64_t> one = {40};
+  // Budget 12: sinks {0,1}, window of 6 newest {34..39}, then the 4 best candidates {2..5}.
+  EXPECT_EQ(select(p, 12, one, scores)[0], concat(range(0, 6), range(34, 40)));
+  // Budget 20: window 10, free 8.
+  EXPECT_EQ(select(p, 20, one, scores)[0], concat(range(0, 10), range(30, 40)));
+  // Per layer: a pyramid gives each layer its own window.
+  Policy pyr = Policy::pyramid(20, 2, 3);
+  pyr.recent_share = 0.5;
+  const auto budgets = layer_budgets(pyr, 20, 4);
+  for (size_t l = 0; l < budgets.size(); ++l) {
+    const auto k = select(pyr, budgets[l], one, scores)[0];
+    const int64_t window = std::max<int64_t>(3, budgets[l] / 2);
+    ASSERT_EQ(static_cast<int64_t>(k.size()), budgets[l]) << l;
+    EXPECT_EQ(std::vector<int64_t>(k.end() - window, k.end()), range(40 - window, 40)) << l;
+    EXPECT_EQ(k[static_cast<size_t>(budgets[l] - window - 1)], budgets[l] - window - 1) << l;  // best = earliest
+  }
+  // Head-wise floors come out of what the window leaves.
+  Policy ada = Policy::adakv(0.5, 2, 3);
+  ada.recent_share = 0.5;
+  const std::vector<int64_t> two = {40, 40};
+  const std::vector<std::vector<float>> flat_and_s = {std::vector<float>(40, 0.0f), s};
+  const auto k = select(ada, 20, two, flat_and_s);
+  // free per head 20 - 2 - 10 = 8, floor 4 each; the 8 left go to head 1's better scores.
+  EXPECT_EQ(k[0], concat(range(0, 6), range(30, 40)));
+  EXPECT_EQ(k[1], concat(range(0, 14), range(30, 40)));
+  EXPECT_EQ(describe(p), "uniform sinks=2 recent=3 recent_share=0.5");
+  p.recent_share = 1.0;
+  EXPECT_THROW(select(p, 12, one, scores), Error);
+}
+
 TEST(KvPolicy, StreamingKeepsSinksAndWindowWithoutScores) {
   const Policy p = Policy::streaming_llm(4);
   const std::vector<int64_t> lengths = {100, 10, 30};
