@@ -17,6 +17,30 @@ Cache::Cache(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t res
     for (Head& h : heads_) reallocate(h, reserve_tokens);
 }
 
+Cache::Cache(const Cache& other)
+    : n_layers_(other.n_layers_), n_kv_heads_(other.n_kv_heads_), head_dim_(other.head_dim_),
+      headroom_(other.headroom_) {
+  heads_.resize(other.heads_.size());
+  const size_t row = static_cast<size_t>(head_dim_);
+  for (size_t i = 0; i < heads_.size(); ++i) {
+    const Head& from = other.heads_[i];
+    Head& to = heads_[i];
+    reallocate(to, from.capacity);
+    const size_t n = static_cast<size_t>(from.length);
+    if (n > 0) {
+      std::memcpy(to.keys.get(), from.keys.get(), n * row * sizeof(float));
+      std::memcpy(to.values.get(), from.values.get(), n * row * sizeof(float));
+      std::memcpy(to.positions.get(), from.positions.get(), n * sizeof(int64_t));
+    }
+    to.length = from.length;
+  }
+}
+
+Cache& Cache::operator=(const Cache& other) {
+  if (this != &other) *this = Cache(other);
+  return *this;
+}
+
 const Cache::Head& Cache::at(int layer, int head) const {
   require(layer >= 0 && layer < n_layers_ && head >= 0 && head < n_kv_heads_, "kv::Cache: (layer ", layer,
           ", head ", head, ") outside ", n_layers_, " layers x ", n_kv_heads_, " KV heads");

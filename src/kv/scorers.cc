@@ -32,6 +32,10 @@ uint64_t splitmix64(uint64_t x) {
 
 }  // namespace
 
+std::shared_ptr<Scorer> Scorer::clone() const {
+  fail("kv scorer '", name(), "' cannot be copied: it does not override Scorer::clone()");
+}
+
 void Scorer::bind(const Layout& layout) {
   require(layout.n_layers > 0 && layout.n_heads > 0 && layout.n_kv_heads > 0 && layout.head_dim > 0 &&
               layout.n_heads % layout.n_kv_heads == 0,
@@ -183,6 +187,12 @@ ChunkKV::ChunkKV(std::shared_ptr<Scorer> inner, int64_t chunk, int64_t reuse)
     : inner_(inner ? std::move(inner) : std::make_shared<SnapKV>()), chunk_(chunk), reuse_(reuse) {
   require(chunk >= 1, "kv scorer 'chunkkv': chunk size must be positive, got ", chunk);
   require(reuse >= 1, "kv scorer 'chunkkv': reuse must be at least 1 layer, got ", reuse);
+}
+
+std::shared_ptr<Scorer> ChunkKV::clone() const {
+  auto copy = std::make_shared<ChunkKV>(*this);
+  copy->inner_ = inner_->clone();
+  return copy;
 }
 
 void ChunkKV::bind(const Layout& layout) {

@@ -38,6 +38,26 @@ Session::Session(const nn::LlamaModel& model, int64_t max_tokens, std::optional<
   }
 }
 
+std::unique_ptr<Session> Session::fork(const Policy& policy, int64_t budget, Schedule schedule) const {
+  std::shared_ptr<Scorer> scorer;
+  if (!policy.streaming) {
+    require(compressor_ && compressor_->scorer, "kv::Session::fork: policy '", describe(policy),
+            "' needs a scorer and this session has none");
+    scorer = compressor_->scorer->clone();
+  }
+  require(schedule.every >= 1, "kv::Session::fork: decode compression every ", schedule.every,
+          " steps; must be >= 1");
+  // The constructor would bind the scorer and clear its state: the copy goes in afterwards.
+  auto out = std::make_unique<Session>(model_, session_.capacity());
+  out->compressor_ = Compressor{std::move(scorer), policy, budget};
+  out->compressor_->layer_budgets(model_.config().n_layers);  // a budget the policy cannot meet fails here
+  out->schedule_ = schedule;
+  out->cache_ = cache_;
+  if (schedule.decode) out->cache_.set_headroom(schedule.every);
+  out->session_.resume_at(session_.position());
+  return out;
+}
+
 void Session::reset() {
   session_.reset();
   cache_.clear();

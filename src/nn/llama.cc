@@ -203,6 +203,13 @@ LlamaSession::LlamaSession(const LlamaModel& model, int64_t max_tokens, KvStore*
   require(store != nullptr, "LlamaSession: null KV store");
 }
 
+void LlamaSession::resume_at(int64_t position) {
+  require(store_ != nullptr, "LlamaSession::resume_at: only a session over an external KV store can resume");
+  require(position >= 0 && position <= max_tokens_, "LlamaSession::resume_at: position ", position, " is outside [0, ",
+          max_tokens_, "]");
+  pos_ = position;
+}
+
 uint64_t LlamaSession::cache_bytes() const {
   if (store_) return store_->bytes();
   uint64_t total = 0;

@@ -17,6 +17,11 @@ class Cache {
  public:
   // `reserve_tokens` sizes every head up front (no reallocation until a head grows past it).
   Cache(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t reserve_tokens = 0);
+  // Deep copies: every head's rows, positions and capacity (so bytes() is equal), and the headroom.
+  Cache(const Cache& other);
+  Cache& operator=(const Cache& other);
+  Cache(Cache&&) noexcept = default;
+  Cache& operator=(Cache&&) noexcept = default;
 
   int64_t n_layers() const { return n_layers_; }
   int64_t n_kv_heads() const { return n_kv_heads_; }

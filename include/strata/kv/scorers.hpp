@@ -75,6 +75,9 @@ class Scorer {
   // Compressor::compress() starts a pass over the layers (ChunkKV: scores of lower layers computed
   // before this are stale).
   virtual void begin_pass() {}
+  // An independent copy, observed state included (kv::Session::fork). Scorers that cannot be copied
+  // keep this default, which throws strata::Error naming the scorer.
+  virtual std::shared_ptr<Scorer> clone() const;
 
  protected:
   Layout layout_;
@@ -102,6 +105,7 @@ class AttentionScorer : public Scorer {
   void kept(int layer, int head, std::span<const int64_t> indices) override;
   // Floats of observed state held (sums and stored rows), for cost reports.
   int64_t state_floats() const;
+  std::shared_ptr<Scorer> clone() const override { return std::make_shared<AttentionScorer>(*this); }
 
  private:
   struct QueryHead {
@@ -121,12 +125,14 @@ class H2O : public AttentionScorer {
  public:
   explicit H2O(GroupReduce reduce = GroupReduce::mean)
       : AttentionScorer("h2o", {.window = 0, .pool_kernel = 1, .reduce = reduce}) {}
+  std::shared_ptr<Scorer> clone() const override { return std::make_shared<H2O>(*this); }
 };
 
 class TOVA : public AttentionScorer {
  public:
   explicit TOVA(GroupReduce reduce = GroupReduce::mean)
       : AttentionScorer("tova", {.window = 1, .pool_kernel = 1, .reduce = reduce}) {}
+  std::shared_ptr<Scorer> clone() const override { return std::make_shared<TOVA>(*this); }
 };
 
 class SnapKV : public AttentionScorer {
@@ -134,12 +140,14 @@ class SnapKV : public AttentionScorer {
   explicit SnapKV(int64_t window = 32, int64_t kernel = 5, AttentionOptions::Pool pool = AttentionOptions::Pool::avg,
                   GroupReduce reduce = GroupReduce::mean)
       : AttentionScorer("snapkv", {.window = window, .pool_kernel = kernel, .pool = pool, .reduce = reduce}) {}
+  std::shared_ptr<Scorer> clone() const override { return std::make_shared<SnapKV>(*this); }
 };
 
 class KeyNorm : public Scorer {
  public:
   std::string name() const override { return "keynorm"; }
   void score(const Cache& cache, int layer, int head, std::span<float> out) override;
+  std::shared_ptr<Scorer> clone() const override { return std::make_shared<KeyNorm>(*this); }
 };
 
 class RandomScorer : public Scorer {
@@ -147,6 +155,7 @@ class RandomScorer : public Scorer {
   explicit RandomScorer(uint64_t seed = 0) : seed_(seed) {}
   std::string name() const override { return "random"; }
   void score(const Cache& cache, int layer, int head, std::span<float> out) override;
+  std::shared_ptr<Scorer> clone() const override { return std::make_shared<RandomScorer>(*this); }
 
  private:
   uint64_t seed_;
@@ -167,6 +176,7 @@ class ChunkKV : public Scorer {
   void score_layer(const Cache& cache, int layer, std::vector<std::vector<float>>& out) override;
   void kept(int layer, int head, std::span<const int64_t> indices) override;
   void begin_pass() override;
+  std::shared_ptr<Scorer> clone() const override;  // the inner scorer is copied too
 
  private:
   bool scores_layer(int layer) const { return layer % reuse_ == 0; }

@@ -17,6 +17,7 @@
 // A session without a compressor never evicts. The scorer observes attention on every forward,
 // whether or not that forward compresses (H2O accumulates over all of them).
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 
@@ -43,12 +44,22 @@ class Session : private nn::LlamaSession::KvStore {
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
+  // A session that continues from this one: a copy of the cache at the same position, and a
+  // compressor of `policy` and `budget` whose scorer is a copy of this session's, observed state
+  // included (none for a streaming policy). Nothing is evicted until compress() or the next forward
+  // the schedule compresses after. A prompt read once with Schedule::prefill off can so be forked
+  // and compressed under many policies and budgets: a fork that calls compress() keeps the tokens, and
+  // then computes the logits, of a session that read the prompt with that compressor and
+  // Schedule::prefill on, bit for bit.
+  std::unique_ptr<Session> fork(const Policy& policy, int64_t budget, Schedule schedule) const;
+
   // As nn::LlamaSession::forward, then compresses as the schedule says. `hooks` sees attention rows
   // over each KV head's kept tokens (k_len = that head's length, columns in cache order).
   void forward(std::span<const int32_t> tokens, float* logits, nn::Logits which, nn::ForwardHooks* hooks = nullptr);
   // Compresses now (whatever the schedule); returns the number of tokens evicted.
   int64_t compress();
 
+  const nn::LlamaModel& model() const { return model_; }
   int64_t position() const { return session_.position(); }
   int64_t capacity() const { return session_.capacity(); }
   const Cache& cache() const { return cache_; }

@@ -112,6 +112,9 @@ class LlamaSession {
   int64_t capacity() const { return max_tokens_; }
   // Back to position 0. A KvStore is its owner's to clear.
   void reset() { pos_ = 0; }
+  // For a session over a KvStore that already holds positions [0, position) (a copy of another
+  // session's store): the next forward runs at `position`. Throws for a session with its own cache.
+  void resume_at(int64_t position);
   // Bytes held by the KV cache.
   uint64_t cache_bytes() const;
 

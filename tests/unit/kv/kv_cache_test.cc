@@ -63,6 +63,31 @@ TEST(KvCache, AppendSplitsHeadsAndKeepsPositions) {
   EXPECT_THROW(cache.length(0, 3), Error);
 }
 
+TEST(KvCache, CopiesAreDeepAndHoldTheSameBytes) {
+  Cache cache(2, 2, 3);
+  cache.set_headroom(2);
+  const Rows a = rows(0, 6, 2, 3);
+  cache.append(1, a.k.data(), a.v.data(), 6, 0);
+  const int64_t keep[] = {1, 4};
+  cache.keep(1, 0, keep);
+  Cache copy(cache);
+  EXPECT_EQ(copy.bytes(), cache.bytes());
+  EXPECT_EQ(copy.headroom(), 2);
+  expect_head(copy, 1, 0, {1, 4});
+  expect_head(copy, 1, 1, {0, 1, 2, 3, 4, 5});
+  EXPECT_EQ(copy.length(0, 0), 0);
+  // Changing one leaves the other alone.
+  const Rows b = rows(6, 1, 2, 3);
+  copy.append(1, b.k.data(), b.v.data(), 1, 6);
+  expect_head(copy, 1, 0, {1, 4, 6});
+  expect_head(cache, 1, 0, {1, 4});
+  Cache assigned(1, 1, 1);
+  assigned = copy;
+  expect_head(assigned, 1, 1, {0, 1, 2, 3, 4, 5, 6});
+  EXPECT_EQ(assigned.n_kv_heads(), 2);
+  EXPECT_EQ(assigned.bytes(), copy.bytes());
+}
+
 TEST(KvCache, KeepMovesRowsAndValidatesIndices) {
   Cache cache(1, 2, 3);
   const Rows a = rows(10, 8, 2, 3);

@@ -243,6 +243,40 @@ TEST(KvScorers, ChunkKVScoresWholeChunksAndReusesThemAcrossLayers) {
   EXPECT_FALSE(chunk.wants_attention(0));
 }
 
+TEST(KvScorers, CloneCopiesObservedStateAndThenGoesItsOwnWay) {
+  Cache cache = make_cache(6);
+  const auto p = block(3, 6, 0, 0.0f), q = block(1, 6, 2, 0.3f);
+  for (auto name : scorer_names()) {
+    auto original = make_scorer(name);
+    original->bind(kLayout);
+    original->begin_pass();
+    for (int l = 0; l < kLayout.n_layers; ++l)
+      for (int qh = 0; qh < kLayout.n_heads; ++qh)
+        if (original->wants_attention(l)) original->observe(l, qh, p.data(), 3, 6, 3);
+    auto copy = original->clone();
+    EXPECT_EQ(copy->name(), original->name());
+    std::vector<std::vector<float>> a, b;
+    for (int l = 0; l < kLayout.n_layers; ++l) {
+      original->score_layer(cache, l, a);
+      copy->score_layer(cache, l, b);
+      EXPECT_EQ(a, b) << name << " layer " << l;
+    }
+    // Independent from here on: what the copy observes does not reach the original.
+    if (copy->wants_attention(0)) {
+      original->score_layer(cache, 0, a);
+      for (int qh = 0; qh < kLayout.n_heads; ++qh) copy->observe(0, qh, q.data(), 1, 6, 6);
+      copy->begin_pass();
+      original->begin_pass();
+      copy->score_layer(cache, 0, b);
+      std::vector<std::vector<float>> again;
+      original->score_layer(cache, 0, again);
+      EXPECT_EQ(again, a) << name;
+      EXPECT_NE(b, a) << name;
+    }
+  }
+  EXPECT_THROW(FixedScorer().clone(), Error);  // a scorer that does not say how to copy itself
+}
+
 TEST(KvScorers, ByName) {
   for (auto name : scorer_names()) EXPECT_EQ(make_scorer(name)->name(), name);
   EXPECT_THROW(make_scorer("h3o"), Error);

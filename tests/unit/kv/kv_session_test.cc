@@ -210,6 +210,51 @@ TEST(KvSession, DecodeCompressionHoldsTheBudget) {
   }
 }
 
+// A prompt read once and forked per policy and budget gives what reading it under each would.
+TEST(KvSession, ForkContinuesAsASessionThatReadThePromptItself) {
+  REQUIRE_STORIES();
+  const nn::LlamaModel& m = *models().stories;
+  const auto& c = m.config();
+  const std::span<const int32_t> tokens(models().stories_tokens);
+  const int64_t prompt = 40, n = 64, vocab = c.vocab_size;
+  std::vector<float> a(static_cast<size_t>(vocab)), b(static_cast<size_t>(vocab));
+  for (const char* name : {"h2o", "tova", "snapkv", "keynorm", "chunkkv", "random"}) {
+    // The parent observes the prompt and evicts nothing.
+    Session parent(m, n, Compressor{make_scorer(name), Policy::uniform(2, 4), n}, Schedule{.prefill = false});
+    parent.forward(tokens.first(prompt), a.data(), nn::Logits::last);
+    ASSERT_EQ(parent.evicted(), 0);
+    Policy pyramid = Policy::pyramid(20, 2, 4);
+    pyramid.headwise = true;
+    for (const auto& [policy, budget] : std::vector<std::pair<Policy, int64_t>>{
+             {Policy::uniform(2, 4), 12}, {Policy::adakv(0.2, 2, 4), 16}, {pyramid, 20}, {Policy::streaming_llm(2), 10}}) {
+      const Schedule schedule{.prefill = true, .decode = true, .every = 2};
+      Session direct(m, n, Compressor{policy.streaming ? nullptr : make_scorer(name), policy, budget}, schedule);
+      direct.forward(tokens.first(prompt), b.data(), nn::Logits::last);
+      auto fork = parent.fork(policy, budget, schedule);
+      EXPECT_EQ(fork->position(), prompt);
+      EXPECT_EQ(fork->compress(), direct.evicted()) << name << " " << describe(policy);
+      for (int l = 0; l < c.n_layers; ++l)
+        for (int h = 0; h < c.n_kv_heads; ++h) ASSERT_EQ(positions(*fork, l, h), positions(direct, l, h)) << name;
+      for (int64_t t = prompt; t < n; ++t) {
+        const auto next = tokens.subspan(static_cast<size_t>(t), 1);
+        fork->forward(next, a.data(), nn::Logits::last);
+        direct.forward(next, b.data(), nn::Logits::last);
+        ASSERT_EQ(a, b) << name << " " << describe(policy) << " step " << t;
+      }
+      EXPECT_EQ(fork->cache().total_tokens(), direct.cache().total_tokens());
+    }
+    // The parent is untouched by its forks and keeps going.
+    EXPECT_EQ(parent.cache().total_tokens(), prompt * c.n_layers * c.n_kv_heads);
+  }
+  // A session without a scorer forks only to StreamingLLM.
+  Session plain(m, n);
+  plain.forward(tokens.first(prompt), a.data(), nn::Logits::last);
+  EXPECT_THROW(plain.fork(Policy::uniform(2, 4), 12, {}), Error);
+  EXPECT_EQ(plain.fork(Policy::streaming_llm(2), 12, {})->compress(),
+            (prompt - 12) * c.n_layers * c.n_kv_heads);
+  EXPECT_THROW(plain.fork(Policy::uniform(2, 4), 5, {}), Error);  // below its protected tokens
+}
+
 TEST(KvSession, StreamingLLMKeepsExactlySinksAndWindow) {
   REQUIRE_STORIES();
   const nn::LlamaModel& m = *models().stories;
