@@ -43,35 +43,51 @@ struct Options {
   std::string text = "../shared/data/corpora/moby_dick.txt";
   std::string eval_slice = "0.5:0.6", calib_slice = "0.1:0.2", needle_slice = "0.3:0.4";
   std::string report = "kv-eval-report";
-  std::vector<double> budgets = {0.1, 0.2, 0.5}, needle_budgets = {0.2}, depths = {0.1, 0.3, 0.5, 0.7, 0.9};
+  std::vector<double> budgets = {0.1, 0.2, 0.5}, needle_budgets = {0.2},
+                      depths = {0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95};
   std::vector<std::string> scorers = {"h2o", "tova", "snapkv", "keynorm", "chunkkv", "random"};
   std::vector<std::string> policies = {"uniform", "pyramid", "adakv", "allocated"};
-  std::vector<std::string> needle_scorers = {"snapkv", "h2o"};
+  std::vector<std::string> needle_scorers = {"snapkv", "tova", "h2o", "chunkkv"};
   std::string needle = "The special magic number is 4721.";
   std::string question = "What is the special magic number mentioned in the text above?";
   std::string answer = "4721";
-  int64_t prefill = 512, decode = 48, windows = 1, needle_tokens = 1024, probe = 16, answer_tokens = 20;
+  // Windows of 2,048 tokens: a 2,000-token prompt, 47 tokens read one at a time, and the last's target.
+  int64_t prefill = 2000, decode = 47, windows = 3, needle_tokens = 1024, probe = 16, answer_tokens = 20;
   int64_t sinks = 4, recent = 16;
+  // Protected recent window as a share of each layer's budget (H2O: 0.5); several values: every
+  // scored policy is measured with each (the scorer's prompt pass is shared).
+  std::vector<double> recent_shares = {0.5};
   double layer_budget = 0.2;
   bool skip_decode = false, skip_needle = false, skip_layers = false;
+  bool needle_decode = false;  // also hold the budget while answering (default: compress the prompt only)
 };
 
-// "snapkv/adakv", or "streaming-llm" (no scorer).
+// "snapkv/adakv", "snapkv/adakv w75%" (when several recent-window shares are measured), or
+// "streaming-llm" (no scorer).
 struct Config {
   std::string scorer, policy;
-  std::string label() const { return scorer.empty() ? "streaming-llm" : scorer + "/" + policy; }
+  double recent_share = 0;
+  bool show_share = false;
+  std::string label() const {
+    if (scorer.empty()) return "streaming-llm";
+    char share[32];
+    std::snprintf(share, sizeof share, " w%.0f%%", 100 * recent_share);
+    return scorer + "/" + policy + (show_share ? share : "");
+  }
 };
 
-std::vector<Config> configs(const std::vector<std::string>& scorers, const std::vector<std::string>& policies) {
+std::vector<Config> configs(const std::vector<std::string>& scorers, const std::vector<std::string>& policies,
+                            const std::vector<double>& shares) {
   std::vector<Config> out = {{"", "streaming"}};
   for (const auto& s : scorers)
-    for (const auto& p : policies) out.push_back({s, p});
+    for (const double w : shares)
+      for (const auto& p : policies) out.push_back({s, p, w, shares.size() > 1});
   return out;
 }
 
-kv::Policy within_layer(const Options& o, const std::string& policy) {
+kv::Policy within_layer(const Options& o, double recent_share) {
   kv::Policy p = kv::Policy::uniform(o.sinks, o.recent);
-  if (policy == "adakv") p = kv::Policy::adakv(0.2, o.sinks, o.recent);
+  p.recent_share = recent_share;
   return p;
 }
 
@@ -81,19 +97,23 @@ class Allocator {
   Allocator(const nn::LlamaModel& model, std::vector<int32_t> calib, const Options& o)
       : model_(model), calib_(std::move(calib)), o_(o) {}
 
-  const budget::Table& table(const std::string& scorer, int64_t prompt) {
-    auto& t = tables_[{scorer, prompt}];
+  const budget::Table& table(const std::string& scorer, int64_t prompt, double recent_share) {
+    auto& t = tables_[{scorer, prompt, recent_share}];
     if (!t) {
       require(static_cast<int64_t>(calib_.size()) >= prompt + o_.probe, "kv-eval: the calibration slice has ",
               calib_.size(), " tokens, ", prompt + o_.probe, " are needed");
-      const std::span<const int32_t> all(calib_);
-      const kv::AttentionProbe probe(model_, all.first(static_cast<size_t>(prompt)),
-                                     all.subspan(static_cast<size_t>(prompt), static_cast<size_t>(o_.probe)),
-                                     kv::make_scorer(scorer));
+      auto& probe_ptr = probes_[{scorer, prompt}];
+      if (!probe_ptr) {
+        const std::span<const int32_t> all(calib_);
+        probe_ptr = std::make_unique<kv::AttentionProbe>(
+            model_, all.first(static_cast<size_t>(prompt)),
+            all.subspan(static_cast<size_t>(prompt), static_cast<size_t>(o_.probe)), kv::make_scorer(scorer));
+      }
+      const kv::AttentionProbe& probe = *probe_ptr;
       std::vector<int64_t> grid;
       for (const double f : {0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75})
         grid.push_back(std::max(o_.sinks + o_.recent + 1, static_cast<int64_t>(std::llround(f * prompt))));
-      t = std::make_unique<budget::Table>(kv::sensitivity_table(probe, within_layer(o_, "uniform"), grid));
+      t = std::make_unique<budget::Table>(kv::sensitivity_table(probe, within_layer(o_, recent_share), grid));
     }
     return *t;
   }
@@ -102,7 +122,8 @@ class Allocator {
   const nn::LlamaModel& model_;
   std::vector<int32_t> calib_;
   const Options& o_;
-  std::map<std::pair<std::string, int64_t>, std::unique_ptr<budget::Table>> tables_;
+  std::map<std::pair<std::string, int64_t>, std::unique_ptr<kv::AttentionProbe>> probes_;
+  std::map<std::tuple<std::string, int64_t, double>, std::unique_ptr<budget::Table>> tables_;
 };
 
 kv::Compressor make_compressor(const Config& c, int64_t budget, int64_t prompt, const Options& o, Allocator& alloc) {
@@ -112,9 +133,39 @@ kv::Compressor make_compressor(const Config& c, int64_t budget, int64_t prompt, 
   else if (c.policy == "pyramid") p = kv::Policy::pyramid(20, o.sinks, o.recent);
   else if (c.policy == "adakv") p = kv::Policy::adakv(0.2, o.sinks, o.recent);
   else if (c.policy == "allocated")
-    p = kv::allocated_policy(alloc.table(c.scorer, prompt), budget, within_layer(o, "uniform"));
+    p = kv::allocated_policy(alloc.table(c.scorer, prompt, c.recent_share), budget, within_layer(o, c.recent_share));
   else fail("kv-eval: policy '", c.policy, "' is not uniform, pyramid, adakv or allocated");
+  p.recent_share = c.recent_share;
   return kv::Compressor{kv::make_scorer(c.scorer), p, budget};
+}
+
+// Reads `prompt` once per scorer (evicting nothing), then forks that session for every config of the
+// scorer and every budget and compresses the fork: each fork is then in the state of a session that
+// read the prompt under that compressor (kv::Session::fork), without a prefill of its own. `visit`
+// gets the config, the budget fraction, the fork and the prompt's last logits (computed over the full
+// cache, as a session that compresses after its prefill computes them).
+// Budgets are fractions of `base` tokens (the prompt, or the needle's haystack inside its prompt).
+void for_each_fork(const nn::LlamaModel& model, std::span<const int32_t> prompt, int64_t max_tokens,
+                   const std::vector<Config>& all, const std::vector<double>& budgets, int64_t base,
+                   kv::Schedule schedule, const Options& o, Allocator& alloc,
+                   const std::function<void(const Config&, double, kv::Session&, const std::vector<float>&)>& visit) {
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
+  for (size_t i = 0; i < all.size();) {
+    size_t end = i;
+    while (end < all.size() && all[end].scorer == all[i].scorer) ++end;
+    std::optional<kv::Compressor> observe;
+    if (!all[i].scorer.empty()) observe = kv::Compressor{kv::make_scorer(all[i].scorer), kv::Policy::uniform(0, 0), n};
+    kv::Session parent(model, max_tokens, std::move(observe), kv::Schedule{.prefill = false});
+    parent.forward(prompt, logits.data(), nn::Logits::last);
+    for (; i < end; ++i)
+      for (const double f : budgets) {
+        const auto comp = make_compressor(all[i], std::llround(f * static_cast<double>(base)), base, o, alloc);
+        auto fork = parent.fork(comp.policy, comp.budget, schedule);
+        fork->compress();
+        visit(all[i], f, *fork, logits);
+      }
+  }
 }
 
 void log_softmax(const float* x, int64_t n, std::vector<double>& out) {
@@ -147,16 +198,12 @@ struct DecodeResult {
   int64_t count = 0;
 };
 
-// Window w: tokens [0, P) are the prompt, tokens P .. P + D - 1 are read one at a time and each
-// step predicts the token after it.
-DecodeResult run_window(const nn::LlamaModel& model, std::span<const int32_t> window, int64_t prompt,
-                        std::optional<kv::Compressor> comp, const std::vector<std::vector<double>>* reference,
-                        std::vector<std::vector<double>>* record) {
-  const int64_t vocab = model.config().vocab_size, steps = static_cast<int64_t>(window.size()) - prompt - 1;
-  kv::Session session(model, static_cast<int64_t>(window.size()), std::move(comp),
-                      kv::Schedule{.prefill = true, .decode = true, .every = 1});
+// A window: tokens [0, P) are the prompt, which `session` has read (and compressed); tokens P .. P +
+// D - 1 are read one at a time and each step predicts the token after it.
+DecodeResult decode_rest(kv::Session& session, std::span<const int32_t> window, int64_t prompt,
+                         const std::vector<std::vector<double>>* reference, std::vector<std::vector<double>>* record) {
+  const int64_t vocab = session.model().config().vocab_size, steps = static_cast<int64_t>(window.size()) - prompt - 1;
   std::vector<float> logits(static_cast<size_t>(vocab));
-  session.forward(window.first(static_cast<size_t>(prompt)), logits.data(), nn::Logits::last);
   DecodeResult r;
   std::vector<double> q;
   for (int64_t t = 0; t < steps; ++t) {
@@ -184,8 +231,34 @@ struct NeedlePrompt {
   double depth = 0;
 };
 
-std::vector<NeedlePrompt> needle_prompts(const nn::BpeTokenizer& tok, const std::vector<int32_t>& haystack,
-                                         const Options& o) {
+// How the model wants a user turn: ChatML when its chat template writes <|im_start|> (with the
+// template's default system message, when it has one, as an unedited chat would get it); plain text
+// otherwise.
+struct ChatFormat {
+  std::string before, after;
+};
+
+ChatFormat chat_format(const io::Model& file) {
+  const auto& meta = file.metadata();
+  const auto it = meta.find("tokenizer.chat_template");
+  const std::string tmpl = it != meta.end() && it->is_string() ? it->get<std::string>() : std::string();
+  if (tmpl.find("<|im_start|>") == std::string::npos) return {"", "\n\nAnswer:"};
+  ChatFormat f;
+  const std::string sys_open = "<|im_start|>system\n";
+  const size_t s = tmpl.find(sys_open);
+  const size_t e = s == std::string::npos ? s : tmpl.find("<|im_end|>", s);
+  if (e != std::string::npos) {
+    const std::string message = tmpl.substr(s + sys_open.size(), e - s - sys_open.size());
+    // A literal message only: a template that fills it from a variable has none of its own.
+    if (message.find_first_of("{}'\"+") == std::string::npos) f.before = sys_open + message + "<|im_end|>\n";
+  }
+  f.before += "<|im_start|>user\n";
+  f.after = "<|im_end|>\n<|im_start|>assistant\n";
+  return f;
+}
+
+std::vector<NeedlePrompt> needle_prompts(const nn::BpeTokenizer& tok, const ChatFormat& chat,
+                                         const std::vector<int32_t>& haystack, const Options& o) {
   const std::string text = tok.decode(haystack);
   std::vector<NeedlePrompt> out;
   for (const double d : o.depths) {
@@ -193,23 +266,17 @@ std::vector<NeedlePrompt> needle_prompts(const nn::BpeTokenizer& tok, const std:
     // At the first sentence end after the depth, so the needle does not cut a sentence.
     size_t at = text.find(". ", static_cast<size_t>(d * static_cast<double>(text.size())));
     at = at == std::string::npos ? text.size() : at + 2;
-    const std::string prompt = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
-                               "Face<|im_end|>\n<|im_start|>user\n" +
-                               text.substr(0, at) + o.needle + " " + text.substr(at) + "\n\n" + o.question +
-                               "<|im_end|>\n<|im_start|>assistant\n";
+    const std::string prompt =
+        chat.before + text.substr(0, at) + o.needle + " " + text.substr(at) + "\n\n" + o.question + chat.after;
     out.push_back({tok.encode(prompt, nn::BpeEncodeOptions{.parse_special = true, .add_special = false}),
                    static_cast<double>(at) / static_cast<double>(text.size())});
   }
   return out;
 }
 
-std::string answer(const nn::LlamaModel& model, const nn::BpeTokenizer& tok, const std::vector<int32_t>& prompt,
-                   std::optional<kv::Compressor> comp, const Options& o) {
-  const int64_t vocab = model.config().vocab_size;
-  kv::Session session(model, static_cast<int64_t>(prompt.size()) + o.answer_tokens, std::move(comp),
-                      kv::Schedule{.prefill = true, .decode = true, .every = 1});
-  std::vector<float> logits(static_cast<size_t>(vocab));
-  session.forward(prompt, logits.data(), nn::Logits::last);
+// Greedy answer of `session`, which has read the prompt (and compressed it); `logits` are the prompt's
+// last logits, computed over the full cache as in a session that compresses after its prefill.
+std::string answer(kv::Session& session, const nn::BpeTokenizer& tok, std::vector<float> logits, const Options& o) {
   const auto im_end = tok.find("<|im_end|>");
   std::vector<int32_t> out;
   for (int64_t i = 0; i < o.answer_tokens; ++i) {
@@ -278,7 +345,12 @@ void register_kv(CLI::App& app) {
   cmd->add_option("--decode,-D", o.decode, "tokens then read one at a time and scored")->capture_default_str();
   cmd->add_option("--windows", o.windows, "consecutive windows of P + D + 1 tokens")->capture_default_str();
   cmd->add_option("--sinks", o.sinks)->capture_default_str();
-  cmd->add_option("--recent", o.recent)->capture_default_str();
+  cmd->add_option("--recent", o.recent, "newest tokens every head keeps")->capture_default_str();
+  cmd->add_option("--recent-share", o.recent_shares,
+                  "or this share of each layer's budget when more (0.5: H2O's half heavy hitters, half recent); "
+                  "a list measures each")
+      ->delimiter(',')
+      ->capture_default_str();
   cmd->add_option("--probe", o.probe, "probe queries for per-layer attention errors")->capture_default_str();
   cmd->add_option("--needle-tokens", o.needle_tokens, "haystack tokens")->capture_default_str();
   cmd->add_option("--needle-budgets", o.needle_budgets, "fractions of the haystack")
@@ -293,6 +365,8 @@ void register_kv(CLI::App& app) {
   cmd->add_flag("--skip-decode", o.skip_decode);
   cmd->add_flag("--skip-needle", o.skip_needle);
   cmd->add_flag("--skip-layers", o.skip_layers);
+  cmd->add_flag("--needle-decode", o.needle_decode,
+                "hold the cache at the budget while answering too (default: compress the prompt once, as SnapKV)");
   cmd->callback([] {
     const auto t_start = std::chrono::steady_clock::now();
     require(o.prefill > o.sinks + o.recent && o.decode >= 1 && o.windows >= 1, "kv-eval: need P > sinks + recent (",
@@ -314,6 +388,7 @@ void register_kv(CLI::App& app) {
     json["model"] = o.model;
     json["sinks"] = o.sinks;
     json["recent"] = o.recent;
+    json["recent_shares"] = o.recent_shares;
     std::string md = "# KV-cache eviction: " + o.model + "\n\n";
     auto emit = [&](const Table& t) {
       const std::string s = markdown(t);
@@ -321,8 +396,10 @@ void register_kv(CLI::App& app) {
       std::fflush(stdout);
       md += s + "\n";
     };
-    std::printf("model %s; sinks %lld, recent %lld\n", o.model.c_str(), static_cast<long long>(o.sinks),
-                static_cast<long long>(o.recent));
+    std::string shares;
+    for (const double w : o.recent_shares) shares += (shares.empty() ? "" : ", ") + percent(w);
+    std::printf("model %s; sinks %lld, recent window %lld tokens or %s of a layer's budget, whichever is more\n",
+                o.model.c_str(), static_cast<long long>(o.sinks), static_cast<long long>(o.recent), shares.c_str());
 
     // ---- (a) decode-time KL and perplexity ----
     std::map<std::string, std::map<double, DecodeResult>> decode;
@@ -336,29 +413,35 @@ void register_kv(CLI::App& app) {
                   "one at a time with the cache held at the budget\n",
                   static_cast<long long>(o.windows), es.describe().c_str(), static_cast<long long>(o.prefill),
                   static_cast<long long>(o.decode));
-      const auto all = configs(o.scorers, o.policies);
+      const auto all = configs(o.scorers, o.policies, o.recent_shares);
       for (int64_t w = 0; w < o.windows; ++w) {
         const std::span<const int32_t> window(text.data() + w * len, static_cast<size_t>(len));
+        const auto prompt = window.first(static_cast<size_t>(o.prefill));
         std::vector<std::vector<double>> reference;
-        const auto dr = run_window(model, window, o.prefill, std::nullopt, nullptr, &reference);
-        dense_total.nll += dr.nll;
-        dense_total.count += dr.count;
-        for (const auto& c : all)
-          for (const double f : o.budgets) {
-            const int64_t b = std::llround(f * static_cast<double>(o.prefill));
-            const auto t0 = std::chrono::steady_clock::now();
-            const auto r = run_window(model, window, o.prefill, make_compressor(c, b, o.prefill, o, alloc), &reference,
-                                      nullptr);
-            auto& acc = decode[c.label()][f];
-            acc.kl += r.kl;
-            acc.nll += r.nll;
-            acc.top1 += r.top1;
-            acc.count += r.count;
-            std::printf("  window %lld %-18s %4s (%lld tokens): KL %.4f  (%.1f s)\n", static_cast<long long>(w),
-                        c.label().c_str(), percent(f).c_str(), static_cast<long long>(b),
-                        r.kl / static_cast<double>(r.count), seconds_since(t0));
-            std::fflush(stdout);
-          }
+        {
+          kv::Session dense(model, len);
+          std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
+          dense.forward(prompt, logits.data(), nn::Logits::last);
+          const auto dr = decode_rest(dense, window, o.prefill, nullptr, &reference);
+          dense_total.nll += dr.nll;
+          dense_total.count += dr.count;
+        }
+        auto t0 = std::chrono::steady_clock::now();
+        for_each_fork(model, prompt, len, all, o.budgets, o.prefill,
+                      kv::Schedule{.prefill = true, .decode = true, .every = 1}, o, alloc, [&](const Config& c, double f, kv::Session& session, const std::vector<float>&) {
+                        const auto r = decode_rest(session, window, o.prefill, &reference, nullptr);
+                        auto& acc = decode[c.label()][f];
+                        acc.kl += r.kl;
+                        acc.nll += r.nll;
+                        acc.top1 += r.top1;
+                        acc.count += r.count;
+                        std::printf("  window %lld %-18s %4s (%lld tokens): KL %.4f  (%.1f s)\n",
+                                    static_cast<long long>(w), c.label().c_str(), percent(f).c_str(),
+                                    static_cast<long long>(session.compressor()->budget),
+                                    r.kl / static_cast<double>(r.count), seconds_since(t0));
+                        std::fflush(stdout);
+                        t0 = std::chrono::steady_clock::now();
+                      });
       }
       const double dense_ppl = std::exp(dense_total.nll / static_cast<double>(dense_total.count));
       Table kl{"Decode-time KL(full || compressed), nats per token (" + std::to_string(dense_total.count) +
@@ -397,6 +480,40 @@ void register_kv(CLI::App& app) {
       }
       emit(kl);
       emit(ppl);
+      // Against StreamingLLM at each budget: the best policy of all, and the best attention-aware
+      // scorer (H2O, TOVA, SnapKV) with a pyramid or head-wise budget.
+      Table vs{"Against StreamingLLM: KL of the best policy, and of the best H2O/TOVA/SnapKV with pyramid or "
+               "head-wise (AdaKV) budgets; change = (KL - StreamingLLM's) / StreamingLLM's",
+               {"budget", "streaming-llm", "best policy", "KL", "change", "best attention-aware pyramid/adakv", "KL",
+                "change"},
+               {}};
+      for (const double f : o.budgets) {
+        auto mean_kl = [&](const std::string& label) {
+          const auto& r = decode[label][f];
+          return r.kl / static_cast<double>(r.count);
+        };
+        const double base = mean_kl("streaming-llm");
+        std::string best, best_aware;
+        for (const auto& c : all) {
+          if (c.scorer.empty()) continue;
+          if (best.empty() || mean_kl(c.label()) < mean_kl(best)) best = c.label();
+          const bool aware = c.scorer == "h2o" || c.scorer == "tova" || c.scorer == "snapkv";
+          if (aware && (c.policy == "pyramid" || c.policy == "adakv") &&
+              (best_aware.empty() || mean_kl(c.label()) < mean_kl(best_aware)))
+            best_aware = c.label();
+        }
+        auto change = [&](const std::string& label) {
+          return label.empty() ? std::string("-") : fmt(100 * (mean_kl(label) - base) / base, 1) + "%";
+        };
+        auto kl_of = [&](const std::string& label) { return label.empty() ? std::string("-") : fmt(mean_kl(label), 4); };
+        vs.rows.push_back({percent(f), fmt(base, 4), best.empty() ? "-" : best, kl_of(best), change(best),
+                           best_aware.empty() ? "-" : best_aware, kl_of(best_aware), change(best_aware)});
+        json["decode"]["versus_streaming"].push_back({{"budget", f},
+                                                      {"streaming_llm", base},
+                                                      {"best", best},
+                                                      {"best_attention_aware_pyramid_or_adakv", best_aware}});
+      }
+      emit(vs);
       // KL vs budget, one line per policy (StreamingLLM and the attention-aware scorers).
       std::ostringstream dat, gp;
       for (const auto& c : all) {
@@ -421,11 +538,11 @@ void register_kv(CLI::App& app) {
     // ---- (b) needle in a haystack ----
     if (!o.skip_needle) {
       const auto haystack = nn::tokenize_slice(tok, ns, o.needle_tokens);
-      const auto prompts = needle_prompts(tok, haystack, o);
+      const auto prompts = needle_prompts(tok, chat_format(*file), haystack, o);
       std::printf("\nneedle: \"%s\" in %lld tokens of %s; question \"%s\"; correct if the answer contains \"%s\"\n",
                   o.needle.c_str(), static_cast<long long>(haystack.size()), ns.describe().c_str(), o.question.c_str(),
                   o.answer.c_str());
-      const auto all = configs(o.needle_scorers, o.policies);
+      const auto all = configs(o.needle_scorers, o.policies, o.recent_shares);
       Table t{"Needle retrieval, " + std::to_string(haystack.size()) + "-token haystack, depths " +
                   [&] {
                     std::string s;
@@ -435,37 +552,65 @@ void register_kv(CLI::App& app) {
                   " (correct depths marked 1)",
               {"policy", "budget", "accuracy", "per depth"},
               {}};
-      auto run = [&](const std::string& label, const std::string& budget_label, double f,
-                     const std::function<std::optional<kv::Compressor>()>& make) {
-        int correct = 0;
-        std::string per;
-        for (const auto& p : prompts) {
-          const std::string a = answer(model, tok, p.tokens, make(), o);
-          const bool ok = a.find(o.answer) != std::string::npos;
-          correct += ok;
-          per += ok ? '1' : '0';
-          json["needle"]["answers"].push_back(
-              {{"policy", label}, {"budget", f}, {"depth", p.depth}, {"answer", a}, {"correct", ok}});
-          std::printf("  %-18s %-10s depth %s: %s %s\n", label.c_str(), budget_label.c_str(),
-                      percent(p.depth).c_str(), ok ? "ok " : "-- ", a.c_str());
-          std::fflush(stdout);
+      const int64_t hay = static_cast<int64_t>(haystack.size());
+      // Per (policy, budget): one character per depth, '1' where the answer was right.
+      std::map<std::pair<std::string, double>, std::string> per_depth;
+      auto record = [&](const std::string& label, double f, const NeedlePrompt& p, const std::string& a) {
+        const bool ok = a.find(o.answer) != std::string::npos;
+        per_depth[{label, f}] += ok ? '1' : '0';
+        json["needle"]["answers"].push_back(
+            {{"policy", label}, {"budget", f}, {"depth", p.depth}, {"answer", a}, {"correct", ok}});
+        std::printf("  %-18s %4s depth %s: %s %s\n", label.c_str(), percent(f).c_str(), percent(p.depth).c_str(),
+                    ok ? "ok " : "-- ", a.c_str());
+        std::fflush(stdout);
+      };
+      const kv::Schedule schedule{.prefill = true, .decode = o.needle_decode, .every = 1};
+      for (const auto& p : prompts) {
+        const int64_t max_tokens = static_cast<int64_t>(p.tokens.size()) + o.answer_tokens;
+        {
+          kv::Session full(model, max_tokens);
+          std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
+          full.forward(p.tokens, logits.data(), nn::Logits::last);
+          record("full cache", 1.0, p, answer(full, tok, logits, o));
         }
-        const double acc = static_cast<double>(correct) / static_cast<double>(prompts.size());
-        t.rows.push_back({label, budget_label, percent(acc), per});
+        for_each_fork(model, p.tokens, max_tokens, all, o.needle_budgets, hay, schedule, o, alloc,
+                      [&](const Config& c, double f, kv::Session& session, const std::vector<float>& logits) {
+                        record(c.label(), f, p, answer(session, tok, logits, o));
+                      });
+      }
+      auto row = [&](const std::string& label, double f) {
+        const std::string& per = per_depth[{label, f}];
+        const double acc = static_cast<double>(std::count(per.begin(), per.end(), '1')) /
+                           static_cast<double>(per.size());
+        const std::string budget = f == 1.0 ? "100%" : percent(f) + " (" + std::to_string(std::llround(f * static_cast<double>(hay))) + ")";
+        t.rows.push_back({label, budget, percent(acc), per});
         json["needle"]["results"].push_back({{"policy", label}, {"budget", f}, {"accuracy", acc}, {"per_depth", per}});
       };
-      run("full cache", "100%", 1.0, [] { return std::optional<kv::Compressor>(); });
-      const int64_t hay = static_cast<int64_t>(haystack.size());
-      for (const double f : o.needle_budgets) {
-        const int64_t b = std::llround(f * static_cast<double>(hay));
-        for (const auto& c : all)
-          run(c.label(), percent(f) + " (" + std::to_string(b) + ")", f,
-              [&] { return std::optional<kv::Compressor>(make_compressor(c, b, hay, o, alloc)); });
-      }
+      row("full cache", 1.0);
+      for (const double f : o.needle_budgets)
+        for (const auto& c : all) row(c.label(), f);
       json["needle"]["needle"] = o.needle;
       json["needle"]["question"] = o.question;
       json["needle"]["haystack"] = ns.describe();
       emit(t);
+      // The best policy at each budget against the full cache.
+      auto accuracy = [&](const std::string& label, double f) {
+        const std::string& per = per_depth[{label, f}];
+        return static_cast<double>(std::count(per.begin(), per.end(), '1')) / static_cast<double>(per.size());
+      };
+      const double full = accuracy("full cache", 1.0);
+      Table best{"Needle: the best policy at each budget against the full cache (" + percent(full) + ")",
+                 {"budget", "best policy", "accuracy", "of the full cache's", "streaming-llm"},
+                 {}};
+      for (const double f : o.needle_budgets) {
+        std::string top;
+        for (const auto& c : all)
+          if (!c.scorer.empty() && (top.empty() || accuracy(c.label(), f) > accuracy(top, f))) top = c.label();
+        if (top.empty()) continue;
+        best.rows.push_back({percent(f), top, percent(accuracy(top, f)),
+                             full > 0 ? percent(accuracy(top, f) / full) : "-", percent(accuracy("streaming-llm", f))});
+      }
+      emit(best);
     }
 
     // ---- (c) per-layer attention-output error ----
@@ -481,9 +626,9 @@ void register_kv(CLI::App& app) {
       for (const auto& s : o.scorers) {
         const kv::AttentionProbe ap(model, prompt, probe, kv::make_scorer(s));
         if (cols.empty()) cols.push_back({"streaming-llm", ap.errors(kv::Policy::streaming_llm(o.sinks), b)});
-        for (const auto& p : o.policies) {
-          const auto comp = make_compressor({s, p}, b, o.prefill, o, alloc);
-          cols.push_back({s + "/" + p, ap.errors(comp.policy, b)});
+        for (const auto& c : configs({s}, o.policies, o.recent_shares)) {
+          if (c.scorer.empty()) continue;
+          cols.push_back({c.label(), ap.errors(make_compressor(c, b, o.prefill, o, alloc).policy, b)});
         }
       }
       Table t{"Relative attention-output error per layer, only that layer compressed to " + percent(o.layer_budget) +
@@ -526,12 +671,15 @@ void register_kv(CLI::App& app) {
            << cols[i].first << "'";
       gp << '\n';
       write_file(std::filesystem::path(o.report) / "layer_error.gp", gp.str());
-      // The allocation itself, for the record.
-      for (const auto& s : o.scorers)
-        for (const double f : o.budgets) {
-          const int64_t tokens = std::llround(f * static_cast<double>(o.prefill));
-          json["allocations"][s][fmt(f, 2)] = kv::allocate_layer_budgets(alloc.table(s, o.prefill), tokens);
-        }
+      // The allocations themselves, for the record.
+      if (std::find(o.policies.begin(), o.policies.end(), "allocated") != o.policies.end())
+        for (const auto& s : o.scorers)
+          for (const double w : o.recent_shares)
+            for (const double f : o.budgets) {
+              const int64_t tokens = std::llround(f * static_cast<double>(o.prefill));
+              json["allocations"][s][percent(w)][fmt(f, 2)] =
+                  kv::allocate_layer_budgets(alloc.table(s, o.prefill, w), tokens);
+            }
     }
 
     write_file(std::filesystem::path(o.report) / "report.md", md);
