@@ -65,6 +65,35 @@ TEST_F(CudaConvert, F16AndBF16MatchScalarReference) {
   }
 }
 
+// Pointers one element into a buffer cannot take the wide accesses; lengths not a multiple of four
+// leave a tail. Every combination must give the reference's bits.
+TEST_F(CudaConvert, UnalignedPointersAndTailsMatchScalarReference) {
+  const std::vector<float> in = inputs();
+  const uint64_t n = 4099;
+  cuda::DeviceBuffer d_in(in.size() * 4), d_h((n + 8) * 2), d_back((n + 8) * 4);
+  d_in.upload(in.data(), in.size() * 4);
+  for (uint64_t in_off : {0, 1, 2}) {
+    for (uint64_t out_off : {0, 1, 3}) {
+      for (uint64_t len : {n, n - 1, uint64_t{3}}) {
+        const float* src = static_cast<const float*>(d_in.data()) + in_off;
+        f16* dst = static_cast<f16*>(d_h.data()) + out_off;
+        cuda::convert_f32_to_f16(src, dst, len);
+        std::vector<f16> h(len + out_off);
+        d_h.download(h.data(), (len + out_off) * 2);
+        for (uint64_t i = 0; i < len; ++i)
+          ASSERT_EQ(h[out_off + i].bits, f32_to_f16(in[in_off + i]).bits) << in_off << " " << out_off << " " << i;
+        cuda::convert_f16_to_f32(dst, static_cast<float*>(d_back.data()) + in_off, len);
+        std::vector<float> back(len + in_off);
+        d_back.download(back.data(), (len + in_off) * 4);
+        for (uint64_t i = 0; i < len; ++i) {
+          const float want = f16_to_f32(h[out_off + i]);
+          ASSERT_EQ(0, std::memcmp(&back[in_off + i], &want, 4)) << in_off << " " << out_off << " " << i;
+        }
+      }
+    }
+  }
+}
+
 TEST(CudaDevice, CountNeverThrows) {
   EXPECT_GE(cuda::device_count(), 0);
   if (cuda::device_count() > 0) std::printf("device: %s\n", cuda::device_description().c_str());
