@@ -371,6 +371,16 @@ void register_kv(CLI::App& app) {
     const auto t_start = std::chrono::steady_clock::now();
     require(o.prefill > o.sinks + o.recent && o.decode >= 1 && o.windows >= 1, "kv-eval: need P > sinks + recent (",
             o.sinks + o.recent, "), D >= 1 and at least one window");
+    // Settings are checked before the model is read, not when the first window needs them.
+    for (const auto& p : o.policies)
+      require(p == "uniform" || p == "pyramid" || p == "adakv" || p == "allocated", "kv-eval: policy '", p,
+              "' is not uniform, pyramid, adakv or allocated");
+    for (const auto* names : {&o.scorers, &o.needle_scorers})
+      for (const auto& s : *names) kv::make_scorer(s);
+    for (const double w : o.recent_shares)
+      require(w >= 0 && w < 1, "kv-eval: --recent-share ", w, " is not in [0, 1)");
+    for (const auto* fractions : {&o.budgets, &o.needle_budgets})
+      for (const double f : *fractions) require(f > 0 && f <= 1, "kv-eval: budget ", f, " is not in (0, 1]");
     const auto file = io::open_model(o.model);
     const nn::LlamaModel model = nn::LlamaModel::load(*file);
     require(file->metadata().contains("tokenizer.ggml.tokens"), o.model, ": no tokenizer in the file");

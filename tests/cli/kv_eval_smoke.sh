@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# strata kv-eval end to end at a tiny size on SmolLM2: every section runs, the report holds a row
+# for every policy and budget with finite KL, the summary tables are there; bad settings are refused
+# with a message naming them. Usage: kv_eval_smoke.sh STRATA MODELS_DIR SHARED_DIR
+set -uo pipefail
+strata="$1"; models="$2"; shared="$3"
+smol="$models/smollm2-135m-instruct-q4_1.gguf"
+moby="$shared/corpora/moby_dick.txt"
+if [ ! -f "$smol" ] || [ ! -f "$moby" ]; then
+  echo "skipped: needs $smol (scripts/fetch-models.sh) and $moby"; exit 77
+fi
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+failures=0
+fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+
+common=(--model "$smol" --text "$moby" -P 96 -D 3 --windows 2 --sinks 2 --recent 4 --probe 4)
+if ! "$strata" kv-eval "${common[@]}" --budgets 0.25,0.5 --scorers tova,chunkkv --policies uniform,adakv,allocated \
+    --recent-share 0,0.5 --needle-tokens 160 --depths 0.2,0.8 --needle-budgets 0.5 --needle-scorers chunkkv \
+    --layer-budget 0.3 --report "$work/report" > "$work/out.txt" 2>&1; then
+  fail "kv-eval exited with an error:"; cat "$work/out.txt"
+else
+  for f in report.md report.json kl_vs_budget.dat layer_error.dat; do
+    [ -s "$work/report/$f" ] || fail "missing $f"
+  done
+  for title in "Decode-time KL" "Against StreamingLLM" "Needle retrieval" "Needle: the best policy" \
+               "Attention-output error over layers"; do
+    grep -q "$title" "$work/report/report.md" || fail "report.md has no '$title' table"
+  done
+  # 1 StreamingLLM + 2 scorers x 2 windows x 3 policies = 13 policies, x 2 budgets; 2 depths x
+  # (full cache + StreamingLLM + 6 ChunkKV policies).
+  python3 - "$work/report/report.json" <<'PY' || failures=$((failures + 1))
+import json, math, sys
+r = json.load(open(sys.argv[1]))
+res = r["decode"]["results"]
+assert len(res) == 26, f"{len(res)} decode rows, want 26"
+assert all(math.isfinite(x["kl"]) and x["kl"] >= 0 for x in res), "a KL is not finite and >= 0"
+assert r["decode"]["windows"] == 2 and r["decode"]["prefill"] == 96
+assert len(r["decode"]["versus_streaming"]) == 2
+assert len(r["needle"]["answers"]) == 16, f'{len(r["needle"]["answers"])} needle answers, want 16'
+assert len(r["layers"]["errors"]) == 13, f'{len(r["layers"]["errors"])} layer columns, want 13'
+print("ok   report.json: 26 decode rows, 16 needle answers, 13 layer columns")
+PY
+fi
+
+# expect_refusal NAME PATTERN ARGS...
+expect_refusal() {
+  local name="$1" pattern="$2"; shift 2
+  if "$strata" kv-eval "$@" --report "$work/refused" > "$work/$name.txt" 2>&1; then
+    fail "$name: exit status 0"; return
+  fi
+  grep -q -- "$pattern" "$work/$name.txt" || { fail "$name: message does not match '$pattern':"; cat "$work/$name.txt"; return; }
+  echo "ok   $name: $(grep -- "$pattern" "$work/$name.txt" | head -1)"
+}
+expect_refusal share "recent-share 1.5" "${common[@]}" --recent-share 1.5 --skip-needle --skip-layers
+expect_refusal short_prompt "need P > sinks + recent" --model "$smol" --text "$moby" -P 5 --skip-needle --skip-layers
+expect_refusal policy "policy 'pyramids'" "${common[@]}" --policies pyramids --skip-needle --skip-layers
+expect_refusal scorer "h3o" "${common[@]}" --scorers h3o --skip-needle --skip-layers
+expect_refusal overlap "overlaps" "${common[@]}" --calib-slice 0.5:0.6 --skip-needle --skip-layers
+expect_refusal budget "budget 1.5" "${common[@]}" --budgets 0.2,1.5 --skip-needle --skip-layers
+expect_refusal model "no-such.gguf" --model "$work/no-such.gguf" --text "$moby"
+printf 'GGUF\003\000\000\000not a header' > "$work/corrupt.gguf"
+expect_refusal corrupt "corrupt.gguf" --model "$work/corrupt.gguf" --text "$moby"
+
+[ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }
+echo "all ok"
