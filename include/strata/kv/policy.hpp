@@ -29,8 +29,9 @@
 //
 // Protected tokens: the first `sinks` tokens of every head (attention sinks) and its newest ones
 // (the recent window: `recent` tokens, or `recent_share` of the layer's budget when that is more, as
-// H2O splits its budget between heavy hitters and a recent window) are always kept. StreamingLLM is the policy that keeps only those: the window takes the whole
-// budget after the sinks, and no scorer is needed.
+// H2O splits its budget between heavy hitters and a recent window) are always kept. StreamingLLM is
+// the policy that keeps only those: the window takes the whole budget after the sinks, and no scorer
+// is needed.
 #include <cstdint>
 #include <memory>
 #include <span>
