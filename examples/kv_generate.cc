@@ -24,6 +24,7 @@
 #include "strata/io/model.hpp"
 #include "strata/kv/session.hpp"
 #include "strata/nn/dataset.hpp"
+#include "strata/nn/eval.hpp"
 #include "strata/nn/llama.hpp"
 #include "strata/nn/tokenizer.hpp"
 
@@ -96,15 +97,6 @@ std::pair<std::vector<int32_t>, double> greedy(S& session, const std::vector<int
   return {out, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
 }
 
-void log_softmax(const float* x, int64_t n, std::vector<double>& out) {
-  out.resize(static_cast<size_t>(n));
-  const float mx = *std::max_element(x, x + n);
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
-  const double lse = static_cast<double>(mx) + std::log(sum);
-  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = static_cast<double>(x[i]) - lse;
-}
-
 // Each passage is `prompt` tokens then `next`: the dense session runs it whole, the compressed one
 // compresses after the prompt and then reads the continuation in one batch; the distributions for
 // continuation tokens 2 .. next are compared (the first is predicted before any compression).
@@ -128,8 +120,8 @@ void score_next(const nn::LlamaModel& model, const kv::Compressor& comp, const s
     session.forward(seq.subspan(static_cast<size_t>(prompt), static_cast<size_t>(next - 1)), got.data(),
                     nn::Logits::all);
     for (int64_t t = 0; t + 1 < next; ++t) {
-      log_softmax(want.data() + (prompt + t) * vocab, vocab, p);
-      log_softmax(got.data() + t * vocab, vocab, q);
+      nn::log_softmax(want.data() + (prompt + t) * vocab, vocab, p);
+      nn::log_softmax(got.data() + t * vocab, vocab, q);
       for (int64_t v = 0; v < vocab; ++v)
         kl += std::exp(p[static_cast<size_t>(v)]) * (p[static_cast<size_t>(v)] - q[static_cast<size_t>(v)]);
       agree += std::max_element(p.begin(), p.end()) - p.begin() == std::max_element(q.begin(), q.end()) - q.begin();

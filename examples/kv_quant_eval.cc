@@ -80,23 +80,6 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-// RoPE on adjacent pairs at positions 0.., as the engine applies it to Q and K (nn/llama.hpp).
-void rope(RowMatrix<float>& x, int64_t heads, int64_t hd, float theta) {
-  for (int64_t t = 0; t < x.rows(); ++t)
-    for (int64_t i = 0; i < hd / 2; ++i) {
-      const float inv = static_cast<float>(
-          std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(hd)));
-      const double angle = static_cast<double>(t) * inv;
-      const float c = static_cast<float>(std::cos(angle)), s = static_cast<float>(std::sin(angle));
-      for (int64_t h = 0; h < heads; ++h) {
-        float* p = x.row(t).data() + h * hd + 2 * i;
-        const float a = p[0], b = p[1];
-        p[0] = a * c - b * s;
-        p[1] = a * s + b * c;
-      }
-    }
-}
-
 // Per layer: queries and keys after RoPE, keys before it, values; recomputed from the input the
 // q/k/v projections share during one prefill from position 0.
 struct Capture : nn::ForwardHooks {
@@ -118,8 +101,8 @@ struct Capture : nn::ForwardHooks {
     model.layer(layer, nn::LlamaModel::kK).forward(x, tokens, k[l].data());
     model.layer(layer, nn::LlamaModel::kV).forward(x, tokens, v[l].data());
     k_pre[l] = k[l];
-    rope(q[l], c.n_heads, c.head_dim, c.rope_theta);
-    rope(k[l], c.n_kv_heads, c.head_dim, c.rope_theta);
+    nn::apply_rope(q[l].data(), q[l].rows(), c.n_heads, c.head_dim, 0, c.rope_theta);
+    nn::apply_rope(k[l].data(), k[l].rows(), c.n_kv_heads, c.head_dim, 0, c.rope_theta);
   }
 };
 
@@ -361,7 +344,7 @@ void lowrank(const Capture& calib, const Capture& cap, const nn::LlamaConfig& c,
           ek_e += energy(xk, k_layer.middleCols(kvh * hd, hd));
           ev_e += energy(xv, v_layer.middleCols(kvh * hd, hd));
         }
-        if (pre_rope) rope(k_layer, c.n_kv_heads, hd, c.rope_theta);
+        if (pre_rope) nn::apply_rope(k_layer.data(), k_layer.rows(), c.n_kv_heads, hd, 0, c.rope_theta);
         for (int64_t kvh = 0; kvh < c.n_kv_heads; ++kvh)
           approx[static_cast<size_t>(l * c.n_kv_heads + kvh)] = {cols(k_layer, kvh, hd), cols(v_layer, kvh, hd)};
       }

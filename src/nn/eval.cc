@@ -6,9 +6,6 @@
 
 namespace strata::nn {
 
-namespace {
-
-// log-softmax of one row, in double for stable KL sums.
 void log_softmax(const float* logits, int64_t n, std::vector<double>& out) {
   out.resize(static_cast<size_t>(n));
   const float mx = *std::max_element(logits, logits + n);
@@ -17,6 +14,8 @@ void log_softmax(const float* logits, int64_t n, std::vector<double>& out) {
   const double lse = static_cast<double>(mx) + std::log(sum);
   for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = static_cast<double>(logits[i]) - lse;
 }
+
+namespace {
 
 struct Window {
   int64_t begin, end, first_scored;  // score positions [first_scored, end), predicted from [begin, pos)

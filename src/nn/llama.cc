@@ -47,9 +47,8 @@ void rms_norm(const float* x, const Vector<float>& w, float eps, int64_t tokens,
   }
 }
 
-// RoPE on adjacent pairs (x[2i], x[2i+1]) of every head, at absolute positions pos0 + t. This is the
-// layout llama.cpp stores Llama's Q and K in (its converter permutes the HF weights) and the one
-// llama2.c uses.
+}  // namespace
+
 void apply_rope(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, int64_t pos0, float theta) {
   const int64_t half = head_dim / 2;
   std::vector<float> inv_freq(static_cast<size_t>(half));
@@ -70,8 +69,6 @@ void apply_rope(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, int
     }
   }
 }
-
-}  // namespace
 
 LlamaModel LlamaModel::load(const io::Model& file) { return load(file, Overrides{}); }
 

@@ -12,6 +12,9 @@
 
 namespace strata::nn {
 
+// log-softmax of one row of n logits into `out` (resized), in double for stable KL sums.
+void log_softmax(const float* logits, int64_t n, std::vector<double>& out);
+
 struct WindowOptions {
   int64_t context = 512;  // tokens the model sees per window
   int64_t stride = 256;   // step between windows; only tokens not scored before are scored

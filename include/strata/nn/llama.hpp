@@ -126,6 +126,12 @@ class LlamaSession {
   KvStore* store_ = nullptr;                          // replaces k_cache_ / v_cache_ when set
 };
 
+// RoPE in place on x [tokens, n_heads * head_dim] at absolute positions pos0, pos0 + 1, ..: the
+// adjacent pairs (x[2i], x[2i+1]) of every head rotated by (pos0 + t) theta^(-2i / head_dim). This is
+// the layout llama.cpp stores Llama's Q and K in (its converter permutes the HF weights) and the one
+// llama2.c uses; the engine applies it to queries and keys.
+void apply_rope(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, int64_t pos0, float theta);
+
 // Samples `n` tokens after `prompt` (temperature 0 = greedy), seeded; returns only the new tokens.
 // Stops early after emitting `stop_token` (when >= 0).
 std::vector<int32_t> generate(const LlamaModel& model, std::span<const int32_t> prompt, int64_t n,

@@ -379,22 +379,6 @@ TEST(KvAttention, MatchesTheDefinition) {
 
 // ---- SmolLM2's real caches ------------------------------------------------------------------------------------
 
-// RoPE on adjacent pairs at positions 0.., as the engine applies it to Q and K (nn/llama.hpp).
-void rope(RowMatrix<float>& x, int64_t heads, int64_t hd, float theta) {
-  for (int64_t t = 0; t < x.rows(); ++t)
-    for (int64_t i = 0; i < hd / 2; ++i) {
-      const float inv = static_cast<float>(std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(hd)));
-      const double angle = static_cast<double>(t) * inv;
-      const float c = static_cast<float>(std::cos(angle)), s = static_cast<float>(std::sin(angle));
-      for (int64_t h = 0; h < heads; ++h) {
-        float* p = x.row(t).data() + h * hd + 2 * i;
-        const float a = p[0], b = p[1];
-        p[0] = a * c - b * s;
-        p[1] = a * s + b * c;
-      }
-    }
-}
-
 // Queries, keys (after RoPE) and values of every layer of one prefill from position 0, recomputed
 // from the projections' shared input; and the attention output the engine itself computed.
 struct Capture : nn::ForwardHooks {
@@ -419,8 +403,8 @@ struct Capture : nn::ForwardHooks {
     model.layer(layer, nn::LlamaModel::kQ).forward(x, tokens, q[l].data());
     model.layer(layer, nn::LlamaModel::kK).forward(x, tokens, k[l].data());
     model.layer(layer, nn::LlamaModel::kV).forward(x, tokens, v[l].data());
-    rope(q[l], c.n_heads, c.head_dim, c.rope_theta);
-    rope(k[l], c.n_kv_heads, c.head_dim, c.rope_theta);
+    nn::apply_rope(q[l].data(), q[l].rows(), c.n_heads, c.head_dim, 0, c.rope_theta);
+    nn::apply_rope(k[l].data(), k[l].rows(), c.n_kv_heads, c.head_dim, 0, c.rope_theta);
   }
 };
 
