@@ -93,27 +93,24 @@ Table Table::pareto(Metric m) const {
   return out;
 }
 
-double Table::min_cost(Metric m) const {
+namespace {
+
+// Sum over layers of each layer's cheapest (want_max false) or dearest option under metric m.
+double extreme_cost(const std::vector<LayerCandidates>& layers, Metric m, bool want_max) {
   double total = 0;
   for (const LayerCandidates& l : layers) {
     require(!l.options.empty(), "tensor '", l.tensor, "': no options");
     double c = l.options[0].cost_of(m);
-    for (const Candidate& o : l.options) c = std::min(c, o.cost_of(m));
+    for (const Candidate& o : l.options) c = want_max ? std::max(c, o.cost_of(m)) : std::min(c, o.cost_of(m));
     total += c;
   }
   return total;
 }
 
-double Table::max_cost(Metric m) const {
-  double total = 0;
-  for (const LayerCandidates& l : layers) {
-    require(!l.options.empty(), "tensor '", l.tensor, "': no options");
-    double c = l.options[0].cost_of(m);
-    for (const Candidate& o : l.options) c = std::max(c, o.cost_of(m));
-    total += c;
-  }
-  return total;
-}
+}  // namespace
+
+double Table::min_cost(Metric m) const { return extreme_cost(layers, m, false); }
+double Table::max_cost(Metric m) const { return extreme_cost(layers, m, true); }
 
 int64_t Table::params() const {
   int64_t n = 0;

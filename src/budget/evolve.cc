@@ -60,14 +60,7 @@ Plan to_plan(const Ladder& ladder, const Levels& lv, const std::string& solver, 
   plan.solver = solver;
   plan.constraint = c;
   for (size_t l = 0; l < lv.size(); ++l) {
-    const Candidate& o = ladder.option(l, lv[l]);
-    Choice ch;
-    ch.tensor = ladder.table->layers[l].tensor;
-    ch.method = o.method;
-    ch.knob = o.knob;
-    ch.cost = o.cost;
-    ch.predicted_error = o.error;
-    plan.choices.push_back(std::move(ch));
+    plan.choices.push_back(Choice::of(ladder.table->layers[l].tensor, ladder.option(l, lv[l])));
   }
   return plan;
 }

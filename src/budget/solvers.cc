@@ -81,14 +81,7 @@ Plan make_plan(const Table& t, const Pick& p, std::string solver, const Constrai
   plan.constraint = c;
   plan.choices.reserve(p.size());
   for (size_t l = 0; l < p.size(); ++l) {
-    const Candidate& o = t.layers[l].options[p[l]];
-    Choice ch;
-    ch.tensor = t.layers[l].tensor;
-    ch.method = o.method;
-    ch.knob = o.knob;
-    ch.cost = o.cost;
-    ch.predicted_error = o.error;
-    plan.choices.push_back(std::move(ch));
+    plan.choices.push_back(Choice::of(t.layers[l].tensor, t.layers[l].options[p[l]]));
   }
   return plan;
 }

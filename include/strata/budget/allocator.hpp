@@ -94,6 +94,11 @@ struct Choice {
   compress::Cost cost;
   double predicted_error = 0;  // the table's error for this option
   double measured_error = std::numeric_limits<double>::quiet_NaN();  // filled in after applying, if measured
+
+  // The choice of `option` for `tensor`, as a solver records it.
+  static Choice of(const std::string& tensor, const Candidate& option) {
+    return {tensor, option.method, option.knob, option.cost, option.error};
+  }
 };
 
 struct Plan {
