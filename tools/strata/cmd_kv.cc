@@ -31,6 +31,7 @@
 #include "strata/kv/allocate.hpp"
 #include "strata/kv/session.hpp"
 #include "strata/nn/dataset.hpp"
+#include "strata/nn/eval.hpp"
 #include "strata/nn/llama.hpp"
 #include "strata/nn/tokenizer.hpp"
 
@@ -126,8 +127,9 @@ class Allocator {
   std::map<std::tuple<std::string, int64_t, double>, std::unique_ptr<budget::Table>> tables_;
 };
 
-kv::Compressor make_compressor(const Config& c, int64_t budget, int64_t prompt, const Options& o, Allocator& alloc) {
-  if (c.scorer.empty()) return kv::Compressor{nullptr, kv::Policy::streaming_llm(o.sinks), budget};
+// The policy of a config at `budget` tokens per KV head (the scorer comes from the prompt pass).
+kv::Policy policy_for(const Config& c, int64_t budget, int64_t prompt, const Options& o, Allocator& alloc) {
+  if (c.scorer.empty()) return kv::Policy::streaming_llm(o.sinks);
   kv::Policy p;
   if (c.policy == "uniform") p = kv::Policy::uniform(o.sinks, o.recent);
   else if (c.policy == "pyramid") p = kv::Policy::pyramid(20, o.sinks, o.recent);
@@ -136,7 +138,7 @@ kv::Compressor make_compressor(const Config& c, int64_t budget, int64_t prompt, 
     p = kv::allocated_policy(alloc.table(c.scorer, prompt, c.recent_share), budget, within_layer(o, c.recent_share));
   else fail("kv-eval: policy '", c.policy, "' is not uniform, pyramid, adakv or allocated");
   p.recent_share = c.recent_share;
-  return kv::Compressor{kv::make_scorer(c.scorer), p, budget};
+  return p;
 }
 
 // Reads `prompt` once per scorer (evicting nothing), then forks that session for every config of the
@@ -160,21 +162,12 @@ void for_each_fork(const nn::LlamaModel& model, std::span<const int32_t> prompt,
     parent.forward(prompt, logits.data(), nn::Logits::last);
     for (; i < end; ++i)
       for (const double f : budgets) {
-        const auto comp = make_compressor(all[i], std::llround(f * static_cast<double>(base)), base, o, alloc);
-        auto fork = parent.fork(comp.policy, comp.budget, schedule);
+        const int64_t budget = std::llround(f * static_cast<double>(base));
+        auto fork = parent.fork(policy_for(all[i], budget, base, o, alloc), budget, schedule);
         fork->compress();
         visit(all[i], f, *fork, logits);
       }
   }
-}
-
-void log_softmax(const float* x, int64_t n, std::vector<double>& out) {
-  out.resize(static_cast<size_t>(n));
-  const float mx = *std::max_element(x, x + n);
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
-  const double lse = static_cast<double>(mx) + std::log(sum);
-  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = static_cast<double>(x[i]) - lse;
 }
 
 int32_t argmax(std::span<const float> v) {
@@ -208,7 +201,7 @@ DecodeResult decode_rest(kv::Session& session, std::span<const int32_t> window, 
   std::vector<double> q;
   for (int64_t t = 0; t < steps; ++t) {
     session.forward(window.subspan(static_cast<size_t>(prompt + t), 1), logits.data(), nn::Logits::last);
-    log_softmax(logits.data(), vocab, q);
+    nn::log_softmax(logits.data(), vocab, q);
     const int32_t target = window[static_cast<size_t>(prompt + t + 1)];
     r.nll -= q[static_cast<size_t>(target)];
     if (reference) {
@@ -638,7 +631,7 @@ void register_kv(CLI::App& app) {
         if (cols.empty()) cols.push_back({"streaming-llm", ap.errors(kv::Policy::streaming_llm(o.sinks), b)});
         for (const auto& c : configs({s}, o.policies, o.recent_shares)) {
           if (c.scorer.empty()) continue;
-          cols.push_back({c.label(), ap.errors(make_compressor(c, b, o.prefill, o, alloc).policy, b)});
+          cols.push_back({c.label(), ap.errors(policy_for(c, b, o.prefill, o, alloc), b)});
         }
       }
       Table t{"Relative attention-output error per layer, only that layer compressed to " + percent(o.layer_budget) +
