@@ -8,6 +8,10 @@ target_compile_options(strata_build_flags INTERFACE
 
 if(STRATA_NATIVE)
   target_compile_options(strata_build_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-march=native>)
+  # Highway 1.0.3 (Debian 12) leaves AVX3_DL out of its dynamic targets unless asked, even when
+  # -march=native puts it in the baseline (CPUs with VNNI, VBMI2, VAES, VPOPCNTDQ, BITALG and AVX-VNNI),
+  # and then refuses to compile ("best baseline should be included in dynamic targets").
+  target_compile_definitions(strata_build_flags INTERFACE HWY_WANT_AVX3_DL)
 endif()
 
 if(STRATA_SANITIZE)
