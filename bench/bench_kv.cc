@@ -81,10 +81,10 @@ void BM_Compressed(benchmark::State& state, std::string name, std::string scorer
   std::vector<float> logits(static_cast<size_t>(g_model->config().vocab_size));
   std::vector<double> steps, compress;
   for (auto _ : state) {
-    strata::kv::Compressor comp{scorer.empty() ? nullptr : strata::kv::make_scorer(scorer),
-                                scorer.empty() ? strata::kv::Policy::streaming_llm()
-                                               : strata::kv::Policy::adakv(0.2, 4, 16),
-                                g_budget};
+    strata::kv::Eviction comp{scorer.empty() ? nullptr : strata::kv::make_scorer(scorer),
+                              scorer.empty() ? strata::kv::Policy::streaming_llm()
+                                             : strata::kv::Policy::adakv(0.2, 4, 16),
+                              g_budget};
     strata::kv::Session session(*g_model, kContext + kSteps, comp, strata::kv::Schedule{.prefill = true, .decode = true, .every = 1024});
     session.forward(std::span<const int32_t>(prompt).first(kContext), logits.data(), strata::nn::Logits::last);
     for (int64_t i = 0; i < kSteps; ++i) {

@@ -100,7 +100,7 @@ std::pair<std::vector<int32_t>, double> greedy(S& session, const std::vector<int
 // Each passage is `prompt` tokens then `next`: the dense session runs it whole, the compressed one
 // compresses after the prompt and then reads the continuation in one batch; the distributions for
 // continuation tokens 2 .. next are compared (the first is predicted before any compression).
-void score_next(const nn::LlamaModel& model, const kv::Compressor& comp, const std::vector<int32_t>& text,
+void score_next(const nn::LlamaModel& model, const kv::Eviction& comp, const std::vector<int32_t>& text,
                 int64_t prompt, int64_t next, int64_t passages) {
   const int64_t vocab = model.config().vocab_size, len = prompt + next;
   require(next >= 2, "--score-next needs at least 2 tokens");
@@ -160,7 +160,7 @@ int main(int argc, char** argv) {
     }
     const int64_t max_tokens = static_cast<int64_t>(prompt.size()) + a.n;
 
-    kv::Compressor comp{a.policy == "streaming" ? nullptr : kv::make_scorer(a.scorer), make_policy(a), a.budget};
+    kv::Eviction comp{a.policy == "streaming" ? nullptr : kv::make_scorer(a.scorer), make_policy(a), a.budget};
     std::printf("model: %s (%lld layers x %lld KV heads, head_dim %lld)\nprompt: %zu tokens from %s\n"
                 "compressor: %s; compress after the prompt%s\n\n",
                 a.model.filename().string().c_str(), static_cast<long long>(c.n_layers),

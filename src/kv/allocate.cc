@@ -37,8 +37,8 @@ AttentionProbe::AttentionProbe(const nn::LlamaModel& model, std::span<const int3
           probe_);
   const int64_t total = prompt_ + probe_;
   // A budget above every length: the session binds and feeds the scorer but never evicts.
-  std::optional<Compressor> comp;
-  if (scorer) comp = Compressor{scorer, Policy::uniform(0, 0), total};
+  std::optional<Eviction> comp;
+  if (scorer) comp = Eviction{scorer, Policy::uniform(0, 0), total};
   Session session(model, total, comp, Schedule{.prefill = false, .decode = false});
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
   session.forward(prompt, logits.data(), nn::Logits::last);

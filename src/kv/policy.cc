@@ -233,7 +233,7 @@ std::vector<std::vector<int64_t>> select(const Policy& p, int64_t layer_budget, 
   return keep;
 }
 
-int64_t Compressor::compress_layer(Cache& cache, int layer, int64_t layer_budget) const {
+int64_t Eviction::compress_layer(Cache& cache, int layer, int64_t layer_budget) const {
   const int heads = static_cast<int>(cache.n_kv_heads());
   std::vector<int64_t> lengths(static_cast<size_t>(heads));
   int64_t total = 0;
@@ -246,7 +246,7 @@ int64_t Compressor::compress_layer(Cache& cache, int layer, int64_t layer_budget
   if (policy.headwise ? total <= heads * layer_budget : !over) return 0;
   std::vector<std::vector<float>> scores;
   if (!policy.streaming) {
-    require(scorer != nullptr, "kv::Compressor: policy '", describe(policy), "' needs a scorer");
+    require(scorer != nullptr, "kv::Eviction: policy '", describe(policy), "' needs a scorer");
     scorer->score_layer(cache, layer, scores);
   }
   const auto keep = select(policy, layer_budget, lengths, scores);
@@ -261,8 +261,8 @@ int64_t Compressor::compress_layer(Cache& cache, int layer, int64_t layer_budget
   return evicted;
 }
 
-int64_t Compressor::compress(Cache& cache) const {
-  require(policy.layers == LayerBudget::layerwise || budget > 0, "kv::Compressor: budget must be positive, got ",
+int64_t Eviction::compress(Cache& cache) const {
+  require(policy.layers == LayerBudget::layerwise || budget > 0, "kv::Eviction: budget must be positive, got ",
           budget);
   const auto budgets = layer_budgets(cache.n_layers());
   if (scorer) scorer->begin_pass();
@@ -271,7 +271,7 @@ int64_t Compressor::compress(Cache& cache) const {
   return evicted;
 }
 
-std::string describe(const Compressor& c) {
+std::string describe(const Eviction& c) {
   std::ostringstream s;
   if (c.scorer && !c.policy.streaming) s << c.scorer->name() << " + ";
   s << describe(c.policy) << ", budget " << c.budget;

@@ -20,20 +20,20 @@ Layout layout_of(const nn::LlamaModel& model) {
 
 }  // namespace
 
-Session::Session(const nn::LlamaModel& model, int64_t max_tokens, std::optional<Compressor> compressor,
+Session::Session(const nn::LlamaModel& model, int64_t max_tokens, std::optional<Eviction> eviction,
                  Schedule schedule)
     : model_(model),
       cache_(model.config().n_layers, model.config().n_kv_heads, model.config().head_dim),
-      compressor_(std::move(compressor)),
+      eviction_(std::move(eviction)),
       schedule_(schedule),
       session_(model, max_tokens, this) {
   require(schedule.every >= 1, "kv::Session: decode compression every ", schedule.every, " steps; must be >= 1");
-  if (compressor_) {
+  if (eviction_) {
     // Fails early on a budget the policy cannot meet (a layer too small for its protected tokens).
-    compressor_->layer_budgets(model.config().n_layers);
-    require(compressor_->policy.streaming || compressor_->scorer != nullptr, "kv::Session: compressor '",
-            describe(*compressor_), "' has no scorer");
-    if (compressor_->scorer) compressor_->scorer->bind(layout_of(model));
+    eviction_->layer_budgets(model.config().n_layers);
+    require(eviction_->policy.streaming || eviction_->scorer != nullptr, "kv::Session: eviction '",
+            describe(*eviction_), "' has no scorer");
+    if (eviction_->scorer) eviction_->scorer->bind(layout_of(model));
     if (schedule.decode) cache_.set_headroom(schedule.every);
   }
 }
@@ -41,16 +41,16 @@ Session::Session(const nn::LlamaModel& model, int64_t max_tokens, std::optional<
 std::unique_ptr<Session> Session::fork(const Policy& policy, int64_t budget, Schedule schedule) const {
   std::shared_ptr<Scorer> scorer;
   if (!policy.streaming) {
-    require(compressor_ && compressor_->scorer, "kv::Session::fork: policy '", describe(policy),
+    require(eviction_ && eviction_->scorer, "kv::Session::fork: policy '", describe(policy),
             "' needs a scorer and this session has none");
-    scorer = compressor_->scorer->clone();
+    scorer = eviction_->scorer->clone();
   }
   require(schedule.every >= 1, "kv::Session::fork: decode compression every ", schedule.every,
           " steps; must be >= 1");
   // The constructor would bind the scorer and clear its state: the copy goes in afterwards.
   auto out = std::make_unique<Session>(model_, session_.capacity());
-  out->compressor_ = Compressor{std::move(scorer), policy, budget};
-  out->compressor_->layer_budgets(model_.config().n_layers);  // a budget the policy cannot meet fails here
+  out->eviction_ = Eviction{std::move(scorer), policy, budget};
+  out->eviction_->layer_budgets(model_.config().n_layers);  // a budget the policy cannot meet fails here
   out->schedule_ = schedule;
   out->cache_ = cache_;
   if (schedule.decode) out->cache_.set_headroom(schedule.every);
@@ -61,15 +61,15 @@ std::unique_ptr<Session> Session::fork(const Policy& policy, int64_t budget, Sch
 void Session::reset() {
   session_.reset();
   cache_.clear();
-  if (compressor_ && compressor_->scorer) compressor_->scorer->reset();
+  if (eviction_ && eviction_->scorer) eviction_->scorer->reset();
   steps_since_compress_ = 0;
   evicted_ = 0;
 }
 
 int64_t Session::compress() {
   steps_since_compress_ = 0;
-  if (!compressor_) return 0;
-  const int64_t e = compressor_->compress(cache_);
+  if (!eviction_) return 0;
+  const int64_t e = eviction_->compress(cache_);
   evicted_ += e;
   return e;
 }
@@ -77,7 +77,7 @@ int64_t Session::compress() {
 void Session::forward(std::span<const int32_t> tokens, float* logits, nn::Logits which, nn::ForwardHooks* hooks) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   session_.forward(tokens, logits, which, hooks);
-  if (!compressor_ || n == 0) return;
+  if (!eviction_ || n == 0) return;
   if (n > 1) {
     if (schedule_.prefill) compress();
     return;
@@ -91,7 +91,7 @@ void Session::attend(int layer, const float* q, const float* k, const float* v, 
   const nn::LlamaConfig& c = model_.config();
   const int64_t hd = c.head_dim, n_heads = c.n_heads, group = c.n_heads / c.n_kv_heads, q_dim = n_heads * hd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  Scorer* scorer = compressor_ ? compressor_->scorer.get() : nullptr;
+  Scorer* scorer = eviction_ ? eviction_->scorer.get() : nullptr;
   const bool scorer_probs = scorer && scorer->wants_attention(layer);
   const bool hook_probs = hooks && hooks->wants_attention(layer);
   int64_t longest = 0;

@@ -156,8 +156,8 @@ void for_each_fork(const nn::LlamaModel& model, std::span<const int32_t> prompt,
   for (size_t i = 0; i < all.size();) {
     size_t end = i;
     while (end < all.size() && all[end].scorer == all[i].scorer) ++end;
-    std::optional<kv::Compressor> observe;
-    if (!all[i].scorer.empty()) observe = kv::Compressor{kv::make_scorer(all[i].scorer), kv::Policy::uniform(0, 0), n};
+    std::optional<kv::Eviction> observe;
+    if (!all[i].scorer.empty()) observe = kv::Eviction{kv::make_scorer(all[i].scorer), kv::Policy::uniform(0, 0), n};
     kv::Session parent(model, max_tokens, std::move(observe), kv::Schedule{.prefill = false});
     parent.forward(prompt, logits.data(), nn::Logits::last);
     for (; i < end; ++i)
@@ -440,7 +440,7 @@ void register_kv(CLI::App& app) {
                         acc.count += r.count;
                         std::printf("  window %lld %-18s %4s (%lld tokens): KL %.4f  (%.1f s)\n",
                                     static_cast<long long>(w), c.label().c_str(), percent(f).c_str(),
-                                    static_cast<long long>(session.compressor()->budget),
+                                    static_cast<long long>(session.eviction()->budget),
                                     r.kl / static_cast<double>(r.count), seconds_since(t0));
                         std::fflush(stdout);
                         t0 = std::chrono::steady_clock::now();

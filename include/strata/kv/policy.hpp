@@ -1,5 +1,5 @@
 #pragma once
-// How many tokens each layer and KV head keeps, which ones, and the compressor that applies it.
+// How many tokens each layer and KV head keeps, which ones, and the eviction that applies it.
 //
 // The budget B is tokens per KV head, averaged over layers (and over heads, head-wise): a cache of L
 // layers and H KV heads holds at most L x H x B tokens after compression.
@@ -83,7 +83,7 @@ std::vector<std::vector<int64_t>> select(const Policy& policy, int64_t layer_bud
                                          std::span<const std::vector<float>> scores);
 
 // A scorer, a policy and a budget: what kv::Session applies at prefill and/or decode.
-struct Compressor {
+struct Eviction {
   std::shared_ptr<Scorer> scorer;  // may be null for Policy::streaming_llm()
   Policy policy;
   int64_t budget = 0;  // tokens per KV head, averaged over layers (and heads, head-wise)
@@ -98,6 +98,6 @@ struct Compressor {
 };
 
 // "snapkv + adakv(floor=0.2) sinks=4 recent=32, budget 128".
-std::string describe(const Compressor& compressor);
+std::string describe(const Eviction& eviction);
 
 }  // namespace strata::kv

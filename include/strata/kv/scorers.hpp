@@ -68,11 +68,11 @@ class Scorer {
   // One score per cached token of (layer, head): out.size() == cache.length(layer, head).
   virtual void score(const Cache& cache, int layer, int head, std::span<float> out) = 0;
   // Scores of every KV head of a layer (out[h] resized to its length). Scorers whose scores couple
-  // the heads of a layer (ChunkKV) override this; the compressor always scores a layer this way.
+  // the heads of a layer (ChunkKV) override this; an eviction always scores a layer this way.
   virtual void score_layer(const Cache& cache, int layer, std::vector<std::vector<float>>& out);
   // The cache kept `indices` of (layer, head): state indexed by cached token follows.
   virtual void kept(int layer, int head, std::span<const int64_t> indices) {}
-  // Compressor::compress() starts a pass over the layers (ChunkKV: scores of lower layers computed
+  // Eviction::compress() starts a pass over the layers (ChunkKV: scores of lower layers computed
   // before this are stale).
   virtual void begin_pass() {}
   // An independent copy, observed state included (kv::Session::fork). Scorers that cannot be copied

@@ -1,6 +1,6 @@
 #pragma once
 // A Llama-family session whose keys and values live in a kv::Cache: every KV head attends over its
-// own kept tokens, and a kv::Compressor evicts after the prompt and/or while generating.
+// own kept tokens, and a kv::Eviction evicts after the prompt and/or while generating.
 //
 // With nothing evicted the attention is the dense session's, operation for operation (the same
 // products and the same softmax over the same tokens in the same order), so logits match
@@ -14,7 +14,7 @@
 //             k - 1 tokens after a forward (budget + k during one), and the cache keeps k rows of
 //             headroom per head (Cache::set_headroom) so that it does not reallocate in between; k
 //             trades eviction work (scoring and moving rows, once per k steps) for k - 1 extra tokens.
-// A session without a compressor never evicts. The scorer observes attention on every forward,
+// A session without an eviction never evicts. The scorer observes attention on every forward,
 // whether or not that forward compresses (H2O accumulates over all of them).
 #include <cstdint>
 #include <memory>
@@ -38,18 +38,18 @@ struct Schedule {
 class Session : private nn::LlamaSession::KvStore {
  public:
   // max_tokens bounds the positions (the model's context), not the memory, which the budget bounds.
-  // The compressor's scorer is bound to the model's layout here and belongs to this session.
-  Session(const nn::LlamaModel& model, int64_t max_tokens, std::optional<Compressor> compressor = std::nullopt,
+  // The eviction's scorer is bound to the model's layout here and belongs to this session.
+  Session(const nn::LlamaModel& model, int64_t max_tokens, std::optional<Eviction> eviction = std::nullopt,
           Schedule schedule = {});
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
   // A session that continues from this one: a copy of the cache at the same position, and a
-  // compressor of `policy` and `budget` whose scorer is a copy of this session's, observed state
+  // an eviction of `policy` and `budget` whose scorer is a copy of this session's, observed state
   // included (none for a streaming policy). Nothing is evicted until compress() or the next forward
   // the schedule compresses after. A prompt read once with Schedule::prefill off can so be forked
   // and compressed under many policies and budgets: a fork that calls compress() keeps the tokens, and
-  // then computes the logits, of a session that read the prompt with that compressor and
+  // then computes the logits, of a session that read the prompt with that eviction and
   // Schedule::prefill on, bit for bit.
   std::unique_ptr<Session> fork(const Policy& policy, int64_t budget, Schedule schedule) const;
 
@@ -63,7 +63,7 @@ class Session : private nn::LlamaSession::KvStore {
   int64_t position() const { return session_.position(); }
   int64_t capacity() const { return session_.capacity(); }
   const Cache& cache() const { return cache_; }
-  const std::optional<Compressor>& compressor() const { return compressor_; }
+  const std::optional<Eviction>& eviction() const { return eviction_; }
   const Schedule& schedule() const { return schedule_; }
   uint64_t cache_bytes() const { return cache_.bytes(); }
   int64_t evicted() const { return evicted_; }  // tokens evicted since construction or reset()
@@ -76,7 +76,7 @@ class Session : private nn::LlamaSession::KvStore {
 
   const nn::LlamaModel& model_;
   Cache cache_;
-  std::optional<Compressor> compressor_;
+  std::optional<Eviction> eviction_;
   Schedule schedule_;
   nn::LlamaSession session_;
   int64_t steps_since_compress_ = 0;

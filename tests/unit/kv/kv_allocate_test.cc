@@ -89,7 +89,7 @@ TEST(KvAllocate, ProbeErrorIsTheEvictedSessionsAttentionError) {
   per_layer[layer] = budget;
   const Policy policy = Policy::layerwise(per_layer, 4, 4);
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-  auto run = [&](std::optional<Compressor> comp, std::vector<std::vector<int64_t>>* kept) {
+  auto run = [&](std::optional<Eviction> comp, std::vector<std::vector<int64_t>>* kept) {
     Session session(*s.model, 80, std::move(comp));
     session.forward(prompt, logits.data(), nn::Logits::last);
     if (kept) {
@@ -105,7 +105,7 @@ TEST(KvAllocate, ProbeErrorIsTheEvictedSessionsAttentionError) {
   };
   const auto dense = run(std::nullopt, nullptr);
   std::vector<std::vector<int64_t>> kept;
-  const auto evicted = run(Compressor{make_scorer("h2o"), policy, 0}, &kept);
+  const auto evicted = run(Eviction{make_scorer("h2o"), policy, 0}, &kept);
   ASSERT_EQ(static_cast<int64_t>(kept[0].size()), budget);
   double err = 0, ref = 0;
   for (size_t h = 0; h < dense.size(); ++h)
@@ -199,7 +199,7 @@ TEST(KvAllocate, SensitivityTableAndAllocation) {
   EXPECT_EQ(p.recent, 4);
 
   // A session under the allocated policy holds each layer at its allocated budget.
-  Session session(*s.model, 80, Compressor{make_scorer("tova"), allocated_policy(table, budget, within), 0});
+  Session session(*s.model, 80, Eviction{make_scorer("tova"), allocated_policy(table, budget, within), 0});
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
   session.forward(all.first(64), logits.data(), nn::Logits::last);
   for (int l = 0; l < c.n_layers; ++l)

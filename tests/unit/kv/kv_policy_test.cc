@@ -204,7 +204,7 @@ TEST(KvPolicy, AdaKVSpreadsTheLayerBudgetOverHeadsWithAFloor) {
   EXPECT_THROW(select(Policy::adakv(1.5), 40, lengths, skew), Error);
 }
 
-// Records what the compressor tells the scorer.
+// Records what the eviction tells the scorer.
 class Recorder : public Scorer {
  public:
   std::string name() const override { return "recorder"; }
@@ -235,11 +235,11 @@ Cache filled(int64_t layers, int64_t heads, int64_t dim, int64_t n) {
   return cache;
 }
 
-TEST(KvPolicy, CompressorBringsEveryLayerWithinBudget) {
+TEST(KvPolicy, EvictionBringsEveryLayerWithinBudget) {
   const int64_t L = 4, H = 2, n = 100;
   {
     auto rec = std::make_shared<Recorder>();
-    const Compressor c{rec, Policy::pyramid(20, 2, 4), 40};
+    const Eviction c{rec, Policy::pyramid(20, 2, 4), 40};
     Cache cache = filled(L, H, 4, n);
     const auto budgets = c.layer_budgets(L);
     const int64_t evicted = c.compress(cache);
@@ -263,7 +263,7 @@ TEST(KvPolicy, CompressorBringsEveryLayerWithinBudget) {
     EXPECT_TRUE(rec->calls.empty());
   }
   {
-    const Compressor c{std::make_shared<Recorder>(), Policy::adakv(0.2, 2, 4), 30};
+    const Eviction c{std::make_shared<Recorder>(), Policy::adakv(0.2, 2, 4), 30};
     Cache cache = filled(L, H, 4, n);
     c.compress(cache);
     for (int l = 0; l < L; ++l) {
@@ -272,7 +272,7 @@ TEST(KvPolicy, CompressorBringsEveryLayerWithinBudget) {
     }
   }
   {
-    const Compressor c{nullptr, Policy::streaming_llm(4), 20};
+    const Eviction c{nullptr, Policy::streaming_llm(4), 20};
     Cache cache = filled(L, H, 4, n);
     c.compress(cache);
     for (int l = 0; l < L; ++l)
@@ -283,8 +283,8 @@ TEST(KvPolicy, CompressorBringsEveryLayerWithinBudget) {
     EXPECT_EQ(describe(c), "streaming-llm sinks=4, budget 20");
   }
   Cache cache = filled(L, H, 4, n);
-  EXPECT_THROW((Compressor{nullptr, Policy::uniform(), 64}.compress(cache)), Error);  // needs a scorer
-  EXPECT_THROW((Compressor{std::make_shared<Recorder>(), Policy::uniform(), 0}.compress(cache)), Error);
+  EXPECT_THROW((Eviction{nullptr, Policy::uniform(), 64}.compress(cache)), Error);  // needs a scorer
+  EXPECT_THROW((Eviction{std::make_shared<Recorder>(), Policy::uniform(), 0}.compress(cache)), Error);
 }
 
 TEST(KvPolicy, Describe) {
@@ -295,7 +295,7 @@ TEST(KvPolicy, Describe) {
   both.headwise = true;
   EXPECT_EQ(describe(both), "pyramid(beta=20)+adakv(floor=0.2) sinks=4 recent=32");
   EXPECT_EQ(describe(Policy::layerwise({64})), "layerwise sinks=4 recent=32");
-  EXPECT_EQ(describe(Compressor{make_scorer("snapkv"), Policy::adakv(), 128}),
+  EXPECT_EQ(describe(Eviction{make_scorer("snapkv"), Policy::adakv(), 128}),
             "snapkv + adakv(floor=0.2) sinks=4 recent=32, budget 128");
 }
 
