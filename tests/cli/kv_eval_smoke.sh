@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # strata kv-eval end to end at a tiny size on SmolLM2: every section runs, the report holds a row
 # for every policy and budget with finite KL, the summary tables are there; bad settings are refused
-# with a message naming them. Usage: kv_eval_smoke.sh STRATA MODELS_DIR SHARED_DIR
+# with a message naming them; a report directory named with shell syntax is only a name; the default
+# model and text follow STRATA_MODELS_DIR and STRATA_SHARED_DATA. Usage: kv_eval_smoke.sh STRATA MODELS_DIR SHARED_DIR
 set -uo pipefail
 strata="$1"; models="$2"; shared="$3"
 smol="$models/smollm2-135m-instruct-q4_1.gguf"
@@ -15,21 +16,33 @@ failures=0
 fail() { echo "FAIL $*"; failures=$((failures + 1)); }
 
 common=(--model "$smol" --text "$moby" -P 96 -D 3 --windows 2 --sinks 2 --recent 4 --probe 4)
-if ! "$strata" kv-eval "${common[@]}" --budgets 0.25,0.5 --scorers tova,chunkkv --policies uniform,adakv,allocated \
-    --recent-share 0,0.5 --needle-tokens 160 --depths 0.2,0.8 --needle-budgets 0.5 --needle-scorers chunkkv \
-    --layer-budget 0.3 --report "$work/report" > "$work/out.txt" 2>&1; then
+# The report directory's name is full of shell syntax: it must be taken as a name, never run. Any
+# command it smuggled in would create a pwned* file in the working directory ($work).
+name="it's; touch pwned1; \$(touch pwned2) \`touch pwned3\` \"q\" | touch pwned4 &"
+report="$work/$name"
+if ! (cd "$work" && "$strata" kv-eval "${common[@]}" --budgets 0.25,0.5 --scorers tova,chunkkv \
+    --policies uniform,adakv,allocated --recent-share 0,0.5 --needle-tokens 160 --depths 0.2,0.8 \
+    --needle-budgets 0.5 --needle-scorers chunkkv --layer-budget 0.3 --report "$name") > "$work/out.txt" 2>&1; then
   fail "kv-eval exited with an error:"; cat "$work/out.txt"
 else
-  for f in report.md report.json kl_vs_budget.dat layer_error.dat; do
-    [ -s "$work/report/$f" ] || fail "missing $f"
+  for f in report.md report.json kl_vs_budget.dat kl_vs_budget.gp layer_error.dat layer_error.gp; do
+    [ -s "$report/$f" ] || fail "missing $f"
   done
+  if command -v gnuplot > /dev/null; then
+    for f in kl_vs_budget.png layer_error.png; do
+      [ -s "$report/$f" ] || { fail "gnuplot did not render $f:"; cat "$report/gnuplot.log"; }
+    done
+  fi
+  pwned="$(find "$work" -name 'pwned*' | head -3)"
+  [ -z "$pwned" ] && echo "ok   a report directory named $name runs nothing" || fail "the report name ran commands: $pwned"
+  ls "$report" | grep -q '\.tmp-' && fail "temporary files left in the report directory"
   for title in "Decode-time KL" "Against StreamingLLM" "Needle retrieval" "Needle: the best policy" \
                "Attention-output error over layers"; do
-    grep -q "$title" "$work/report/report.md" || fail "report.md has no '$title' table"
+    grep -q "$title" "$report/report.md" || fail "report.md has no '$title' table"
   done
   # 1 StreamingLLM + 2 scorers x 2 windows x 3 policies = 13 policies, x 2 budgets; 2 depths x
   # (full cache + StreamingLLM + 6 ChunkKV policies).
-  python3 - "$work/report/report.json" <<'PY' || failures=$((failures + 1))
+  python3 - "$report/report.json" <<'PY' || failures=$((failures + 1))
 import json, math, sys
 r = json.load(open(sys.argv[1]))
 res = r["decode"]["results"]
@@ -59,6 +72,10 @@ expect_refusal scorer "h3o" "${common[@]}" --scorers h3o --skip-needle --skip-la
 expect_refusal overlap "overlaps" "${common[@]}" --calib-slice 0.5:0.6 --skip-needle --skip-layers
 expect_refusal budget "budget 1.5" "${common[@]}" --budgets 0.2,1.5 --skip-needle --skip-layers
 expect_refusal model "no-such.gguf" --model "$work/no-such.gguf" --text "$moby"
+# Without --model / --text the defaults come from STRATA_MODELS_DIR and STRATA_SHARED_DATA.
+STRATA_MODELS_DIR="$work/models-here" expect_refusal models_dir "$work/models-here/smollm2-135m-instruct-q4_1.gguf" \
+  --text "$moby"
+STRATA_SHARED_DATA="$work/data-here" expect_refusal shared_dir "$work/data-here/corpora/moby_dick.txt" --model "$smol"
 printf 'GGUF\003\000\000\000not a header' > "$work/corrupt.gguf"
 expect_refusal corrupt "corrupt.gguf" --model "$work/corrupt.gguf" --text "$moby"
 

@@ -1,12 +1,7 @@
 // `strata kv-eval`: how far KV-cache eviction moves a model, for every scorer x budget policy at a
-// few budgets, on long real text:
-//   decode   windows of the text: the first P tokens are read and the cache compressed to the
-//            budget, then the next D tokens are read one at a time with the cache held at the
-//            budget after every step; each step's next-token distribution is compared with the
-//            full-cache model's (KL, perplexity, top-1 agreement).
-//   needle   a fact sentence inserted at several depths of real text, a question at the end (chat
-//            template), the greedy answer checked by string match.
-//   layers   each layer's relative attention-output error when only that layer is compressed.
+// few budgets, on long real text. The evaluation is the library's (kv/evaluate.hpp: decode-time KL,
+// needle retrieval, per-layer attention error); this command parses options, prints the tables and
+// writes the report (Markdown, JSON, gnuplot data and scripts, plots).
 // Budgets are fractions of the prompt (P tokens for decode, the haystack's tokens for the needle),
 // in tokens per KV head; "allocated" is strata's budget allocator over measured per-layer
 // sensitivities (kv/allocate.hpp) on calibration text that does not overlap the evaluation text.
@@ -14,24 +9,19 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
-#include <functional>
-#include <fstream>
-#include <map>
-#include <memory>
-#include <optional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "plot.hpp"
 #include "strata/core/error.hpp"
+#include "strata/io/data_paths.hpp"
+#include "strata/io/mapped_file.hpp"
 #include "strata/io/model.hpp"
-#include "strata/kv/allocate.hpp"
-#include "strata/kv/session.hpp"
+#include "strata/kv/evaluate.hpp"
 #include "strata/nn/dataset.hpp"
-#include "strata/nn/eval.hpp"
 #include "strata/nn/llama.hpp"
 #include "strata/nn/tokenizer.hpp"
 
@@ -40,8 +30,9 @@ namespace strata::cli {
 namespace {
 
 struct Options {
-  std::string model = "models/smollm2-135m-instruct-q4_1.gguf";
-  std::string text = "../shared/data/corpora/moby_dick.txt";
+  // STRATA_MODELS_DIR and STRATA_SHARED_DATA win over the working directory's models/ and ../shared/data.
+  std::string model = io::DataPaths::resolve().smollm2().string();
+  std::string text = io::DataPaths::resolve().moby_dick().string();
   std::string eval_slice = "0.5:0.6", calib_slice = "0.1:0.2", needle_slice = "0.3:0.4";
   std::string report = "kv-eval-report";
   std::vector<double> budgets = {0.1, 0.2, 0.5}, needle_budgets = {0.2},
@@ -63,225 +54,27 @@ struct Options {
   bool needle_decode = false;  // also hold the budget while answering (default: compress the prompt only)
 };
 
-// "snapkv/adakv", "snapkv/adakv w75%" (when several recent-window shares are measured), or
-// "streaming-llm" (no scorer).
-struct Config {
-  std::string scorer, policy;
-  double recent_share = 0;
-  bool show_share = false;
-  std::string label() const {
-    if (scorer.empty()) return "streaming-llm";
-    char share[32];
-    std::snprintf(share, sizeof share, " w%.0f%%", 100 * recent_share);
-    return scorer + "/" + policy + (show_share ? share : "");
-  }
-};
-
-std::vector<Config> configs(const std::vector<std::string>& scorers, const std::vector<std::string>& policies,
-                            const std::vector<double>& shares) {
-  std::vector<Config> out = {{"", "streaming"}};
-  for (const auto& s : scorers)
-    for (const double w : shares)
-      for (const auto& p : policies) out.push_back({s, p, w, shares.size() > 1});
-  return out;
-}
-
-kv::Policy within_layer(const Options& o, double recent_share) {
-  kv::Policy p = kv::Policy::uniform(o.sinks, o.recent);
-  p.recent_share = recent_share;
-  return p;
-}
-
-// Per-layer sensitivity tables, one per scorer and prompt length, measured on calibration text.
-class Allocator {
- public:
-  Allocator(const nn::LlamaModel& model, std::vector<int32_t> calib, const Options& o)
-      : model_(model), calib_(std::move(calib)), o_(o) {}
-
-  const budget::Table& table(const std::string& scorer, int64_t prompt, double recent_share) {
-    auto& t = tables_[{scorer, prompt, recent_share}];
-    if (!t) {
-      require(static_cast<int64_t>(calib_.size()) >= prompt + o_.probe, "kv-eval: the calibration slice has ",
-              calib_.size(), " tokens, ", prompt + o_.probe, " are needed");
-      auto& probe_ptr = probes_[{scorer, prompt}];
-      if (!probe_ptr) {
-        const std::span<const int32_t> all(calib_);
-        probe_ptr = std::make_unique<kv::AttentionProbe>(
-            model_, all.first(static_cast<size_t>(prompt)),
-            all.subspan(static_cast<size_t>(prompt), static_cast<size_t>(o_.probe)), kv::make_scorer(scorer));
-      }
-      const kv::AttentionProbe& probe = *probe_ptr;
-      std::vector<int64_t> grid;
-      for (const double f : {0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75})
-        grid.push_back(std::max(o_.sinks + o_.recent + 1, static_cast<int64_t>(std::llround(f * prompt))));
-      t = std::make_unique<budget::Table>(kv::sensitivity_table(probe, within_layer(o_, recent_share), grid));
-    }
-    return *t;
-  }
-
- private:
-  const nn::LlamaModel& model_;
-  std::vector<int32_t> calib_;
-  const Options& o_;
-  std::map<std::pair<std::string, int64_t>, std::unique_ptr<kv::AttentionProbe>> probes_;
-  std::map<std::tuple<std::string, int64_t, double>, std::unique_ptr<budget::Table>> tables_;
-};
-
-// The policy of a config at `budget` tokens per KV head (the scorer comes from the prompt pass).
-kv::Policy policy_for(const Config& c, int64_t budget, int64_t prompt, const Options& o, Allocator& alloc) {
-  if (c.scorer.empty()) return kv::Policy::streaming_llm(o.sinks);
-  kv::Policy p;
-  if (c.policy == "uniform") p = kv::Policy::uniform(o.sinks, o.recent);
-  else if (c.policy == "pyramid") p = kv::Policy::pyramid(20, o.sinks, o.recent);
-  else if (c.policy == "adakv") p = kv::Policy::adakv(0.2, o.sinks, o.recent);
-  else if (c.policy == "allocated")
-    p = kv::allocated_policy(alloc.table(c.scorer, prompt, c.recent_share), budget, within_layer(o, c.recent_share));
-  else fail("kv-eval: policy '", c.policy, "' is not uniform, pyramid, adakv or allocated");
-  p.recent_share = c.recent_share;
-  return p;
-}
-
-// Reads `prompt` once per scorer (evicting nothing), then forks that session for every config of the
-// scorer and every budget and compresses the fork: each fork is then in the state of a session that
-// read the prompt under that compressor (kv::Session::fork), without a prefill of its own. `visit`
-// gets the config, the budget fraction, the fork and the prompt's last logits (computed over the full
-// cache, as a session that compresses after its prefill computes them).
-// Budgets are fractions of `base` tokens (the prompt, or the needle's haystack inside its prompt).
-void for_each_fork(const nn::LlamaModel& model, std::span<const int32_t> prompt, int64_t max_tokens,
-                   const std::vector<Config>& all, const std::vector<double>& budgets, int64_t base,
-                   kv::Schedule schedule, const Options& o, Allocator& alloc,
-                   const std::function<void(const Config&, double, kv::Session&, const std::vector<float>&)>& visit) {
-  const int64_t n = static_cast<int64_t>(prompt.size());
-  std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
-  for (size_t i = 0; i < all.size();) {
-    size_t end = i;
-    while (end < all.size() && all[end].scorer == all[i].scorer) ++end;
-    std::optional<kv::Eviction> observe;
-    if (!all[i].scorer.empty()) observe = kv::Eviction{kv::make_scorer(all[i].scorer), kv::Policy::uniform(0, 0), n};
-    kv::Session parent(model, max_tokens, std::move(observe), kv::Schedule{.prefill = false});
-    parent.forward(prompt, logits.data(), nn::Logits::last);
-    for (; i < end; ++i)
-      for (const double f : budgets) {
-        const int64_t budget = std::llround(f * static_cast<double>(base));
-        auto fork = parent.fork(policy_for(all[i], budget, base, o, alloc), budget, schedule);
-        fork->compress();
-        visit(all[i], f, *fork, logits);
-      }
-  }
-}
-
-int32_t argmax(std::span<const float> v) {
-  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
-}
-
 std::string fmt(double v, int digits = 3) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", digits, v);
   return buf;
 }
 
+std::string percent(double f) { return fmt(100 * f, 0) + "%"; }
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// ---- decode-time KL and perplexity ----
-
-struct DecodeResult {
-  double kl = 0, nll = 0, top1 = 0;
-  int64_t count = 0;
-};
-
-// A window: tokens [0, P) are the prompt, which `session` has read (and compressed); tokens P .. P +
-// D - 1 are read one at a time and each step predicts the token after it.
-DecodeResult decode_rest(kv::Session& session, std::span<const int32_t> window, int64_t prompt,
-                         const std::vector<std::vector<double>>* reference, std::vector<std::vector<double>>* record) {
-  const int64_t vocab = session.model().config().vocab_size, steps = static_cast<int64_t>(window.size()) - prompt - 1;
-  std::vector<float> logits(static_cast<size_t>(vocab));
-  DecodeResult r;
-  std::vector<double> q;
-  for (int64_t t = 0; t < steps; ++t) {
-    session.forward(window.subspan(static_cast<size_t>(prompt + t), 1), logits.data(), nn::Logits::last);
-    nn::log_softmax(logits.data(), vocab, q);
-    const int32_t target = window[static_cast<size_t>(prompt + t + 1)];
-    r.nll -= q[static_cast<size_t>(target)];
-    if (reference) {
-      const auto& p = (*reference)[static_cast<size_t>(t)];
-      double kl = 0;
-      for (int64_t v = 0; v < vocab; ++v) kl += std::exp(p[static_cast<size_t>(v)]) * (p[static_cast<size_t>(v)] - q[static_cast<size_t>(v)]);
-      r.kl += kl;
-      r.top1 += (std::max_element(p.begin(), p.end()) - p.begin()) == (std::max_element(q.begin(), q.end()) - q.begin());
-    }
-    if (record) record->push_back(q);
-    ++r.count;
-  }
-  return r;
+// "  decode 12/78 forks, 34 s" on one line that each call overwrites.
+kv::Progress progress_line(const char* what, const char* unit) {
+  const auto t0 = std::chrono::steady_clock::now();
+  return [=](int64_t done, int64_t total) {
+    std::printf("\r  %s: %lld/%lld %s, %.0f s%s", what, static_cast<long long>(done), static_cast<long long>(total),
+                unit, seconds_since(t0), done == total ? "\n" : "");
+    std::fflush(stdout);
+  };
 }
-
-// ---- needle in a haystack ----
-
-struct NeedlePrompt {
-  std::vector<int32_t> tokens;
-  double depth = 0;
-};
-
-// How the model wants a user turn: ChatML when its chat template writes <|im_start|> (with the
-// template's default system message, when it has one, as an unedited chat would get it); plain text
-// otherwise.
-struct ChatFormat {
-  std::string before, after;
-};
-
-ChatFormat chat_format(const io::Model& file) {
-  const auto& meta = file.metadata();
-  const auto it = meta.find("tokenizer.chat_template");
-  const std::string tmpl = it != meta.end() && it->is_string() ? it->get<std::string>() : std::string();
-  if (tmpl.find("<|im_start|>") == std::string::npos) return {"", "\n\nAnswer:"};
-  ChatFormat f;
-  const std::string sys_open = "<|im_start|>system\n";
-  const size_t s = tmpl.find(sys_open);
-  const size_t e = s == std::string::npos ? s : tmpl.find("<|im_end|>", s);
-  if (e != std::string::npos) {
-    const std::string message = tmpl.substr(s + sys_open.size(), e - s - sys_open.size());
-    // A literal message only: a template that fills it from a variable has none of its own.
-    if (message.find_first_of("{}'\"+") == std::string::npos) f.before = sys_open + message + "<|im_end|>\n";
-  }
-  f.before += "<|im_start|>user\n";
-  f.after = "<|im_end|>\n<|im_start|>assistant\n";
-  return f;
-}
-
-std::vector<NeedlePrompt> needle_prompts(const nn::BpeTokenizer& tok, const ChatFormat& chat,
-                                         const std::vector<int32_t>& haystack, const Options& o) {
-  const std::string text = tok.decode(haystack);
-  std::vector<NeedlePrompt> out;
-  for (const double d : o.depths) {
-    require(d >= 0 && d <= 1, "kv-eval: needle depth ", d, " is not in [0, 1]");
-    // At the first sentence end after the depth, so the needle does not cut a sentence.
-    size_t at = text.find(". ", static_cast<size_t>(d * static_cast<double>(text.size())));
-    at = at == std::string::npos ? text.size() : at + 2;
-    const std::string prompt =
-        chat.before + text.substr(0, at) + o.needle + " " + text.substr(at) + "\n\n" + o.question + chat.after;
-    out.push_back({tok.encode(prompt, nn::BpeEncodeOptions{.parse_special = true, .add_special = false}),
-                   static_cast<double>(at) / static_cast<double>(text.size())});
-  }
-  return out;
-}
-
-// Greedy answer of `session`, which has read the prompt (and compressed it); `logits` are the prompt's
-// last logits, computed over the full cache as in a session that compresses after its prefill.
-std::string answer(kv::Session& session, const nn::BpeTokenizer& tok, std::vector<float> logits, const Options& o) {
-  const auto im_end = tok.find("<|im_end|>");
-  std::vector<int32_t> out;
-  for (int64_t i = 0; i < o.answer_tokens; ++i) {
-    const int32_t next = argmax(logits);
-    if (next == tok.eos_id() || (im_end && next == *im_end)) break;
-    out.push_back(next);
-    if (i + 1 < o.answer_tokens) session.forward(std::span<const int32_t>(&next, 1), logits.data(), nn::Logits::last);
-  }
-  return tok.decode(out, true);
-}
-
-// ---- report ----
 
 struct Table {
   std::string title;
@@ -304,14 +97,33 @@ std::string markdown(const Table& t) {
   return s.str();
 }
 
+// Every report file appears whole or not at all.
 void write_file(const std::filesystem::path& path, const std::string& text) {
-  std::ofstream f(path);
-  require(static_cast<bool>(f), "kv-eval: cannot write ", path.string());
-  f << text;
-  require(static_cast<bool>(f), "kv-eval: writing ", path.string(), " failed");
+  io::AtomicFileWriter w(path);
+  w.write(text.data(), text.size());
+  w.commit();
 }
 
-std::string percent(double f) { return fmt(100 * f, 0) + "%"; }
+// One gnuplot data block per line ("# label", then "x y" rows), and the script that plots them.
+void write_plot(const std::filesystem::path& dir, const std::string& name, const std::string& title,
+                const std::string& xlabel, const std::string& ylabel, bool logscale,
+                const std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>>& lines) {
+  std::ostringstream dat, gp;
+  for (const auto& [label, points] : lines) {
+    dat << "# " << label << '\n';
+    for (const auto& [x, y] : points) dat << x << ' ' << y << '\n';
+    dat << "\n\n";
+  }
+  write_file(dir / (name + ".dat"), dat.str());
+  gp << "set terminal pngcairo size 1000,700 font 'sans,10' noenhanced\nset output '" << name << ".png'\n"
+     << "set title '" << title << "'\nset xlabel '" << xlabel << "'\nset ylabel '" << ylabel << "'\n"
+     << (logscale ? "set logscale y\n" : "") << "set key outside right\nset grid\nplot ";
+  for (size_t i = 0; i < lines.size(); ++i)
+    gp << (i ? ", " : "") << "'" << name << ".dat' index " << i << " using 1:2 with linespoints "
+       << (lines[i].first == "streaming-llm" ? "lw 3 dt 2 " : "") << "title '" << lines[i].first << "'";
+  gp << '\n';
+  write_file(dir / (name + ".gp"), gp.str());
+}
 
 }  // namespace
 
@@ -365,15 +177,15 @@ void register_kv(CLI::App& app) {
     require(o.prefill > o.sinks + o.recent && o.decode >= 1 && o.windows >= 1, "kv-eval: need P > sinks + recent (",
             o.sinks + o.recent, "), D >= 1 and at least one window");
     // Settings are checked before the model is read, not when the first window needs them.
-    for (const auto& p : o.policies)
-      require(p == "uniform" || p == "pyramid" || p == "adakv" || p == "allocated", "kv-eval: policy '", p,
-              "' is not uniform, pyramid, adakv or allocated");
-    for (const auto* names : {&o.scorers, &o.needle_scorers})
-      for (const auto& s : *names) kv::make_scorer(s);
+    std::vector<kv::Budgeting> rules;
+    for (const auto& p : o.policies) rules.push_back(kv::parse_budgeting(p));
     for (const double w : o.recent_shares)
       require(w >= 0 && w < 1, "kv-eval: --recent-share ", w, " is not in [0, 1)");
+    const auto decode_configs = kv::eval_configs(o.scorers, rules, o.recent_shares);
+    const auto needle_configs = kv::eval_configs(o.needle_scorers, rules, o.recent_shares);
     for (const auto* fractions : {&o.budgets, &o.needle_budgets})
       for (const double f : *fractions) require(f > 0 && f <= 1, "kv-eval: budget ", f, " is not in (0, 1]");
+    for (const double d : o.depths) require(d >= 0 && d <= 1, "kv-eval: needle depth ", d, " is not in [0, 1]");
     const auto file = io::open_model(o.model);
     const nn::LlamaModel model = nn::LlamaModel::load(*file);
     require(file->metadata().contains("tokenizer.ggml.tokens"), o.model, ": no tokenizer in the file");
@@ -383,10 +195,16 @@ void register_kv(CLI::App& app) {
     const nn::TextSlice ns = nn::TextSlice::parse(o.text, o.needle_slice);
     require(!cs.overlaps(es) && !cs.overlaps(ns), "kv-eval: the calibration slice (", cs.describe(),
             ") overlaps the evaluation or needle text");
-    const int64_t calib_len = std::max(o.prefill, o.needle_tokens) + o.probe;
-    Allocator alloc(model, nn::tokenize_slice(tok, cs, calib_len), o);
-    const int64_t n_layers = model.config().n_layers;
-    std::filesystem::create_directories(o.report);
+    kv::EvictionSettings settings;
+    settings.sinks = o.sinks;
+    settings.recent = o.recent;
+    settings.probe = o.probe;
+    kv::AllocationTables tables(model, nn::tokenize_slice(tok, cs, std::max(o.prefill, o.needle_tokens) + o.probe),
+                                settings);
+    const std::filesystem::path dir(o.report);
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    require(!ec, o.report, ": cannot create the report directory: ", ec.message());
     nlohmann::json json;
     json["model"] = o.model;
     json["sinks"] = o.sinks;
@@ -403,10 +221,9 @@ void register_kv(CLI::App& app) {
     for (const double w : o.recent_shares) shares += (shares.empty() ? "" : ", ") + percent(w);
     std::printf("model %s; sinks %lld, recent window %lld tokens or %s of a layer's budget, whichever is more\n",
                 o.model.c_str(), static_cast<long long>(o.sinks), static_cast<long long>(o.recent), shares.c_str());
+    std::vector<std::string> plots;
 
     // ---- (a) decode-time KL and perplexity ----
-    std::map<std::string, std::map<double, DecodeResult>> decode;
-    DecodeResult dense_total;
     if (!o.skip_decode) {
       const int64_t len = o.prefill + o.decode + 1;
       const auto text = nn::tokenize_slice(tok, es, o.windows * len);
@@ -416,42 +233,24 @@ void register_kv(CLI::App& app) {
                   "one at a time with the cache held at the budget\n",
                   static_cast<long long>(o.windows), es.describe().c_str(), static_cast<long long>(o.prefill),
                   static_cast<long long>(o.decode));
-      const auto all = configs(o.scorers, o.policies, o.recent_shares);
-      for (int64_t w = 0; w < o.windows; ++w) {
-        const std::span<const int32_t> window(text.data() + w * len, static_cast<size_t>(len));
-        const auto prompt = window.first(static_cast<size_t>(o.prefill));
-        std::vector<std::vector<double>> reference;
-        {
-          kv::Session dense(model, len);
-          std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
-          dense.forward(prompt, logits.data(), nn::Logits::last);
-          const auto dr = decode_rest(dense, window, o.prefill, nullptr, &reference);
-          dense_total.nll += dr.nll;
-          dense_total.count += dr.count;
-        }
-        auto t0 = std::chrono::steady_clock::now();
-        for_each_fork(model, prompt, len, all, o.budgets, o.prefill,
-                      kv::Schedule{.prefill = true, .decode = true, .every = 1}, o, alloc, [&](const Config& c, double f, kv::Session& session, const std::vector<float>&) {
-                        const auto r = decode_rest(session, window, o.prefill, &reference, nullptr);
-                        auto& acc = decode[c.label()][f];
-                        acc.kl += r.kl;
-                        acc.nll += r.nll;
-                        acc.top1 += r.top1;
-                        acc.count += r.count;
-                        std::printf("  window %lld %-18s %4s (%lld tokens): KL %.4f  (%.1f s)\n",
-                                    static_cast<long long>(w), c.label().c_str(), percent(f).c_str(),
-                                    static_cast<long long>(session.eviction()->budget),
-                                    r.kl / static_cast<double>(r.count), seconds_since(t0));
-                        std::fflush(stdout);
-                        t0 = std::chrono::steady_clock::now();
-                      });
+      kv::DecodeOptions options;
+      options.prefill = o.prefill;
+      options.budgets = o.budgets;
+      options.eviction = settings;
+      const kv::DecodeResult d = kv::evaluate_decode(model, kv::split_windows(text, len, o.windows), decode_configs,
+                                                     options, &tables, progress_line("decode", "forks"));
+      for (const auto& r : d.rows) {
+        std::string per_window;
+        for (const double k : r.window_kl) per_window += " " + fmt(k, 4);
+        std::printf("  %-18s %4s (%lld tokens): KL %.4f, per window%s\n", r.config.label().c_str(),
+                    percent(r.budget).c_str(), static_cast<long long>(r.tokens), r.mean_kl(), per_window.c_str());
       }
-      const double dense_ppl = std::exp(dense_total.nll / static_cast<double>(dense_total.count));
-      Table kl{"Decode-time KL(full || compressed), nats per token (" + std::to_string(dense_total.count) +
+      Table kl{"Decode-time KL(full || compressed), nats per token (" + std::to_string(d.count) +
                    " positions; budget = fraction of the P = " + std::to_string(o.prefill) + "-token prompt)",
                {"policy"},
                {}};
-      Table ppl{"Decode-time perplexity (full cache: " + fmt(dense_ppl, 2) + ") / top-1 agreement with the full cache",
+      Table ppl{"Decode-time perplexity (full cache: " + fmt(d.full_perplexity(), 2) +
+                    ") / top-1 agreement with the full cache",
                 {"policy"},
                 {}};
       for (const double f : o.budgets) {
@@ -463,20 +262,20 @@ void register_kv(CLI::App& app) {
       json["decode"]["decode"] = o.decode;
       json["decode"]["windows"] = o.windows;
       json["decode"]["slice"] = es.describe();
-      json["decode"]["full_perplexity"] = dense_ppl;
-      for (const auto& c : all) {
+      json["decode"]["full_perplexity"] = d.full_perplexity();
+      for (const auto& c : decode_configs) {
         std::vector<std::string> kr = {c.label()}, pr = {c.label()};
         for (const double f : o.budgets) {
-          const auto& r = decode[c.label()][f];
-          const double n = static_cast<double>(r.count);
-          kr.push_back(fmt(r.kl / n, 4));
-          pr.push_back(fmt(std::exp(r.nll / n), 2) + " / " + fmt(100 * r.top1 / n, 1) + "%");
+          const auto& r = d.row(c.label(), f);
+          kr.push_back(fmt(r.mean_kl(), 4));
+          pr.push_back(fmt(r.perplexity(), 2) + " / " + fmt(100 * r.top1_rate(), 1) + "%");
           json["decode"]["results"].push_back({{"policy", c.label()},
                                                {"budget", f},
-                                               {"tokens", std::llround(f * static_cast<double>(o.prefill))},
-                                               {"kl", r.kl / n},
-                                               {"perplexity", std::exp(r.nll / n)},
-                                               {"top1", r.top1 / n}});
+                                               {"tokens", r.tokens},
+                                               {"kl", r.mean_kl()},
+                                               {"window_kl", r.window_kl},
+                                               {"perplexity", r.perplexity()},
+                                               {"top1", r.top1_rate()}});
         }
         kl.rows.push_back(kr);
         ppl.rows.push_back(pr);
@@ -491,17 +290,14 @@ void register_kv(CLI::App& app) {
                 "change"},
                {}};
       for (const double f : o.budgets) {
-        auto mean_kl = [&](const std::string& label) {
-          const auto& r = decode[label][f];
-          return r.kl / static_cast<double>(r.count);
-        };
+        auto mean_kl = [&](const std::string& label) { return d.row(label, f).mean_kl(); };
         const double base = mean_kl("streaming-llm");
         std::string best, best_aware;
-        for (const auto& c : all) {
-          if (c.scorer.empty()) continue;
+        for (const auto& c : decode_configs) {
+          if (c.streaming()) continue;
           if (best.empty() || mean_kl(c.label()) < mean_kl(best)) best = c.label();
           const bool aware = c.scorer == "h2o" || c.scorer == "tova" || c.scorer == "snapkv";
-          if (aware && (c.policy == "pyramid" || c.policy == "adakv") &&
+          if (aware && (c.budgeting == kv::Budgeting::pyramid || c.budgeting == kv::Budgeting::adakv) &&
               (best_aware.empty() || mean_kl(c.label()) < mean_kl(best_aware)))
             best_aware = c.label();
         }
@@ -517,101 +313,75 @@ void register_kv(CLI::App& app) {
                                                       {"best_attention_aware_pyramid_or_adakv", best_aware}});
       }
       emit(vs);
-      // KL vs budget, one line per policy (StreamingLLM and the attention-aware scorers).
-      std::ostringstream dat, gp;
-      for (const auto& c : all) {
-        dat << "# " << c.label() << "\n";
-        for (const double f : o.budgets) {
-          const auto& r = decode[c.label()][f];
-          dat << 100 * f << ' ' << r.kl / static_cast<double>(r.count) << '\n';
-        }
-        dat << "\n\n";
+      std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> lines;
+      for (const auto& c : decode_configs) {
+        lines.push_back({c.label(), {}});
+        for (const double f : o.budgets) lines.back().second.push_back({100 * f, d.row(c.label(), f).mean_kl()});
       }
-      write_file(std::filesystem::path(o.report) / "kl_vs_budget.dat", dat.str());
-      gp << "set terminal pngcairo size 1000,700 font 'sans,10'\nset output 'kl_vs_budget.png'\n"
-         << "set title 'Decode-time KL to the full cache vs KV budget'\nset xlabel 'budget (% of the prompt)'\n"
-         << "set ylabel 'KL (nats / token)'\nset logscale y\nset key outside right\nset grid\nplot ";
-      for (size_t i = 0; i < all.size(); ++i)
-        gp << (i ? ", " : "") << "'kl_vs_budget.dat' index " << i << " using 1:2 with linespoints "
-           << (all[i].scorer.empty() ? "lw 3 dt 2 " : "") << "title '" << all[i].label() << "'";
-      gp << '\n';
-      write_file(std::filesystem::path(o.report) / "kl_vs_budget.gp", gp.str());
+      write_plot(dir, "kl_vs_budget", "Decode-time KL to the full cache vs KV budget", "budget (% of the prompt)",
+                 "KL (nats / token)", true, lines);
+      plots.push_back("kl_vs_budget");
     }
 
     // ---- (b) needle in a haystack ----
     if (!o.skip_needle) {
       const auto haystack = nn::tokenize_slice(tok, ns, o.needle_tokens);
-      const auto prompts = needle_prompts(tok, chat_format(*file), haystack, o);
+      const auto prompts = kv::needle_prompts(tok, kv::chat_format(*file), haystack, o.depths, o.needle, o.question);
       std::printf("\nneedle: \"%s\" in %lld tokens of %s; question \"%s\"; correct if the answer contains \"%s\"\n",
                   o.needle.c_str(), static_cast<long long>(haystack.size()), ns.describe().c_str(), o.question.c_str(),
                   o.answer.c_str());
-      const auto all = configs(o.needle_scorers, o.policies, o.recent_shares);
-      Table t{"Needle retrieval, " + std::to_string(haystack.size()) + "-token haystack, depths " +
-                  [&] {
-                    std::string s;
-                    for (const auto& p : prompts) s += (s.empty() ? "" : "/") + percent(p.depth);
-                    return s;
-                  }() +
+      kv::NeedleOptions options;
+      options.budgets = o.needle_budgets;
+      options.answer = o.answer;
+      options.answer_tokens = o.answer_tokens;
+      options.decode = o.needle_decode;
+      options.eviction = settings;
+      const int64_t hay = static_cast<int64_t>(haystack.size());
+      const kv::NeedleResult r = kv::evaluate_needle(model, tok, prompts, hay, needle_configs, options, &tables,
+                                                     progress_line("needle", "prompts"));
+      for (const auto& a : r.answers) {
+        std::printf("  %-18s %4s depth %s: %s %s\n", a.label.c_str(), percent(a.budget).c_str(),
+                    percent(a.depth).c_str(), a.correct ? "ok " : "-- ", a.answer.c_str());
+        json["needle"]["answers"].push_back({{"policy", a.label},
+                                             {"budget", a.budget},
+                                             {"depth", a.depth},
+                                             {"answer", a.answer},
+                                             {"correct", a.correct}});
+      }
+      std::string depths;
+      for (const auto& p : prompts) depths += (depths.empty() ? "" : "/") + percent(p.depth);
+      Table t{"Needle retrieval, " + std::to_string(hay) + "-token haystack, depths " + depths +
                   " (correct depths marked 1)",
               {"policy", "budget", "accuracy", "per depth"},
               {}};
-      const int64_t hay = static_cast<int64_t>(haystack.size());
-      // Per (policy, budget): one character per depth, '1' where the answer was right.
-      std::map<std::pair<std::string, double>, std::string> per_depth;
-      auto record = [&](const std::string& label, double f, const NeedlePrompt& p, const std::string& a) {
-        const bool ok = a.find(o.answer) != std::string::npos;
-        per_depth[{label, f}] += ok ? '1' : '0';
-        json["needle"]["answers"].push_back(
-            {{"policy", label}, {"budget", f}, {"depth", p.depth}, {"answer", a}, {"correct", ok}});
-        std::printf("  %-18s %4s depth %s: %s %s\n", label.c_str(), percent(f).c_str(), percent(p.depth).c_str(),
-                    ok ? "ok " : "-- ", a.c_str());
-        std::fflush(stdout);
-      };
-      const kv::Schedule schedule{.prefill = true, .decode = o.needle_decode, .every = 1};
-      for (const auto& p : prompts) {
-        const int64_t max_tokens = static_cast<int64_t>(p.tokens.size()) + o.answer_tokens;
-        {
-          kv::Session full(model, max_tokens);
-          std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
-          full.forward(p.tokens, logits.data(), nn::Logits::last);
-          record("full cache", 1.0, p, answer(full, tok, logits, o));
-        }
-        for_each_fork(model, p.tokens, max_tokens, all, o.needle_budgets, hay, schedule, o, alloc,
-                      [&](const Config& c, double f, kv::Session& session, const std::vector<float>& logits) {
-                        record(c.label(), f, p, answer(session, tok, logits, o));
-                      });
-      }
       auto row = [&](const std::string& label, double f) {
-        const std::string& per = per_depth[{label, f}];
-        const double acc = static_cast<double>(std::count(per.begin(), per.end(), '1')) /
-                           static_cast<double>(per.size());
-        const std::string budget = f == 1.0 ? "100%" : percent(f) + " (" + std::to_string(std::llround(f * static_cast<double>(hay))) + ")";
-        t.rows.push_back({label, budget, percent(acc), per});
-        json["needle"]["results"].push_back({{"policy", label}, {"budget", f}, {"accuracy", acc}, {"per_depth", per}});
+        const double acc = r.accuracy(label, f);
+        const std::string budget =
+            f == 1.0 ? "100%" : percent(f) + " (" + std::to_string(std::llround(f * static_cast<double>(hay))) + ")";
+        t.rows.push_back({label, budget, percent(acc), r.per_depth(label, f)});
+        json["needle"]["results"].push_back(
+            {{"policy", label}, {"budget", f}, {"accuracy", acc}, {"per_depth", r.per_depth(label, f)}});
       };
       row("full cache", 1.0);
       for (const double f : o.needle_budgets)
-        for (const auto& c : all) row(c.label(), f);
+        for (const auto& c : needle_configs) row(c.label(), f);
       json["needle"]["needle"] = o.needle;
       json["needle"]["question"] = o.question;
       json["needle"]["haystack"] = ns.describe();
       emit(t);
       // The best policy at each budget against the full cache.
-      auto accuracy = [&](const std::string& label, double f) {
-        const std::string& per = per_depth[{label, f}];
-        return static_cast<double>(std::count(per.begin(), per.end(), '1')) / static_cast<double>(per.size());
-      };
-      const double full = accuracy("full cache", 1.0);
+      const double full = r.accuracy("full cache", 1.0);
       Table best{"Needle: the best policy at each budget against the full cache (" + percent(full) + ")",
                  {"budget", "best policy", "accuracy", "of the full cache's", "streaming-llm"},
                  {}};
       for (const double f : o.needle_budgets) {
         std::string top;
-        for (const auto& c : all)
-          if (!c.scorer.empty() && (top.empty() || accuracy(c.label(), f) > accuracy(top, f))) top = c.label();
+        for (const auto& c : needle_configs)
+          if (!c.streaming() && (top.empty() || r.accuracy(c.label(), f) > r.accuracy(top, f))) top = c.label();
         if (top.empty()) continue;
-        best.rows.push_back({percent(f), top, percent(accuracy(top, f)),
-                             full > 0 ? percent(accuracy(top, f) / full) : "-", percent(accuracy("streaming-llm", f))});
+        best.rows.push_back({percent(f), top, percent(r.accuracy(top, f)),
+                             full > 0 ? percent(r.accuracy(top, f) / full) : "-",
+                             percent(r.accuracy("streaming-llm", f))});
       }
       emit(best);
     }
@@ -622,80 +392,60 @@ void register_kv(CLI::App& app) {
       require(static_cast<int64_t>(text.size()) >= o.prefill + o.probe, "kv-eval: ", es.describe(),
               " is too short for the layer probe");
       const std::span<const int32_t> all_tokens(text);
-      const auto prompt = all_tokens.first(static_cast<size_t>(o.prefill));
-      const auto probe = all_tokens.subspan(static_cast<size_t>(o.prefill), static_cast<size_t>(o.probe));
-      const int64_t b = std::llround(o.layer_budget * static_cast<double>(o.prefill));
-      std::vector<std::pair<std::string, std::vector<double>>> cols;
-      for (const auto& s : o.scorers) {
-        const kv::AttentionProbe ap(model, prompt, probe, kv::make_scorer(s));
-        if (cols.empty()) cols.push_back({"streaming-llm", ap.errors(kv::Policy::streaming_llm(o.sinks), b)});
-        for (const auto& c : configs({s}, o.policies, o.recent_shares)) {
-          if (c.scorer.empty()) continue;
-          cols.push_back({c.label(), ap.errors(policy_for(c, b, o.prefill, o, alloc), b)});
-        }
-      }
+      kv::LayerErrorOptions options;
+      options.budget = o.layer_budget;
+      options.eviction = settings;
+      const kv::LayerErrorResult r = kv::layer_errors(
+          model, all_tokens.first(static_cast<size_t>(o.prefill)),
+          all_tokens.subspan(static_cast<size_t>(o.prefill), static_cast<size_t>(o.probe)), decode_configs, options,
+          &tables, progress_line("layers", "probe passes"));
       Table t{"Relative attention-output error per layer, only that layer compressed to " + percent(o.layer_budget) +
-                  " (" + std::to_string(b) + " tokens per KV head on average), " + std::to_string(o.probe) +
+                  " (" + std::to_string(r.tokens) + " tokens per KV head on average), " + std::to_string(o.probe) +
                   " probe queries after the first window's prompt",
               {"layer"},
               {}};
       Table summary{"Attention-output error over layers at " + percent(o.layer_budget) + ": mean / worst layer",
                     {"policy", "mean", "worst", "worst layer"},
                     {}};
-      for (const auto& c : cols) {
-        t.header.push_back(c.first);
-        const auto worst = std::max_element(c.second.begin(), c.second.end());
-        double mean = 0;
-        for (const double e : c.second) mean += e / static_cast<double>(c.second.size());
-        summary.rows.push_back({c.first, fmt(mean), fmt(*worst), std::to_string(worst - c.second.begin())});
-        json["layers"]["errors"][c.first] = c.second;
+      std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> lines;
+      for (const auto& c : r.columns) {
+        t.header.push_back(c.label);
+        const int64_t worst = c.worst_layer();
+        summary.rows.push_back(
+            {c.label, fmt(c.mean()), fmt(c.errors[static_cast<size_t>(worst)]), std::to_string(worst)});
+        json["layers"]["errors"][c.label] = c.errors;
+        lines.push_back({c.label, {}});
+        for (size_t l = 0; l < c.errors.size(); ++l) lines.back().second.push_back({static_cast<double>(l), c.errors[l]});
       }
-      for (int64_t l = 0; l < n_layers; ++l) {
-        std::vector<std::string> r = {std::to_string(l)};
-        for (const auto& c : cols) r.push_back(fmt(c.second[static_cast<size_t>(l)]));
-        t.rows.push_back(r);
+      for (int64_t l = 0; l < model.config().n_layers; ++l) {
+        std::vector<std::string> row = {std::to_string(l)};
+        for (const auto& c : r.columns) row.push_back(fmt(c.errors[static_cast<size_t>(l)]));
+        t.rows.push_back(row);
       }
       json["layers"]["budget"] = o.layer_budget;
-      json["layers"]["tokens"] = b;
+      json["layers"]["tokens"] = r.tokens;
       emit(summary);
       md += markdown(t) + "\n";
-      std::ostringstream dat, gp;
-      for (const auto& c : cols) {
-        dat << "# " << c.first << '\n';
-        for (size_t l = 0; l < c.second.size(); ++l) dat << l << ' ' << c.second[l] << '\n';
-        dat << "\n\n";
-      }
-      write_file(std::filesystem::path(o.report) / "layer_error.dat", dat.str());
-      gp << "set terminal pngcairo size 1000,700 font 'sans,10'\nset output 'layer_error.png'\n"
-         << "set title 'Relative attention-output error per layer at " << percent(o.layer_budget)
-         << "'\nset xlabel 'layer'\nset ylabel 'relative error'\nset key outside right\nset grid\nplot ";
-      for (size_t i = 0; i < cols.size(); ++i)
-        gp << (i ? ", " : "") << "'layer_error.dat' index " << i << " using 1:2 with linespoints title '"
-           << cols[i].first << "'";
-      gp << '\n';
-      write_file(std::filesystem::path(o.report) / "layer_error.gp", gp.str());
+      write_plot(dir, "layer_error", "Relative attention-output error per layer at " + percent(o.layer_budget), "layer",
+                 "relative error", false, lines);
+      plots.push_back("layer_error");
       // The allocations themselves, for the record.
-      if (std::find(o.policies.begin(), o.policies.end(), "allocated") != o.policies.end())
+      if (std::find(rules.begin(), rules.end(), kv::Budgeting::allocated) != rules.end())
         for (const auto& s : o.scorers)
           for (const double w : o.recent_shares)
-            for (const double f : o.budgets) {
-              const int64_t tokens = std::llround(f * static_cast<double>(o.prefill));
-              json["allocations"][s][percent(w)][fmt(f, 2)] =
-                  kv::allocate_layer_budgets(alloc.table(s, o.prefill, w), tokens);
-            }
+            for (const double f : o.budgets)
+              json["allocations"][s][percent(w)][fmt(f, 2)] = kv::allocate_layer_budgets(
+                  tables.table(s, o.prefill, w), std::llround(f * static_cast<double>(o.prefill)));
     }
 
-    write_file(std::filesystem::path(o.report) / "report.md", md);
+    write_file(dir / "report.md", md);
     json["seconds"] = seconds_since(t_start);
-    write_file(std::filesystem::path(o.report) / "report.json", json.dump(2) + "\n");
-    if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
-      for (const char* gp : {"kl_vs_budget.gp", "layer_error.gp"}) {
-        if (!std::filesystem::exists(std::filesystem::path(o.report) / gp)) continue;
-        const std::string cmd = "cd '" + o.report + "' && gnuplot " + gp + " 2>>gnuplot.log";
-        if (std::system(cmd.c_str()) != 0) std::printf("gnuplot failed on %s; see gnuplot.log\n", gp);
-      }
-    } else {
+    write_file(dir / "report.json", json.dump(2) + "\n");
+    if (!have_gnuplot()) {
       std::printf("gnuplot is not installed: plots not rendered (.dat and .gp files are in the report)\n");
+    } else {
+      for (const auto& p : plots)
+        if (!run_gnuplot(dir, p + ".gp")) std::printf("gnuplot failed on %s.gp; see gnuplot.log\n", p.c_str());
     }
     std::printf("\nreport: %s/report.md, report.json, kl_vs_budget.png, layer_error.png (%.0f s)\n",
                 o.report.c_str(), seconds_since(t_start));

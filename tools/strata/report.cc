@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "plot.hpp"
 #include "strata/core/error.hpp"
 #include "strata/io/mapped_file.hpp"
 
@@ -33,8 +34,6 @@ int slot_of(const std::string& tensor) {
     if (tensor.find(kinds[i]) != std::string::npos) return i + 1;
   return 8;
 }
-
-bool have_gnuplot() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
 
 }  // namespace
 
@@ -141,8 +140,7 @@ void write_report(const Report& r, const std::filesystem::path& dir) {
     out.notes.push_back("no rate-distortion points were measured; rate_distortion.png may be empty");
   }
   if (have_gnuplot()) {
-    const std::string cmd = "cd '" + dir.string() + "' && gnuplot plots.gp 2>gnuplot.log";
-    if (std::system(cmd.c_str()) != 0) out.notes.push_back("gnuplot failed; see gnuplot.log in the report directory");
+    if (!run_gnuplot(dir, "plots.gp")) out.notes.push_back("gnuplot failed; see gnuplot.log in the report directory");
   }
 
   std::ostringstream md;
