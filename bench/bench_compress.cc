@@ -31,11 +31,11 @@
 #include <string>
 #include <vector>
 
-#include "bench_paths.hpp"
 #include "strata/compress/compressor.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
+#include "strata/io/data_paths.hpp"
 #include "strata/io/model.hpp"
 #include "strata/nn/calibration.hpp"
 #include "strata/nn/dataset.hpp"
@@ -311,8 +311,9 @@ void print_summary() {
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
-  g_config.model = strata::bench::default_smollm2();
-  g_config.calib = strata::bench::env_path("STRATA_SHARED_DATA", "../shared/data", "corpora/sotu_1790-2021.txt");
+  const auto paths = strata::io::DataPaths::resolve();
+  g_config.model = paths.smollm2();
+  g_config.calib = paths.sotu();
   std::vector<char*> rest;
   try {
     for (int i = 0; i < argc; ++i) {

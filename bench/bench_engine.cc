@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
-#include "bench_paths.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/parallel.hpp"
+#include "strata/io/data_paths.hpp"
 #include "strata/io/model.hpp"
 #include "strata/nn/llama.hpp"
 
@@ -139,7 +139,7 @@ void BM_Decode(benchmark::State& state) {
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
-  std::filesystem::path model_path = strata::bench::default_smollm2();
+  std::filesystem::path model_path = strata::io::DataPaths::resolve().smollm2();
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--model") == 0 && i + 1 < argc) {

@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "bench_paths.hpp"
 #include "strata/core/blas.hpp"
+#include "strata/io/data_paths.hpp"
 #include "strata/io/model.hpp"
 #include "strata/kv/session.hpp"
 #include "strata/nn/llama.hpp"
@@ -110,7 +110,7 @@ void BM_Compressed(benchmark::State& state, std::string name, std::string scorer
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
-  std::filesystem::path model_path = strata::bench::default_smollm2();
+  std::filesystem::path model_path = strata::io::DataPaths::resolve().smollm2();
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--model") == 0 && i + 1 < argc) {

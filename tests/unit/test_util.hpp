@@ -4,31 +4,20 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
 
 #include "strata/core/eigen.hpp"
+#include "strata/io/data_paths.hpp"
 
 namespace strata::testing {
 
-inline std::filesystem::path env_path(const char* var) {
-  const char* v = std::getenv(var);
-  return (v && *v) ? std::filesystem::path(v) : std::filesystem::path();
-}
-
 // ../shared/data (corpora, stories260K, golden vectors), or STRATA_SHARED_DATA.
-inline std::filesystem::path shared_data_dir() {
-  if (auto p = env_path("STRATA_SHARED_DATA"); !p.empty()) return p;
-  return STRATA_DEFAULT_SHARED_DATA_DIR;
-}
+inline std::filesystem::path shared_data_dir() { return io::DataPaths::resolve(STRATA_SOURCE_DIR).shared; }
 
 // Models fetched by scripts/fetch-models.sh, or STRATA_MODELS_DIR.
-inline std::filesystem::path models_dir() {
-  if (auto p = env_path("STRATA_MODELS_DIR"); !p.empty()) return p;
-  return STRATA_DEFAULT_MODELS_DIR_PATH;
-}
+inline std::filesystem::path models_dir() { return io::DataPaths::resolve(STRATA_SOURCE_DIR).models; }
 
 // Small files committed with the tests.
 inline std::filesystem::path test_data_dir() { return STRATA_TEST_DATA_DIR; }
