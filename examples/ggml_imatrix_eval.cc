@@ -17,7 +17,6 @@
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -40,35 +39,16 @@ namespace {
 using namespace strata;
 namespace fs = std::filesystem;
 namespace ggml = strata::compress::ggml;
+using strata::examples::seconds_since;
 
 struct Args : strata::examples::RealDataArgs {
   std::vector<std::string> types = {"q2_k", "q3_k"};
-};
 
-Args parse_args(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      require(i + 1 < argc, k, " needs a value");
-      return argv[++i];
-    };
-    if (a.parse_shared(k, value)) continue;
-    if (k == "--types") {
-      a.types.clear();
-      std::stringstream ss(value());
-      for (std::string t; std::getline(ss, t, ',');)
-        if (!t.empty()) a.types.push_back(t);
-    } else {
-      fail("unknown argument '", k, "' (see the comment at the top of examples/ggml_imatrix_eval.cc)");
-    }
+  void add_options(CLI::App& app) {
+    RealDataArgs::add_options(app);
+    examples::add_list(app, "--types", types, "ggml types to quantize to");
   }
-  return a;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+};
 
 // One quantized variant of the model and what it cost.
 struct Variant {
@@ -121,28 +101,15 @@ Variant quantize_model(const nn::LlamaModel& dense, const nn::Calibration& calib
 }
 
 void run(const Args& a) {
+  const auto [cs, es] = a.disjoint_slices();
   std::printf("model: %s\n", a.model.c_str());
   const auto file = io::open_model(a.model);
   const nn::LlamaModel dense = nn::LlamaModel::load(*file);
   const nn::BpeTokenizer tok = nn::BpeTokenizer::from_model(*file);
 
-  const nn::TextSlice cs = nn::TextSlice::parse(a.calib, a.calib_slice), es = nn::TextSlice::parse(a.eval, a.eval_slice);
-  require(cs.path != es.path || !cs.overlaps(es), "calibration and evaluation slices overlap");
-  const auto seqs = nn::cut_sequences(nn::tokenize_slice(tok, cs, a.sequences * a.length), a.sequences, a.length, -1);
   // Only the per-channel statistics are needed: no Gram matrices.
   nn::Calibration calib(nn::CalibrationOptions{false, false});
-  size_t next = 0;
-  auto t0 = std::chrono::steady_clock::now();
-  nn::calibrate(dense,
-                [&](std::vector<int32_t>& s) {
-                  if (next == seqs.size()) return false;
-                  s = seqs[next++];
-                  return true;
-                },
-                calib);
-  std::printf("calibration (imatrix = mean x^2 per input column): %s, %lld sequences x %lld tokens (%.0f s)\n",
-              cs.describe().c_str(), static_cast<long long>(a.sequences), static_cast<long long>(a.length),
-              seconds_since(t0));
+  a.calibrate(dense, a.calibration_sequences(tok, cs), cs, calib, "calibration (imatrix = mean x^2 per input column)");
   const auto eval_toks = nn::tokenize_slice(tok, es, a.eval_tokens);
   const nn::WindowOptions window{512, 512, 0};
   std::printf("evaluation: %s, %zu tokens, context 512, stride 512\n", es.describe().c_str(), eval_toks.size());
@@ -184,11 +151,8 @@ void run(const Args& a) {
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
-  try {
-    run(parse_args(argc, argv));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  CLI::App app{"llama.cpp's importance matrix at 2-3 bits on SmolLM2-135M", "ggml_imatrix_eval"};
+  Args a;
+  a.add_options(app);
+  return strata::examples::run_main(app, argc, argv, [&] { run(a); });
 }

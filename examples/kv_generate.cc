@@ -32,40 +32,43 @@ namespace {
 
 using namespace strata;
 
-struct Args : examples::RealDataArgs {
-  std::string prompt, scorer = "snapkv", policy = "uniform";
+// Only what the program reads: it calibrates nothing, so the calibration options are refused.
+struct Args {
+  std::filesystem::path model = examples::data_paths().smollm2(), eval = examples::data_paths().moby_dick();
+  std::string eval_slice = "0.95:0.952", prompt, scorer = "snapkv", policy = "uniform";
   int64_t n = 48, budget = 96, sinks = 4, recent = 16, every = 1, prompt_tokens = 400, threads = 0;
   int64_t score_next = 0, passages = 1;
   bool decode = false;
-  Args() { eval_slice = "0.95:0.952"; }
-};
 
-Args parse_args(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      require(i + 1 < argc, k, " needs a value");
-      return argv[++i];
-    };
-    if (a.parse_shared(k, value)) continue;
-    if (k == "--prompt") a.prompt = value();
-    else if (k == "--prompt-tokens") a.prompt_tokens = std::stoll(value());
-    else if (k == "-n") a.n = std::stoll(value());
-    else if (k == "--scorer") a.scorer = value();
-    else if (k == "--policy") a.policy = value();
-    else if (k == "--budget") a.budget = std::stoll(value());
-    else if (k == "--sinks") a.sinks = std::stoll(value());
-    else if (k == "--recent") a.recent = std::stoll(value());
-    else if (k == "--decode") a.decode = true;
-    else if (k == "--every") a.every = std::stoll(value());
-    else if (k == "--score-next") a.score_next = std::stoll(value());
-    else if (k == "--passages") a.passages = std::stoll(value());
-    else if (k == "--threads") a.threads = std::stoll(value());
-    else fail("unknown option ", k);
+  void add_options(CLI::App& app) {
+    examples::add_model_option(app, model);
+    app.add_option("--prompt", prompt, "prompt text, instead of a passage of --eval");
+    app.add_option("--eval", eval, "text the prompt passages come from")->check(CLI::ExistingFile)->capture_default_str();
+    app.add_option("--eval-slice", eval_slice, "slice BEGIN:END of --eval")->capture_default_str();
+    app.add_option("--prompt-tokens", prompt_tokens, "prompt tokens taken from --eval")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("-n", n, "tokens to generate (0: none)")->check(CLI::NonNegativeNumber)->capture_default_str();
+    app.add_option("--scorer", scorer, "token scorer (kv::make_scorer)")->capture_default_str();
+    app.add_option("--policy", policy, "uniform, pyramid, adakv or streaming")
+        ->check(CLI::IsMember({"uniform", "pyramid", "adakv", "streaming"}))
+        ->capture_default_str();
+    app.add_option("--budget", budget, "tokens kept per KV head")->check(CLI::PositiveNumber)->capture_default_str();
+    app.add_option("--sinks", sinks, "first tokens always kept")->check(CLI::NonNegativeNumber)->capture_default_str();
+    app.add_option("--recent", recent, "last tokens always kept")->check(CLI::NonNegativeNumber)->capture_default_str();
+    app.add_flag("--decode", decode, "also compress while generating");
+    app.add_option("--every", every, "with --decode: compress every this many steps")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("--score-next", score_next, "next tokens scored per passage (0: no scoring)")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+    app.add_option("--passages", passages, "passages scored with --score-next")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("--threads", threads, "threads (0 = all)")->check(CLI::NonNegativeNumber);
   }
-  return a;
-}
+};
 
 kv::Policy make_policy(const Args& a) {
   if (a.policy == "uniform") return kv::Policy::uniform(a.sinks, a.recent);
@@ -138,8 +141,10 @@ void score_next(const nn::LlamaModel& model, const kv::Eviction& comp, const std
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
-  try {
-    const Args a = parse_args(argc, argv);
+  CLI::App app{"Generation with a compressed KV cache next to the dense one, on SmolLM2-135M", "kv_generate"};
+  Args a;
+  a.add_options(app);
+  return examples::run_main(app, argc, argv, [&] {
     if (a.threads > 0) set_num_threads(static_cast<int>(a.threads));
     const auto file = io::open_model(a.model);
     const nn::LlamaModel model = nn::LlamaModel::load(*file);
@@ -172,7 +177,7 @@ int main(int argc, char** argv) {
       require(!text.empty(), "--score-next reads its passages from --eval, not --prompt");
       score_next(model, comp, text, a.prompt_tokens, a.score_next, a.passages);
     }
-    if (a.n <= 0) return 0;
+    if (a.n <= 0) return;
 
     nn::LlamaSession dense(model, max_tokens);
     const auto [want, dense_s] = greedy(dense, prompt, a.n, c.vocab_size, tok.eos_id());
@@ -193,9 +198,5 @@ int main(int argc, char** argv) {
                 100.0 * held / static_cast<double>(full), static_cast<long long>(session.evicted()));
     std::printf("decode: %.1f tok/s dense, %.1f tok/s compressed\n", static_cast<double>(want.size()) / dense_s,
                 static_cast<double>(got.size()) / kv_s);
-    return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kv_generate: %s\n", e.what());
-    return 1;
-  }
+  });
 }

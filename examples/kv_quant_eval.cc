@@ -36,49 +36,37 @@ namespace {
 
 using namespace strata;
 namespace fs = std::filesystem;
-using strata::examples::split;
+using strata::examples::seconds_since;
 
 struct Args {
-  fs::path model = fs::path(STRATA_SOURCE_DIR) / "models/smollm2-135m-instruct-q4_1.gguf";
-  fs::path text = fs::path(STRATA_SOURCE_DIR) / "../shared/data/corpora/moby_dick.txt";
+  fs::path model = examples::data_paths().smollm2();
+  fs::path text = examples::data_paths().moby_dick();
   std::string slice = "0.3:0.4", calib_slice = "0.1:0.2";
   int64_t tokens = 1024, queries = 64, residual = 0;
   std::vector<int> bits = {2, 4, 8};
   std::vector<int64_t> groups = {32, 64, 128};
-  bool ggml = true, merging = true, lowrank = true;
-};
+  bool no_ggml = false, no_merge = false, no_lowrank = false;
 
-Args parse_args(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      require(i + 1 < argc, k, " needs a value");
-      return argv[++i];
-    };
-    if (k == "--model") a.model = value();
-    else if (k == "--text") a.text = value();
-    else if (k == "--slice") a.slice = value();
-    else if (k == "--calib-slice") a.calib_slice = value();
-    else if (k == "--tokens") a.tokens = std::stoll(value());
-    else if (k == "--queries") a.queries = std::stoll(value());
-    else if (k == "--residual") a.residual = std::stoll(value());
-    else if (k == "--no-ggml") a.ggml = false;
-    else if (k == "--no-merge") a.merging = false;
-    else if (k == "--no-lowrank") a.lowrank = false;
-    else if (k == "--bits") {
-      a.bits.clear();
-      for (const auto& b : split(value(), ',')) a.bits.push_back(std::stoi(b));
-    } else if (k == "--groups") {
-      a.groups.clear();
-      for (const auto& g : split(value(), ',')) a.groups.push_back(std::stoll(g));
-    } else {
-      fail("unknown argument '", k, "' (see the comment at the top of examples/kv_quant_eval.cc)");
-    }
+  void add_options(CLI::App& app) {
+    examples::add_model_option(app, model);
+    app.add_option("--text", text, "text the caches are computed on")->check(CLI::ExistingFile)->capture_default_str();
+    app.add_option("--slice", slice, "slice BEGIN:END of --text whose caches are compressed")->capture_default_str();
+    app.add_option("--calib-slice", calib_slice, "slice of --text the low-rank projections are fitted on")
+        ->capture_default_str();
+    app.add_option("--tokens", tokens, "tokens per cache")->check(CLI::PositiveNumber)->capture_default_str();
+    app.add_option("--queries", queries, "last queries whose attention output is compared (1..--tokens)")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("--residual", residual, "KIVI's full-precision recent tokens")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+    examples::add_list(app, "--bits", bits, "KIVI bits");
+    examples::add_list(app, "--groups", groups, "KIVI group sizes");
+    app.add_flag("--no-ggml", no_ggml, "skip llama.cpp's cache types");
+    app.add_flag("--no-merge", no_merge, "skip MiniCache merging");
+    app.add_flag("--no-lowrank", no_lowrank, "skip the low-rank projections");
   }
-  require(a.queries >= 1 && a.queries <= a.tokens, "--queries must be in 1..--tokens");
-  return a;
-}
+};
 
 // Per layer: queries and keys after RoPE, keys before it, values; recomputed from the input the
 // q/k/v projections share during one prefill from position 0.
@@ -193,10 +181,6 @@ class Scorer {
   std::vector<RowMatrix<float>> query_, exact_;
 };
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 void quantization(const Args& a, const Capture& cap, const nn::LlamaConfig& c, const Scorer& scorer) {
   const int64_t hd = c.head_dim, n = a.tokens;
   std::printf("## KIVI (residual R = %lld, f16 scales and minimums)\n\n", static_cast<long long>(a.residual));
@@ -223,7 +207,7 @@ void quantization(const Args& a, const Capture& cap, const nn::LlamaConfig& c, c
       }
   std::printf("\n");
 
-  if (!a.ggml) return;
+  if (a.no_ggml) return;
   std::printf("## llama.cpp cache types (same type for K and V)\n\n");
   std::printf("| type | attention error | keys only | values only | bytes/token |\n|---|---|---|---|---|\n");
   for (kernels::GgmlType t : kv::ggml_cache_types()) {
@@ -403,11 +387,14 @@ void lowrank(const Capture& calib, const Capture& cap, const nn::LlamaConfig& c,
 }
 
 void run(const Args& a) {
+  require(a.queries <= a.tokens, "--queries ", a.queries, " exceeds --tokens ", a.tokens);
+  const auto slice = nn::TextSlice::parse(a.text, a.slice), calib_slice = nn::TextSlice::parse(a.text, a.calib_slice);
+  require(a.no_lowrank || !calib_slice.overlaps(slice), "--calib-slice ", calib_slice.describe(), " overlaps --slice ",
+          slice.describe());
   const auto t0 = std::chrono::steady_clock::now();
   const auto file = io::open_model(a.model);
   const nn::LlamaModel model = nn::LlamaModel::load(*file);
   const nn::BpeTokenizer tok = nn::BpeTokenizer::from_model(*file);
-  const auto slice = nn::TextSlice::parse(a.text, a.slice);
   const auto tokens = nn::tokenize_slice(tok, slice, a.tokens);
   require(static_cast<int64_t>(tokens.size()) == a.tokens, slice.describe(), " has only ", tokens.size(), " tokens");
   const auto& c = model.config();
@@ -418,10 +405,8 @@ void run(const Args& a) {
   const Capture cap = capture(model, tokens);
   const Scorer scorer(cap, c, a.queries);
   quantization(a, cap, c, scorer);
-  if (a.merging) merging(cap, c, scorer);
-  if (a.lowrank) {
-    const auto calib_slice = nn::TextSlice::parse(a.text, a.calib_slice);
-    require(!calib_slice.overlaps(slice), "--calib-slice overlaps --slice");
+  if (!a.no_merge) merging(cap, c, scorer);
+  if (!a.no_lowrank) {
     const auto calib_tokens = nn::tokenize_slice(tok, calib_slice, a.tokens);
     std::printf("calibration: %s, %lld tokens\n\n", calib_slice.describe().c_str(), static_cast<long long>(calib_tokens.size()));
     lowrank(capture(model, calib_tokens), cap, c, scorer);
@@ -433,11 +418,9 @@ void run(const Args& a) {
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
-  try {
-    run(parse_args(argc, argv));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kv_quant_eval: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  CLI::App app{"KV cache quantization, merging and low-rank projection on SmolLM2-135M's real caches",
+               "kv_quant_eval"};
+  Args a;
+  a.add_options(app);
+  return strata::examples::run_main(app, argc, argv, [&] { run(a); });
 }

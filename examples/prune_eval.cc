@@ -13,7 +13,6 @@
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -36,6 +35,7 @@ using namespace strata;
 namespace prune = strata::compress::prune;
 namespace fs = std::filesystem;
 
+using strata::examples::seconds_since;
 using strata::examples::split;
 
 struct Args : strata::examples::RealDataArgs {
@@ -44,38 +44,23 @@ struct Args : strata::examples::RealDataArgs {
   std::vector<std::string> methods = {"magnitude", "wanda", "sparsegpt"};
   std::vector<double> ffn = {0.1, 0.25};
   std::vector<int> blocks = {1, 2, 4};
-};
 
-Args parse_args(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      require(i + 1 < argc, k, " needs a value");
-      return argv[++i];
-    };
-    if (a.parse_shared(k, value)) continue;
-    if (k == "--threads") a.threads = std::stoll(value());
-    else if (k == "--patterns") a.patterns = split(value(), ',');
-    else if (k == "--methods") a.methods = split(value(), ',');
-    else if (k == "--ffn") {
-      a.ffn.clear();
-      for (const auto& f : split(value(), ',')) a.ffn.push_back(std::stod(f));
-    } else if (k == "--blocks") {
-      a.blocks.clear();
-      for (const auto& b : split(value(), ',')) a.blocks.push_back(std::stoi(b));
-    } else {
-      fail("unknown argument '", k, "' (see the comment at the top of examples/prune_eval.cc)");
-    }
+  void add_options(CLI::App& app) {
+    RealDataArgs::add_options(app);
+    app.add_option("--threads", threads, "threads (0 = all)")->check(CLI::NonNegativeNumber);
+    examples::add_list(app, "--patterns", patterns, "unstructured sparsities and N:M patterns");
+    examples::add_list(app, "--methods", methods, "magnitude, wanda, sparsegpt")
+        ->check(CLI::Validator(
+            [](std::string& v) {
+              for (const auto& m : split(v, ','))
+                if (m != "magnitude" && m != "wanda" && m != "sparsegpt") return "unknown method '" + m + "'";
+              return std::string();
+            },
+            "METHOD,..."));
+    examples::add_list(app, "--ffn", ffn, "fractions of FFN neurons removed");
+    examples::add_list(app, "--blocks", blocks, "numbers of blocks removed");
   }
-  for (const auto& m : a.methods)
-    require(m == "magnitude" || m == "wanda" || m == "sparsegpt", "--methods: unknown method '", m, "'");
-  return a;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+};
 
 struct Row {
   std::string method, pattern;
@@ -133,31 +118,20 @@ std::string pattern_knob(const std::string& p) {
 }
 
 void run(const Args& a) {
+  const auto [cs, es] = a.disjoint_slices();
   if (a.threads > 0) set_num_threads(static_cast<int>(a.threads));
   std::printf("%s; %d threads\n", blas_info().describe().c_str(), num_threads());
   const auto file = io::open_model(a.model);
   const nn::LlamaModel dense = nn::LlamaModel::load(*file);
   const nn::BpeTokenizer tok = nn::BpeTokenizer::from_model(*file);
 
-  const nn::TextSlice cs = nn::TextSlice::parse(a.calib, a.calib_slice);
-  const nn::TextSlice es = nn::TextSlice::parse(a.eval, a.eval_slice);
-  require(!cs.overlaps(es), "calibration and evaluation text overlap");
-  auto t0 = std::chrono::steady_clock::now();
-  const auto seqs = nn::cut_sequences(nn::tokenize_slice(tok, cs, a.sequences * a.length), a.sequences, a.length, -1);
   nn::Calibration calib;
-  size_t next = 0;
-  nn::calibrate(dense, [&](std::vector<int32_t>& out) {
-    if (next == seqs.size()) return false;
-    out = seqs[next++];
-    return true;
-  }, calib);
-  std::printf("calibration: %s, %lld sequences x %lld tokens (%.0f s)\n", cs.describe().c_str(),
-              static_cast<long long>(a.sequences), static_cast<long long>(a.length), seconds_since(t0));
+  a.calibrate(dense, a.calibration_sequences(tok, cs), cs, calib);
 
   // A few tokens beyond the scored ones so that the last window is full.
   const auto toks = nn::tokenize_slice(tok, es, a.eval_tokens + 16);
   const nn::WindowOptions w{512, 512, a.eval_tokens};
-  t0 = std::chrono::steady_clock::now();
+  auto t0 = std::chrono::steady_clock::now();
   const nn::PerplexityResult base = nn::perplexity(dense, toks, w);
   std::printf("evaluation: %s, %lld tokens scored, context 512, stride 512\n", es.describe().c_str(),
               static_cast<long long>(base.tokens));
@@ -237,11 +211,8 @@ void run(const Args& a) {
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
-  try {
-    run(parse_args(argc, argv));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "prune_eval: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  CLI::App app{"Pruning (magnitude, Wanda, SparseGPT; FFN neurons; blocks) on SmolLM2-135M", "prune_eval"};
+  Args a;
+  a.add_options(app);
+  return strata::examples::run_main(app, argc, argv, [&] { run(a); });
 }

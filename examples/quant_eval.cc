@@ -42,48 +42,47 @@ namespace {
 using namespace strata;
 namespace fs = std::filesystem;
 
+using strata::examples::seconds_since;
 using strata::examples::split;
 
 struct Args : strata::examples::RealDataArgs {
-  fs::path minilm = fs::path(STRATA_SOURCE_DIR) / "models/all-minilm-l6-v2";
+  fs::path minilm = examples::data_paths().model("all-minilm-l6-v2");
   fs::path paraphrases = fs::path(STRATA_SOURCE_DIR) / "tests/data/paraphrases.tsv";
   int64_t minilm_sentences = 512;
   std::vector<std::pair<int, int>> configs = {{4, 128}, {3, 128}};
   std::vector<std::string> methods = {"rtn", "rtn_clip_w", "gptq", "gptq_minmax", "gptq_natural", "awq"};
-  bool minilm_run = true, smollm_run = true, grid_check = true;
+  bool no_minilm = false, no_smollm = false, no_grid_check = false;
   fs::path calib_cache;  // SmolLM2's calibration statistics, reused when the file exists
-};
 
-Args parse_args(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      require(i + 1 < argc, k, " needs a value");
-      return argv[++i];
-    };
-    if (a.parse_shared(k, value)) continue;
-    if (k == "--minilm") a.minilm = value();
-    else if (k == "--paraphrases") a.paraphrases = value();
-    else if (k == "--minilm-sentences") a.minilm_sentences = std::stoll(value());
-    else if (k == "--no-minilm") a.minilm_run = false;
-    else if (k == "--no-smollm") a.smollm_run = false;
-    else if (k == "--no-grid-check") a.grid_check = false;
-    else if (k == "--calib-cache") a.calib_cache = value();
-    else if (k == "--methods") a.methods = split(value(), ',');
-    else if (k == "--configs") {
-      a.configs.clear();
-      for (const auto& c : split(value(), ',')) {
-        const auto parts = split(c, ':');
-        require(parts.size() == 2, "--configs: expected BITS:GROUP, got '", c, "'");
-        a.configs.emplace_back(std::stoi(parts[0]), std::stoi(parts[1]));
-      }
-    } else {
-      fail("unknown argument '", k, "' (see the comment at the top of examples/quant_eval.cc)");
-    }
+  void add_options(CLI::App& app) {
+    RealDataArgs::add_options(app);
+    app.add_option_function<std::string>(
+        "--configs",
+        [this](const std::string& v) {
+          configs.clear();
+          for (const auto& c : split(v, ',')) {
+            const auto parts = split(c, ':');
+            if (parts.size() != 2) throw CLI::ConversionError("--configs: expected BITS:GROUP, got '" + c + "'");
+            configs.emplace_back(examples::to_value<int>("--configs", parts[0]),
+                                 examples::to_value<int>("--configs", parts[1]));
+          }
+        },
+        "BITS:GROUP,... [4:128,3:128]");
+    examples::add_list(app, "--methods", methods,
+                       "rtn, rtn_clip, rtn_clip_w, gptq, gptq_minmax, gptq_natural, awq, COMPRESSOR:KEY+KEY, METHOD@seqK");
+    app.add_option("--minilm", minilm, "all-MiniLM-L6-v2 directory")->check(CLI::ExistingDirectory)->capture_default_str();
+    app.add_option("--paraphrases", paraphrases, "MiniLM evaluation sentences (TSV)")
+        ->check(CLI::ExistingFile)
+        ->capture_default_str();
+    app.add_option("--minilm-sentences", minilm_sentences, "MiniLM calibration sentences")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_flag("--no-minilm", no_minilm, "skip the MiniLM table");
+    app.add_flag("--no-smollm", no_smollm, "skip the SmolLM2 table");
+    app.add_flag("--no-grid-check", no_grid_check, "skip the RTN row on Q4_1's own grid");
+    app.add_option("--calib-cache", calib_cache, "SmolLM2's calibration statistics: read if the file exists, else written");
   }
-  return a;
-}
+};
 
 constexpr const char* kRtnLabel = "RTN (min/max)";
 constexpr const char* kRtnClipLabel = "RTN + weighted clip search";
@@ -112,10 +111,6 @@ MethodSpec method_spec(const std::string& m) {
   }
   fail("unknown method '", m,
        "' (rtn, rtn_clip, rtn_clip_w, gptq, gptq_minmax, gptq_natural, awq, or COMPRESSOR:KEYS)");
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 // tr(D H D^T) in single precision BLAS: a report-only figure, so float is enough and it keeps the
@@ -344,19 +339,18 @@ std::string knob_for(int bits, int group, const MethodSpec& m) {
 }
 
 void run_smollm(const Args& a) {
+  const auto [cs, es] = a.disjoint_slices();
   std::printf("== SmolLM2-135M: %s\n", a.model.c_str());
   const auto file = io::open_model(a.model);
   const nn::LlamaModel dense = nn::LlamaModel::load(*file);
   const nn::BpeTokenizer tok = nn::BpeTokenizer::from_model(*file);
 
-  const nn::TextSlice cs = nn::TextSlice::parse(a.calib, a.calib_slice), es = nn::TextSlice::parse(a.eval, a.eval_slice);
-  require(!cs.overlaps(es) || cs.path != es.path, "calibration and evaluation slices overlap");
   std::vector<std::string> names;
   for (const auto& n : dense.linear_names())
     if (n.rfind("blk.", 0) == 0) names.push_back(n);
   const std::string cache_key = fs::absolute(a.model).string() + " | " + cs.describe() + " | " +
                                 std::to_string(a.sequences) + " x " + std::to_string(a.length);
-  const auto seqs = nn::cut_sequences(nn::tokenize_slice(tok, cs, a.sequences * a.length), a.sequences, a.length, -1);
+  const auto seqs = a.calibration_sequences(tok, cs);
   std::optional<Statistics> cached;
   if (!a.calib_cache.empty()) cached = load_statistics(a.calib_cache, cache_key);
   Statistics stats;
@@ -366,17 +360,7 @@ void run_smollm(const Args& a) {
                 static_cast<long long>(a.sequences), static_cast<long long>(a.length), a.calib_cache.c_str());
   } else {
     nn::Calibration calib;
-    size_t next = 0;
-    auto t0 = std::chrono::steady_clock::now();
-    nn::calibrate(dense,
-                  [&](std::vector<int32_t>& s) {
-                    if (next == seqs.size()) return false;
-                    s = seqs[next++];
-                    return true;
-                  },
-                  calib);
-    std::printf("calibration: %s, %lld sequences x %lld tokens (%.0f s)\n", cs.describe().c_str(),
-                static_cast<long long>(a.sequences), static_cast<long long>(a.length), seconds_since(t0));
+    a.calibrate(dense, seqs, cs, calib);
     stats = statistics_of(calib, names);
     if (!a.calib_cache.empty()) save_statistics(a.calib_cache, cache_key, stats);
   }
@@ -429,7 +413,7 @@ void run_smollm(const Args& a) {
   }
   // SmolLM2's weights are Q4_1 blocks (32 weights, asymmetric 4-bit): RTN at 4 bits in groups of
   // 32 lands on almost the same grid, which is why groups of 128 and 3 bits are the comparisons.
-  if (a.grid_check) {
+  if (!a.no_grid_check) {
     const auto& c = compress::find_compressor("quant.rtn");
     nn::LlamaModel q = dense.clone();
     const Quantized qz = quantize_layers(
@@ -531,14 +515,12 @@ void run_minilm(const Args& a) {
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
-  try {
-    const Args a = parse_args(argc, argv);
+  CLI::App app{"Integer quantizers (RTN, GPTQ, AWQ) on SmolLM2-135M and all-MiniLM-L6-v2", "quant_eval"};
+  Args a;
+  a.add_options(app);
+  return strata::examples::run_main(app, argc, argv, [&] {
     std::printf("%s; %d threads\n", strata::blas_info().describe().c_str(), strata::num_threads());
-    if (a.smollm_run) run_smollm(a);
-    if (a.minilm_run) run_minilm(a);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "quant_eval: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    if (!a.no_smollm) run_smollm(a);
+    if (!a.no_minilm) run_minilm(a);
+  });
 }

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The evaluation examples' command lines: calibration text that overlaps the evaluation text is
+# refused before the model is read, however the one file's two paths are spelled; kv_generate refuses
+# the calibration options it has no use for; the command lines docs/ shows still parse.
+# Usage: examples_args.sh EXAMPLES_DIR SHARED_DIR
+set -uo pipefail
+bin="$1"; shared="$2"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+moby="$shared/corpora/moby_dick.txt"
+failures=0
+
+if [ ! -f "$moby" ] || [ ! -f "$shared/corpora/sotu_1790-2021.txt" ]; then
+  echo "the corpora are missing (STRATA_SHARED_DATA): skipping"
+  exit 77
+fi
+# A model file that fails as soon as it is opened: a case that reaches it got through every check of
+# its options and texts, and nothing waits on a real model.
+printf 'not a model\n' > "$work/not-a-model.gguf"
+bogus="$work/not-a-model.gguf"
+ln -s "$moby" "$work/linked.txt"
+
+# run NAME EXAMPLE ARGS...: runs the example (20 s at most) into $work/NAME.{stdout,stderr}, sets $rc
+# and $took.
+run() {
+  local name="$1" example="$2"; shift 2
+  local start=$SECONDS
+  timeout 20 "$bin/$example" "$@" >"$work/$name.stdout" 2>"$work/$name.stderr"
+  rc=$?
+  took=$((SECONDS - start))
+}
+fail() { echo "FAIL $1: $2"; cat "$work/$1.stderr"; failures=$((failures + 1)); }
+
+# expect_refusal NAME PATTERN EXAMPLE ARGS...: a non-zero exit within seconds, stderr matching PATTERN.
+expect_refusal() {
+  local name="$1" pattern="$2"; shift 2
+  run "$name" "$@"
+  if [ "$rc" -eq 0 ]; then fail "$name" "exit status 0"; return; fi
+  if [ "$rc" -eq 124 ]; then fail "$name" "still running after 20 s: not refused before the model was read"; return; fi
+  if ! grep -q -- "$pattern" "$work/$name.stderr"; then fail "$name" "message does not match '$pattern'"; return; fi
+  if [ "$took" -gt 5 ]; then fail "$name" "took $took s"; return; fi
+  echo "ok   $name: $(head -c 300 "$work/$name.stderr" | tr '\n' ' ')"
+}
+
+# expect_parsed NAME EXAMPLE ARGS...: the options are accepted and the texts pass their checks; the
+# run stops at the bogus model, which the message names.
+expect_parsed() {
+  local name="$1"; shift
+  run "$name" "$@" --model "$bogus"
+  if [ "$rc" -eq 0 ]; then fail "$name" "exit status 0 with a bogus model"; return; fi
+  if ! grep -q "not-a-model.gguf" "$work/$name.stderr"; then fail "$name" "did not get as far as the model"; return; fi
+  echo "ok   $name"
+}
+
+for example in quant_eval ggml_imatrix_eval lowrank_eval prune_eval; do
+  expect_refusal "${example}_overlap_dotdot" "overlaps evaluation text" "$example" \
+    --calib "$moby" --calib-slice 0.5:0.95 --eval "$shared/corpora/../corpora/moby_dick.txt" --eval-slice 0.9:1.0
+  # Disjoint slices of the same two spellings are fine.
+  expect_parsed "${example}_disjoint_dotdot" "$example" \
+    --calib "$moby" --calib-slice 0:0.5 --eval "$shared/corpora/../corpora/moby_dick.txt" --eval-slice 0.9:1.0
+done
+expect_refusal quant_eval_overlap_symlink "overlaps evaluation text" quant_eval \
+  --calib "$work/linked.txt" --calib-slice 0:0.5 --eval "$moby" --eval-slice 0.4:0.6
+expect_refusal quant_eval_overlap_relative "overlaps evaluation text" quant_eval \
+  --calib "$(realpath --relative-to=. "$moby")" --calib-slice 0:1 --eval "$moby"
+
+# kv_generate calibrates nothing: every calibration option is refused, not silently ignored.
+for option in "--calib $moby" "--calib-slice 0:0.5" "--sequences 4" "--length 64" "--eval-tokens 100"; do
+  # shellcheck disable=SC2086
+  expect_refusal "kv_generate_refuses_${option%% *}" "${option%% *}" kv_generate $option
+done
+
+# The command lines of docs/ (their model replaced by the bogus one).
+expect_parsed docs_kv_generate kv_generate --eval-slice 0.9:0.93 --prompt-tokens 512 --score-next 64 --passages 4 \
+  -n 0 --scorer snapkv --policy uniform --budget 128
+expect_parsed docs_prune_eval prune_eval --sequences 32 --patterns "" --blocks ""
+expect_parsed docs_lowrank_eval lowrank_eval --keep 0.9,0.95
+expect_parsed docs_ggml_imatrix_eval ggml_imatrix_eval
+expect_parsed docs_kv_quant_eval kv_quant_eval
+expect_parsed docs_quant_eval quant_eval --no-minilm --no-grid-check --calib-cache "$work/cache.bin" --configs 3:128 \
+  --methods rtn,rtn_clip,quant.gptq:act_order+clip=0+damp=0.1,gptq_natural,gptq@seq5
+# A malformed list item is refused by the parser.
+expect_refusal prune_eval_bad_blocks "--blocks" prune_eval --blocks 1,two
+expect_refusal quant_eval_bad_configs "--configs" quant_eval --configs 4-128
+
+[ "$failures" -eq 0 ] && echo "all passed" || echo "$failures failed"
+[ "$failures" -eq 0 ]
