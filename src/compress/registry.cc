@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include "strata/compress/prune/prune.hpp"
+
 namespace strata::compress {
 
 const std::vector<std::unique_ptr<WeightCompressor>>& registry() {
@@ -9,6 +11,9 @@ const std::vector<std::unique_ptr<WeightCompressor>>& registry() {
     Registry r;
     add_lowrank_compressors(r);
     add_prune_compressors(r);
+    // Structured pruning, per tensor: input channels (FFN neurons on ffn_down) and whole layers.
+    r.push_back(prune::make_channel_compressor());
+    r.push_back(prune::make_remove_compressor());
     add_quant_compressors(r);
     add_ggml_compressors(r);
     return r;

@@ -1,5 +1,5 @@
 // Structured pruning on a whole model: FFN neurons (rows of gate/up with the matching columns of
-// down) and whole blocks (ShortGPT).
+// down) and whole blocks (ShortGPT); and its per-tensor core, a layer's input channels.
 //
 // The engine's set_linear keeps every layer's shape, so nothing here renumbers the hidden dimension.
 // Pruned neurons are represented by SubmatrixLinear layers that store and multiply only the kept
@@ -105,9 +105,9 @@ namespace {
 
 std::string tensor_name(int64_t block, const char* slot) { return "blk." + std::to_string(block) + "." + slot + ".weight"; }
 
-// ffn_down's kept columns refit by damped least squares on its input Gram matrix H:
+// The kept columns refit by damped least squares on the input Gram matrix H:
 // W_K + W_P H_PK (H_KK + lambda I)^-1, the least-squares optimum when lambda = 0.
-RowMatrix<float> compensated_down(const RowMatrix<float>& down, const Matrix<double>& h, const std::vector<int64_t>& kept,
+RowMatrix<float> refit_kept_columns(const RowMatrix<float>& down, const Matrix<double>& h, const std::vector<int64_t>& kept,
                                   double damp, const std::string& name) {
   const int64_t hidden = down.cols(), dim = down.rows(), k = static_cast<int64_t>(kept.size());
   std::vector<int64_t> pruned;
@@ -139,7 +139,7 @@ RowMatrix<float> compensated_down(const RowMatrix<float>& down, const Matrix<dou
   try {
     chol = linalg::cholesky<double>(hkk);
   } catch (const Error& e) {
-    fail("prune_ffn_neurons: '", name, "': ", e.what());
+    fail("layer '", name, "': refitting the kept input channels: ", e.what());
   }
   const Matrix<double> y = linalg::solve_triangular<double>(chol.L, rhs, linalg::Triangle::lower);
   const Matrix<double> delta = linalg::solve_triangular<double>(chol.L, y, linalg::Triangle::lower, linalg::Transpose::yes);
@@ -149,6 +149,46 @@ RowMatrix<float> compensated_down(const RowMatrix<float>& down, const Matrix<dou
 
 }  // namespace
 
+int64_t kept_channels(int64_t cols, double keep) {
+  require(std::isfinite(keep) && keep > 0 && keep <= 1, "keep must be in (0, 1], got ", keep);
+  const int64_t k = cols - static_cast<int64_t>(std::floor((1 - keep) * static_cast<double>(cols) + 1e-9));
+  require(k >= 1, "keep=", keep, " of ", cols, " input channels keeps none");
+  return k;
+}
+
+ChannelPruned prune_input_channels(const RowMatrix<float>& w, int64_t keep, const Vector<double>* mean_sq,
+                                   const Matrix<double>* h, double damp, std::string_view name) {
+  detail::check_weight(w, name);
+  const int64_t cols = w.cols();
+  require(keep >= 1 && keep <= cols, "layer '", name, "': keeping ", keep, " of ", cols, " input channels");
+  require(std::isfinite(damp) && damp >= 0, "layer '", name, "': damp must be >= 0, got ", damp);
+  require(h == nullptr || (h->rows() == cols && h->cols() == cols), "layer '", name, "': Hessian is [",
+          h ? h->rows() : 0, ", ", h ? h->cols() : 0, "] for a weight with ", cols, " inputs");
+  Vector<double> imp;
+  if (mean_sq != nullptr) {
+    try {
+      imp = ffn_neuron_importance(w, *mean_sq);
+    } catch (const Error& e) {
+      fail("layer '", name, "': ", e.what());
+    }
+  } else {
+    imp = w.cast<double>().colwise().norm().transpose();
+  }
+  std::vector<int64_t> order(static_cast<size_t>(cols));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return imp[a] > imp[b]; });
+  ChannelPruned out;
+  out.kept.assign(order.begin(), order.begin() + keep);
+  std::sort(out.kept.begin(), out.kept.end());
+  if (h != nullptr) {
+    out.weight = refit_kept_columns(w, *h, out.kept, damp, std::string(name));
+  } else {
+    out.weight.resize(w.rows(), keep);
+    for (int64_t c = 0; c < keep; ++c) out.weight.col(c) = w.col(out.kept[static_cast<size_t>(c)]);
+  }
+  return out;
+}
+
 nn::LlamaModel prune_ffn_neurons(const nn::LlamaModel& model, const nn::Calibration& calibration,
                                  const NeuronPruningOptions& options, NeuronPruningReport* report) {
   const nn::LlamaConfig& c = model.config();
@@ -156,7 +196,7 @@ nn::LlamaModel prune_ffn_neurons(const nn::LlamaModel& model, const nn::Calibrat
           "prune_ffn_neurons: fraction must be in [0, 1), got ", options.fraction);
   require(std::isfinite(options.damp) && options.damp >= 0, "prune_ffn_neurons: damp must be >= 0, got ", options.damp);
   const int64_t hidden = c.hidden_dim;
-  const int64_t keep = hidden - static_cast<int64_t>(std::floor(options.fraction * static_cast<double>(hidden) + 1e-9));
+  const int64_t keep = kept_channels(hidden, 1 - options.fraction);
   nn::LlamaModel out = model.clone();
   NeuronPruningReport rep;
   rep.compensated = options.compensate;
@@ -165,12 +205,16 @@ nn::LlamaModel prune_ffn_neurons(const nn::LlamaModel& model, const nn::Calibrat
     const nn::InputStats& stats = calibration.stats(down);
     require(stats.tokens > 0, "prune_ffn_neurons: no calibration tokens for '", down, "'");
     const RowMatrix<float> wd = model.linear(down).dense_weight();
-    const Vector<double> imp = ffn_neuron_importance(wd, stats.mean_sq());
-    std::vector<int64_t> order(static_cast<size_t>(hidden));
-    std::iota(order.begin(), order.end(), int64_t{0});
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return imp[a] > imp[b]; });
-    std::vector<int64_t> kept(order.begin(), order.begin() + keep);
-    std::sort(kept.begin(), kept.end());
+    const Vector<double> mean_sq = stats.mean_sq();
+    Matrix<double> h;
+    if (options.compensate) {
+      require(stats.has_gram, "prune_ffn_neurons: compensation needs the Gram matrix of '", down,
+              "' (calibrate with CalibrationOptions::gram, or set compensate = false)");
+      h = stats.hessian();
+    }
+    ChannelPruned pruned =
+        prune_input_channels(wd, keep, &mean_sq, options.compensate ? &h : nullptr, options.damp, down);
+    std::vector<int64_t> kept = std::move(pruned.kept);
 
     rep.bytes_before += model.linear(gate).weight_bytes() + model.linear(up).weight_bytes() + model.linear(down).weight_bytes();
     const RowMatrix<float> wg = model.linear(gate).dense_weight(), wu = model.linear(up).dense_weight();
@@ -179,18 +223,9 @@ nn::LlamaModel prune_ffn_neurons(const nn::LlamaModel& model, const nn::Calibrat
       g.row(r) = wg.row(kept[static_cast<size_t>(r)]);
       u.row(r) = wu.row(kept[static_cast<size_t>(r)]);
     }
-    RowMatrix<float> d;
-    if (options.compensate) {
-      require(stats.has_gram, "prune_ffn_neurons: compensation needs the Gram matrix of '", down,
-              "' (calibrate with CalibrationOptions::gram, or set compensate = false)");
-      d = compensated_down(wd, stats.hessian(), kept, options.damp, down);
-    } else {
-      d.resize(c.dim, keep);
-      for (int64_t col = 0; col < keep; ++col) d.col(col) = wd.col(kept[static_cast<size_t>(col)]);
-    }
     auto lg = std::make_shared<SubmatrixLinear>(hidden, c.dim, kept, std::vector<int64_t>{}, std::move(g));
     auto lu = std::make_shared<SubmatrixLinear>(hidden, c.dim, kept, std::vector<int64_t>{}, std::move(u));
-    auto ld = std::make_shared<SubmatrixLinear>(c.dim, hidden, std::vector<int64_t>{}, kept, std::move(d));
+    auto ld = std::make_shared<SubmatrixLinear>(c.dim, hidden, std::vector<int64_t>{}, kept, std::move(pruned.weight));
     rep.bytes_after += lg->weight_bytes() + lu->weight_bytes() + ld->weight_bytes();
     out.set_linear(gate, std::move(lg));
     out.set_linear(up, std::move(lu));

@@ -9,6 +9,10 @@
 //   prune_ffn_neurons   structured: removes the least important SwiGLU neurons of every block.
 //   remove_blocks       drops whole transformer blocks ranked by block influence (ShortGPT).
 //
+// The structured cuts reach the registry per tensor: prune.channels drops a layer's least important
+// input channels (on ffn_down, one block's FFN neurons) and prune.remove zeroes a layer (on
+// attn_output or ffn_down, one half of a removed block).
+//
 // Every unstructured mask removes exactly the same number of weights from every row, so that a
 // layer's stored size depends on its shape and knob only (see docs/pruning.md for the formats).
 #include <cstdint>
@@ -181,6 +185,37 @@ std::vector<int> rank_blocks_by_influence(const nn::Calibration& calibration, in
 // block become ZeroLinear, so attention and FFN add exactly zero to the residual stream and the
 // block's weights are neither stored nor multiplied.
 nn::LlamaModel remove_blocks(const nn::LlamaModel& model, std::span<const int> blocks);
+
+// ---- structured pruning, per tensor (the registry's prune.channels and prune.remove) -----------
+
+// Input channels a layer of `cols` inputs keeps at keep fraction F: cols - floor((1 - F) cols), so
+// that keep = 1 - NeuronPruningOptions::fraction keeps what prune_ffn_neurons keeps. Throws
+// strata::Error unless 0 < F <= 1 and at least one channel is kept.
+int64_t kept_channels(int64_t cols, double keep);
+
+struct ChannelPruned {
+  std::vector<int64_t> kept;  // kept input channels, ascending
+  RowMatrix<float> weight;    // [rows, kept.size()]: the kept columns, refit when a Gram matrix was given
+};
+
+// Keeps the `keep` input channels of w with the largest ||W[:, j]|| * sqrt(mean_sq_j) (the column
+// norm alone when mean_sq is null; ties keep the lower index). With a Gram matrix h of the input the
+// kept columns are refit by damped least squares, W_K + W_P H_PK (H_KK + damp mean(diag H_KK) I)^-1,
+// which is the optimum of ||W X - W'_K X_K||^2 when damp = 0. `name` starts every error message.
+ChannelPruned prune_input_channels(const RowMatrix<float>& w, int64_t keep, const Vector<double>* mean_sq,
+                                   const Matrix<double>* h, double damp, std::string_view name = "weight");
+
+// prune.channels. Knobs "keep=F" (fraction of input channels kept, 0 < F <= 1) with optional
+// ",values=f16|f32" (default f16); knobs() lists keep=0.25 .. keep=0.875 in steps of 1/8. Importance
+// from the input's mean square (diag H without it, column norms without either); the refit
+// (damp 0.1, as prune_ffn_neurons) needs the Hessian and is skipped without one. Stored: "weight"
+// [rows, k] in the value type and "channels" i32 [k], i.e. rows k (2 or 4) + 4 k bytes; to_linear()
+// is a SubmatrixLinear that multiplies only the kept columns.
+std::unique_ptr<WeightCompressor> make_channel_compressor();
+// prune.remove. One knob, "remove": the layer's output becomes exactly zero and nothing is stored
+// (0 bytes, relative output error 1); to_linear() is a ZeroLinear. On a residual branch's output
+// layer (attn_output, ffn_down) that removes the branch, which is what remove_blocks does to both.
+std::unique_ptr<WeightCompressor> make_remove_compressor();
 
 // Helpers shared by the prune sources; not part of the API.
 namespace detail {
