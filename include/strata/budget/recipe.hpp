@@ -50,7 +50,7 @@ struct Recipe {
   // ||(W - W')X||^2 / ||WX||^2) or "weight" (relative weight error, ||W - W'||^2 / ||W||^2, which
   // needs no calibration).
   // "kl": the output error scaled per layer by a measured sensitivity, so that it estimates the KL
-  // divergence the layer alone adds to the whole model (the caller measures it; see docs/compress.md).
+  // divergence the layer alone adds to the whole model (the caller measures it; see docs/compress-command.md).
   std::string error_mode = "output";
 
   // `source` names the recipe in errors ("my.json", "preset 'gguf'").
