@@ -26,9 +26,15 @@ double output_error(const RowMatrix<float>& w, const RowMatrix<float>& w_hat, co
   return denom > 0 ? std::max(num, 0.0) / denom : 0.0;
 }
 
-std::vector<Option> WeightCompressor::options(const Layer& layer, const LayerCalibration& calib) const {
+void check_shape(const Layer& layer) {
+  require(layer.rows() > 0 && layer.cols() > 0, "layer '", layer.name, "': no weight shape (", layer.rows(), " x ",
+          layer.cols(), ")");
+}
+
+std::vector<Option> WeightCompressor::options_for(const Layer& layer, const LayerCalibration& calib,
+                                                  const std::vector<std::string>& knobs) const {
   std::vector<Option> out;
-  for (const auto& knob : knobs(layer)) {
+  for (const auto& knob : knobs) {
     const Compressed c = apply(layer, calib, knob);
     const RowMatrix<float> w_hat = reconstruct(c);
     out.push_back({knob, cost(layer, knob), output_error(*layer.weight, w_hat, calib.hessian)});

@@ -37,13 +37,18 @@ struct Option {
   double error = std::numeric_limits<double>::quiet_NaN();
 };
 
-// A weight matrix [out, in] (row-major, as engines store it) and its name.
+// A weight matrix [out, in] (row-major, as engines store it) and its name. knobs() and cost() read
+// only the shape, so a shape_only() layer (no weights) is enough for them.
 struct Layer {
   std::string name;
   const RowMatrix<float>* weight = nullptr;
-  int64_t rows() const { return weight->rows(); }
-  int64_t cols() const { return weight->cols(); }
+  int64_t shape_rows = 0, shape_cols = 0;  // used when weight is null
+  int64_t rows() const { return weight != nullptr ? weight->rows() : shape_rows; }
+  int64_t cols() const { return weight != nullptr ? weight->cols() : shape_cols; }
+  static Layer shape_only(std::string name, int64_t rows, int64_t cols) { return {std::move(name), nullptr, rows, cols}; }
 };
+// What knobs() and cost() check: a non-empty shape (weights or not). Throws naming the layer.
+void check_shape(const Layer& layer);
 
 // Calibration statistics of the layer's input; compressors use what they need and throw
 // strata::Error naming the layer when something they need is missing.
@@ -81,9 +86,15 @@ class WeightCompressor {
   // The float32 weights the compressed form stands for, [rows, cols].
   virtual RowMatrix<float> reconstruct(const Compressed& c) const = 0;
 
-  // Every knob with its cost and error. The default applies and reconstructs each knob; compressors
-  // with a cheaper exact curve (SVD-LLM's spectrum) override it.
-  virtual std::vector<Option> options(const Layer& layer, const LayerCalibration& calib) const;
+  // Every knob with its cost and error.
+  std::vector<Option> options(const Layer& layer, const LayerCalibration& calib) const {
+    return options_for(layer, calib, knobs(layer));
+  }
+  // The given knobs (in that order) with their costs and errors. The default applies and
+  // reconstructs each knob; compressors with a cheaper exact curve (SVD-LLM's spectrum from one
+  // factorization, SparseGPT's one Hessian factorization) override it.
+  virtual std::vector<Option> options_for(const Layer& layer, const LayerCalibration& calib,
+                                          const std::vector<std::string>& knobs) const;
   // A linear layer for the engine computing with the compressed form. The default reconstructs
   // dense float32 weights; forms with a faster product (low-rank factors) override it.
   virtual std::shared_ptr<const nn::Linear> to_linear(const Compressed& c) const;

@@ -65,7 +65,7 @@ class LowRankCompressor final : public WeightCompressor {
   bool needs_hessian() const override { return method_ == Method::svd_llm; }
 
   std::vector<std::string> knobs(const Layer& layer) const override {
-    check_layer(layer);
+    check_shape(layer);
     std::vector<std::string> out;
     for (double keep : kKeepLadder) {
       char buf[32];
@@ -77,7 +77,7 @@ class LowRankCompressor final : public WeightCompressor {
   }
 
   Cost cost(const Layer& layer, std::string_view knob) const override {
-    check_layer(layer);
+    check_shape(layer);
     const Setting s = parse(layer, knob);
     const double params = static_cast<double>(s.rank) * static_cast<double>(layer.rows() + layer.cols());
     return {params * sizeof(float), params, 2 * params};
@@ -107,9 +107,9 @@ class LowRankCompressor final : public WeightCompressor {
     return f.product();
   }
 
-  std::vector<Option> options(const Layer& layer, const LayerCalibration& calib) const override {
+  std::vector<Option> options_for(const Layer& layer, const LayerCalibration& calib,
+                                  const std::vector<std::string>& ks) const override {
     check_layer(layer);
-    const auto ks = knobs(layer);
     std::vector<Setting> settings;
     bool randomized = false;
     for (const auto& k : ks) {
@@ -117,7 +117,7 @@ class LowRankCompressor final : public WeightCompressor {
       randomized = randomized || settings.back().randomized;
     }
     // A randomized SVD holds only the leading components of its own rank: no curve to read.
-    if (randomized) return WeightCompressor::options(layer, calib);
+    if (randomized) return WeightCompressor::options_for(layer, calib, ks);
     Setting full;
     full.alpha = options_.alpha;
     const Decomposition d = decompose(layer, calib, full);

@@ -19,7 +19,7 @@ class PruneCompressor : public WeightCompressor {
   }
 
   Cost cost(const Layer& layer, std::string_view knob) const override {
-    check_layer(layer);
+    check_shape(layer);
     const Setting s = parse_setting(knob, layer.name);
     const int64_t kept = fits(layer, s.pattern);
     Cost c;
@@ -101,12 +101,13 @@ class SparseGptCompressor final : public PruneCompressor {
   bool needs_hessian() const override { return true; }
 
   // Factors the Hessian once for every knob instead of once per knob.
-  std::vector<Option> options(const Layer& layer, const LayerCalibration& calib) const override {
+  std::vector<Option> options_for(const Layer& layer, const LayerCalibration& calib,
+                                  const std::vector<std::string>& knobs) const override {
     check_layer(layer);
     detail::check_weight(*layer.weight, layer.name);
     const SparseGptFactor f = factor(layer, calib);
     std::vector<Option> out;
-    for (const auto& knob : knobs(layer)) {
+    for (const auto& knob : knobs) {
       const Setting s = parse_setting(knob, layer.name);
       fits(layer, s.pattern);
       const Compressed c = encode(sparsegpt(*layer.weight, f, s.pattern, {}, layer.name), s, std::string(name()), knob);

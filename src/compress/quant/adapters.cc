@@ -138,7 +138,7 @@ class QuantCompressor final : public WeightCompressor {
   }
 
   Cost cost(const Layer& layer, std::string_view knob) const override {
-    check_layer(layer);
+    check_shape(layer);
     const Setting s = parse_setting(knob, defaults_, method_, layer.name);
     const auto size = quant::storage_size(layer.rows(), layer.cols(), s.spec, method_ == Method::awq);
     const double rows = static_cast<double>(layer.rows()), cols = static_cast<double>(layer.cols());
