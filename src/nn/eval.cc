@@ -4,6 +4,8 @@
 #include <cmath>
 #include <functional>
 
+#include "strata/core/parallel.hpp"
+
 namespace strata::nn {
 
 void log_softmax(const float* logits, int64_t n, std::vector<double>& out) {
@@ -119,27 +121,145 @@ KlResult kl_divergence(const LlamaModel& reference, const LlamaModel& model, std
     }
   }
   KlResult r;
-  r.tokens = static_cast<int64_t>(kls.size());
+  summarize_kl(kls, r);
   if (r.tokens == 0) return r;
   const double cnt = static_cast<double>(r.tokens);
-  double sum = 0;
-  for (double k : kls) sum += k;
-  r.mean_kl = sum / cnt;
-  std::vector<double> sorted = kls;
-  std::sort(sorted.begin(), sorted.end());
-  const auto quantile = [&](double q) {
-    const double pos = q * (cnt - 1);
-    const size_t lo = static_cast<size_t>(std::floor(pos));
-    const size_t hi = std::min(lo + 1, sorted.size() - 1);
-    return sorted[lo] + (pos - static_cast<double>(lo)) * (sorted[hi] - sorted[lo]);
-  };
-  r.median_kl = quantile(0.5);
-  r.p99_kl = quantile(0.99);
-  r.max_kl = sorted.back();
   r.top1_agreement = static_cast<double>(agree) / cnt;
   r.reference = {nll_ref / cnt, std::exp(nll_ref / cnt), r.tokens};
   r.model = {nll / cnt, std::exp(nll / cnt), r.tokens};
   return r;
+}
+
+double quantile(std::span<const double> sorted, double q) {
+  require(!sorted.empty(), "quantile of no values");
+  const double pos = q * static_cast<double>(sorted.size() - 1);
+  const auto lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, sorted.size() - 1);
+  return sorted[lo] + (pos - static_cast<double>(lo)) * (sorted[hi] - sorted[lo]);
+}
+
+void summarize_kl(std::span<const double> kl_per_position, KlResult& out) {
+  out.tokens = static_cast<int64_t>(kl_per_position.size());
+  if (out.tokens == 0) return;
+  double sum = 0;
+  for (double k : kl_per_position) sum += k;
+  out.mean_kl = sum / static_cast<double>(out.tokens);
+  std::vector<double> sorted(kl_per_position.begin(), kl_per_position.end());
+  std::sort(sorted.begin(), sorted.end());
+  out.median_kl = quantile(sorted, 0.5);
+  out.p99_kl = quantile(sorted, 0.99);
+  out.max_kl = sorted.back();
+}
+
+namespace {
+
+// Records the hidden state entering every block.
+class BlockInputs final : public ForwardHooks {
+ public:
+  explicit BlockInputs(std::vector<RowMatrix<float>>& out) : out_(out) {}
+  void on_block(int layer, const float* in, const float*, int64_t tokens, int64_t dim) override {
+    if (out_.size() <= static_cast<size_t>(layer)) out_.resize(static_cast<size_t>(layer) + 1);
+    out_[static_cast<size_t>(layer)] = Eigen::Map<const RowMatrix<float>>(in, tokens, dim);
+  }
+
+ private:
+  std::vector<RowMatrix<float>>& out_;
+};
+
+// log-softmax of `rows` rows in place, in float storage with double sums (as log_softmax).
+void log_softmax_rows(float* logits, int64_t rows, int64_t vocab) {
+  parallel_for(rows, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* x = logits + r * vocab;
+      const float mx = *std::max_element(x, x + vocab);
+      double sum = 0;
+      for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
+      const double lse = static_cast<double>(mx) + std::log(sum);
+      for (int64_t i = 0; i < vocab; ++i) x[i] = static_cast<float>(static_cast<double>(x[i]) - lse);
+    }
+  });
+}
+
+}  // namespace
+
+KlEvaluator::KlEvaluator(const LlamaModel& reference, std::vector<std::vector<int32_t>> windows, bool keep_hidden)
+    : windows_(std::move(windows)), vocab_(reference.config().vocab_size), n_layers_(reference.config().n_layers) {
+  require(!windows_.empty(), "KL evaluation: no token windows");
+  double nll = 0;
+  for (const auto& w : windows_) {
+    const auto n = static_cast<int64_t>(w.size());
+    require(n >= 2, "KL evaluation: a window of ", n, " tokens; need at least 2");
+    std::vector<float> logits(static_cast<size_t>(n * vocab_));
+    LlamaSession session(reference, n);
+    std::vector<RowMatrix<float>> hidden;
+    BlockInputs record(hidden);
+    session.forward(w, logits.data(), Logits::all, keep_hidden ? &record : nullptr);
+    logits.resize(static_cast<size_t>((n - 1) * vocab_));
+    log_softmax_rows(logits.data(), n - 1, vocab_);
+    for (int64_t r = 0; r + 1 < n; ++r) {
+      const float* row = logits.data() + r * vocab_;
+      reference_top1_.push_back(static_cast<int32_t>(std::max_element(row, row + vocab_) - row));
+      nll -= row[w[static_cast<size_t>(r + 1)]];
+    }
+    reference_logp_.push_back(std::move(logits));
+    if (keep_hidden) hidden_.push_back(std::move(hidden));
+    tokens_ += n - 1;
+  }
+  reference_.tokens = tokens_;
+  reference_.mean_nll = nll / static_cast<double>(tokens_);
+  reference_.perplexity = std::exp(reference_.mean_nll);
+}
+
+KlResult KlEvaluator::operator()(const LlamaModel& model, int first_block) const {
+  require(model.config().vocab_size == vocab_, "KL evaluation: vocabularies differ (", vocab_, " vs ",
+          model.config().vocab_size, ")");
+  require(first_block == 0 || !hidden_.empty(), "KL evaluation from block ", first_block,
+          ": the evaluator keeps no hidden states (keep_hidden)");
+  require(first_block >= 0 && first_block < std::max<int64_t>(n_layers_, 1), "KL evaluation: block ", first_block,
+          " outside [0, ", n_layers_, ")");
+  std::vector<double> kl(static_cast<size_t>(tokens_));
+  std::vector<char> agree(static_cast<size_t>(tokens_));
+  double nll = 0;
+  int64_t base = 0;
+  std::vector<float> logits;
+  for (size_t q = 0; q < windows_.size(); ++q) {
+    const auto& w = windows_[q];
+    const auto n = static_cast<int64_t>(w.size());
+    logits.resize(static_cast<size_t>(n * vocab_));
+    LlamaSession session(model, n);
+    if (first_block == 0)
+      session.forward(w, logits.data(), Logits::all);
+    else
+      session.forward_hidden(first_block, hidden_[q][static_cast<size_t>(first_block)].data(), n, logits.data(),
+                             Logits::all);
+    log_softmax_rows(logits.data(), n - 1, vocab_);
+    const float* p = reference_logp_[q].data();
+    const float* m = logits.data();
+    parallel_for(n - 1, 8, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        double s = 0;
+        const float* pr = p + r * vocab_;
+        const float* mr = m + r * vocab_;
+        for (int64_t i = 0; i < vocab_; ++i)
+          s += std::exp(static_cast<double>(pr[i])) * (static_cast<double>(pr[i]) - static_cast<double>(mr[i]));
+        kl[static_cast<size_t>(base + r)] = std::max(0.0, s);
+        const auto top = static_cast<int32_t>(std::max_element(mr, mr + vocab_) - mr);
+        agree[static_cast<size_t>(base + r)] = top == reference_top1_[static_cast<size_t>(base + r)];
+      }
+    });
+    for (int64_t r = 0; r + 1 < n; ++r) nll -= m[r * vocab_ + w[static_cast<size_t>(r + 1)]];
+    base += n - 1;
+  }
+  KlResult out;
+  summarize_kl(kl, out);
+  double agreed = 0;
+  for (char a : agree) agreed += a;
+  out.top1_agreement = agreed / static_cast<double>(tokens_);
+  out.reference = reference_;
+  out.model.tokens = tokens_;
+  out.model.mean_nll = nll / static_cast<double>(tokens_);
+  out.model.perplexity = std::exp(out.model.mean_nll);
+  return out;
 }
 
 std::vector<std::vector<int32_t>> sample_sequences(const LlamaModel& model, int64_t count, int64_t length, int32_t bos,

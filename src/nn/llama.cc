@@ -224,22 +224,40 @@ void LlamaSession::forward(std::span<const int32_t> tokens, float* logits, Logit
   require(which == Logits::none || logits != nullptr, "LlamaSession::forward: logits requested into a null buffer");
   for (int32_t t : tokens)
     require(t >= 0 && t < c.vocab_size, "LlamaSession: token id ", t, " outside the vocabulary of ", c.vocab_size);
+  RowMatrix<float> x(n, c.dim);
+  for (int64_t t = 0; t < n; ++t) x.row(t) = model_.token_embedding().row(tokens[static_cast<size_t>(t)]);
+  run_blocks(x, 0, logits, which, hooks);
+}
 
+void LlamaSession::forward_hidden(int first_block, const float* hidden, int64_t n, float* logits, Logits which,
+                                  ForwardHooks* hooks) {
+  const LlamaConfig& c = model_.config();
+  if (n == 0) return;
+  require(first_block >= 0 && first_block <= c.n_layers, "LlamaSession::forward_hidden: block ", first_block,
+          " outside [0, ", c.n_layers, "]");
+  require(pos_ + n <= max_tokens_, "LlamaSession: ", pos_, " cached + ", n, " new tokens exceed the capacity of ",
+          max_tokens_);
+  require(which == Logits::none || logits != nullptr, "LlamaSession::forward_hidden: logits requested into a null buffer");
+  RowMatrix<float> x = Eigen::Map<const RowMatrix<float>>(hidden, n, c.dim);
+  run_blocks(x, first_block, logits, which, hooks);
+}
+
+void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, float* logits, Logits which, ForwardHooks* hooks) {
+  const LlamaConfig& c = model_.config();
+  const int64_t n = x.rows();
   const int64_t dim = c.dim, hd = c.head_dim, n_heads = c.n_heads, n_kv = c.n_kv_heads;
   const int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, group = n_heads / n_kv;
   const int64_t pos0 = pos_, total = pos0 + n;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
-  RowMatrix<float> x(n, dim), xn(n, dim), q(n, q_dim), att(n, q_dim), tmp(n, dim);
+  RowMatrix<float> xn(n, dim), q(n, q_dim), att(n, q_dim), tmp(n, dim);
   RowMatrix<float> gate(n, c.hidden_dim), up(n, c.hidden_dim);
   RowMatrix<float> k_rows, v_rows;  // a KvStore's new keys and values, before it stores them
   if (store_) {
     k_rows.resize(n, kv_dim);
     v_rows.resize(n, kv_dim);
   }
-  for (int64_t t = 0; t < n; ++t) x.row(t) = model_.token_embedding().row(tokens[static_cast<size_t>(t)]);
-
-  for (int64_t l = 0; l < c.n_layers; ++l) {
+  for (int64_t l = first_block; l < c.n_layers; ++l) {
     const int li = static_cast<int>(l);
     const auto& blk = model_.blocks()[static_cast<size_t>(l)];
     const std::string prefix = hooks ? "blk." + std::to_string(l) + "." : std::string();

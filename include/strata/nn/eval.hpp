@@ -39,6 +39,37 @@ struct KlResult {
 KlResult kl_divergence(const LlamaModel& reference, const LlamaModel& model, std::span<const int32_t> tokens,
                        const WindowOptions& options);
 
+// Mean, median, 99th percentile and maximum of per-position KL values: the one definition every
+// strata report uses. Quantiles interpolate linearly between order statistics (numpy's default):
+// q at position q (n - 1) of the sorted values.
+void summarize_kl(std::span<const double> kl_per_position, KlResult& out);
+double quantile(std::span<const double> sorted, double q);
+
+// The dense model's next-token log-probabilities on fixed token windows, computed once, so that each
+// judgement of a compressed model costs one forward pass of that model: the measured fitness of the
+// allocator's search and the figures of its report. Each window is scored on its own, the prediction
+// of token i + 1 from tokens 0..i. Memory: (tokens scored) x vocab floats.
+// With keep_hidden, the hidden states entering every block are kept too (tokens x dim x n_layers
+// floats), so that a model differing from the reference only from block b on is judged by running
+// blocks b.. alone (first_block = b), with the same result as a whole forward pass.
+class KlEvaluator {
+ public:
+  KlEvaluator(const LlamaModel& reference, std::vector<std::vector<int32_t>> windows, bool keep_hidden = false);
+  KlResult operator()(const LlamaModel& model, int first_block = 0) const;
+  double mean_kl(const LlamaModel& model, int first_block = 0) const { return (*this)(model, first_block).mean_kl; }
+  int64_t tokens() const { return tokens_; }
+  const PerplexityResult& reference() const { return reference_; }
+  const std::vector<std::vector<int32_t>>& windows() const { return windows_; }
+
+ private:
+  std::vector<std::vector<int32_t>> windows_;
+  std::vector<std::vector<float>> reference_logp_;       // per window [len - 1, vocab]
+  std::vector<std::vector<RowMatrix<float>>> hidden_;  // per window, per block: its input [len, dim]
+  std::vector<int32_t> reference_top1_;
+  PerplexityResult reference_;
+  int64_t vocab_ = 0, tokens_ = 0, n_layers_ = 0;
+};
+
 // Token sequences sampled from the model itself (temperature 1, seeded), each starting with `bos`.
 // For models without a tokenizer here (stories260K): evaluation text the model finds natural.
 std::vector<std::vector<int32_t>> sample_sequences(const LlamaModel& model, int64_t count, int64_t length, int32_t bos,

@@ -108,6 +108,13 @@ class LlamaSession {
   // Runs `tokens` at positions position() .. position() + n - 1, appending their keys and values to
   // the cache. Writes logits [n, vocab] (Logits::all) or [vocab] (Logits::last) into `logits`.
   void forward(std::span<const int32_t> tokens, float* logits, Logits which, ForwardHooks* hooks = nullptr);
+  // Runs blocks [first_block, n_layers) and the head on `hidden` [n, dim], the hidden states entering
+  // block first_block at positions position() .. position() + n - 1 (as ForwardHooks::on_block
+  // reports them for a forward() of the same tokens). The earlier blocks' caches are not filled, so
+  // a session used this way can only go on with forward_hidden() from the same block or later.
+  // Evaluating a model whose first blocks are unchanged this way skips their work.
+  void forward_hidden(int first_block, const float* hidden, int64_t n, float* logits, Logits which,
+                      ForwardHooks* hooks = nullptr);
   int64_t position() const { return pos_; }
   int64_t capacity() const { return max_tokens_; }
   // Back to position 0. A KvStore is its owner's to clear.
@@ -119,6 +126,8 @@ class LlamaSession {
   uint64_t cache_bytes() const;
 
  private:
+  void run_blocks(RowMatrix<float>& x, int first_block, float* logits, Logits which, ForwardHooks* hooks);
+
   const LlamaModel& model_;
   int64_t max_tokens_;
   int64_t pos_ = 0;
