@@ -19,11 +19,7 @@ constexpr double kKeepLadder[] = {0.25, 0.375, 0.5, 0.625, 0.75, 0.875};
 // The same ridge as prune_ffn_neurons, so that prune.channels on ffn_down is its FFN pruning.
 constexpr double kRefitDamp = NeuronPruningOptions{}.damp;
 
-// knobs() and cost() read the shape only; apply() needs the weights.
-void check_shape(const Layer& layer) {
-  require(layer.rows() > 0 && layer.cols() > 0, "layer '", layer.name, "': empty shape [", layer.rows(), ", ",
-          layer.cols(), "]");
-}
+// knobs() and cost() read the shape only (compress::check_shape); apply() needs the weights.
 void check_layer(const Layer& layer) { require(layer.weight != nullptr, "layer '", layer.name, "': no weight"); }
 
 struct ChannelSetting {
