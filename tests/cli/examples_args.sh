@@ -2,9 +2,10 @@
 # The evaluation examples' command lines: calibration text that overlaps the evaluation text is
 # refused before the model is read, however the one file's two paths are spelled; kv_generate refuses
 # the calibration options it has no use for; the command lines docs/ shows still parse.
-# Usage: examples_args.sh EXAMPLES_DIR SHARED_DIR
+# Usage: examples_args.sh EXAMPLES_DIR SHARED_DIR (STRATA_SHARED_DATA wins, as it does for the examples'
+# default texts).
 set -uo pipefail
-bin="$1"; shared="$2"
+bin="$1"; shared="${STRATA_SHARED_DATA:-$2}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 moby="$shared/corpora/moby_dick.txt"
