@@ -19,7 +19,7 @@
 
 #include "strata/core/error.hpp"
 #include "strata/io/mapped_file.hpp"
-#include "strata/kernels/ggml_dequant.hpp"
+#include "strata/kernels/ggml_codec.hpp"
 
 namespace strata::io {
 
@@ -336,11 +336,13 @@ class GgufModel final : public Model {
 
   strata::Tensor to_f32(const TensorInfo& t) const override {
     const GgufTensorInfo& g = gguf_info(t);
-    require(kernels::ggml_can_dequantize(g.type), file_.name(), ": tensor '", g.name, "': type ",
-            kernels::ggml_type_name(g.type), " cannot be converted to float32");
+    const kernels::GgmlCodec& codec = kernels::ggml_codec(g.type);
+    require(codec.can_dequantize(), file_.name(), ": tensor '", g.name, "': type ", codec.name,
+            " cannot be converted to float32");
     strata::Tensor out(DType::f32, g.shape());
     const int64_t n = g.numel();
-    if (n > 0) kernels::dequantize(g.type, file_.data(g), reinterpret_cast<float*>(out.raw()), n);
+    // The parser has checked the tensor's byte count against its type and shape.
+    if (n > 0) codec.dequantize_row(file_.data(g).data(), n, reinterpret_cast<float*>(out.raw()));
     return out;
   }
 

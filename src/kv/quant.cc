@@ -6,10 +6,9 @@
 #include <limits>
 #include <sstream>
 
-#include "strata/compress/ggml/quantize.hpp"
 #include "strata/core/dtype.hpp"
 #include "strata/core/error.hpp"
-#include "strata/kernels/ggml_dequant.hpp"
+#include "strata/kernels/ggml_codec.hpp"
 
 namespace strata::kv {
 
@@ -313,30 +312,12 @@ void check_cache_type(GgmlType t, int64_t head_dim, const char* which) {
           " is not a whole number of ", kernels::ggml_type_name(t), " blocks (", kernels::ggml_block_size(t), ")");
 }
 
-void write_row(GgmlType t, const float* x, int64_t n, std::vector<std::byte>& out) {
+// check_cache_type() and check_row() have vetted the type, the row length and the values, so the
+// codec's unchecked row function writes the token.
+void write_row(const kernels::GgmlCodec& codec, const float* x, int64_t n, std::vector<std::byte>& out) {
   const size_t at = out.size();
-  out.resize(at + kernels::ggml_row_size(t, n));
-  std::byte* dst = out.data() + at;
-  switch (t) {
-    case GgmlType::F32:
-      std::memcpy(dst, x, static_cast<size_t>(n) * sizeof(float));
-      return;
-    case GgmlType::F16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t h = f32_to_f16(x[i]).bits;
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      return;
-    case GgmlType::BF16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t h = f32_to_bf16(x[i]).bits;
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      return;
-    default:
-      compress::ggml::quantize_row(t, std::span<const float>(x, static_cast<size_t>(n)), {},
-                                   std::span<std::byte>(dst, kernels::ggml_row_size(t, n)));
-  }
+  out.resize(at + codec.row_bytes(n));
+  codec.quantize_row(x, n, out.data() + at, nullptr);
 }
 
 RowMatrix<float> read_rows(GgmlType t, const std::vector<std::byte>& blocks, int64_t tokens, int64_t d) {
@@ -348,7 +329,7 @@ RowMatrix<float> read_rows(GgmlType t, const std::vector<std::byte>& blocks, int
 }  // namespace
 
 std::string describe(const GgmlCacheTypes& t) {
-  return "ggml k=" + compress::ggml::lower_name(t.key) + " v=" + compress::ggml::lower_name(t.value);
+  return "ggml k=" + kernels::lower_name(t.key) + " v=" + kernels::lower_name(t.value);
 }
 
 std::span<const kernels::GgmlType> ggml_cache_types() { return kCacheTypes; }
@@ -361,8 +342,8 @@ BlockQuantizedKV::BlockQuantizedKV(int64_t head_dim, const GgmlCacheTypes& types
 void BlockQuantizedKV::append(std::span<const float> key, std::span<const float> value) {
   check_row(key, head_dim_, "key");
   check_row(value, head_dim_, "value");
-  write_row(types_.key, key.data(), head_dim_, keys_);
-  write_row(types_.value, value.data(), head_dim_, values_);
+  write_row(kernels::ggml_codec(types_.key), key.data(), head_dim_, keys_);
+  write_row(kernels::ggml_codec(types_.value), value.data(), head_dim_, values_);
   ++tokens_;
 }
 

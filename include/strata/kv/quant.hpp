@@ -125,8 +125,8 @@ std::string describe(const GgmlCacheTypes& t);
 // The types llama.cpp accepts for its cache: F32, F16, BF16, Q8_0, Q4_0, Q4_1, IQ4_NL, Q5_0, Q5_1.
 std::span<const kernels::GgmlType> ggml_cache_types();
 
-// A cache of one KV head in ggml block types: each token is a row of head_dim values, quantized with
-// compress::ggml::quantize_row (the bytes llama.cpp writes) and decoded with kernels::dequantize.
+// A cache of one KV head in ggml block types: each token is a row of head_dim values, written and
+// read by the ggml codec table (kernels::ggml_codec: the bytes llama.cpp writes).
 class BlockQuantizedKV {
  public:
   // head_dim must be a whole number of the types' blocks (32 for the quantized types).

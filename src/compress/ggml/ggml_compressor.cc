@@ -11,7 +11,7 @@
 #include "strata/compress/registry.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
-#include "strata/kernels/ggml_dequant.hpp"
+#include "strata/kernels/ggml_codec.hpp"
 
 namespace strata::compress {
 
@@ -148,11 +148,12 @@ class GgmlCompressor final : public WeightCompressor {
     // A named copy: clang before 16 cannot capture a structured binding in a lambda (the fuzz build).
     const auto t = stored_type;
     RowMatrix<float> w(c.rows, c.cols);
-    const uint64_t row_bytes = kernels::ggml_row_size(t, c.cols);
+    // stored_blocks() has checked the byte count against the shape: the unchecked row function is safe.
+    const kernels::GgmlCodec& codec = kernels::ggml_codec(t);
+    const uint64_t row_bytes = codec.row_bytes(c.cols);
     const std::byte* src = blocks->raw();
     parallel_for(c.rows, std::max<int64_t>(1, 65536 / c.cols), [&](int64_t r0, int64_t r1) {
-      kernels::dequantize(t, {src + static_cast<uint64_t>(r0) * row_bytes, static_cast<uint64_t>(r1 - r0) * row_bytes},
-                          w.data() + r0 * c.cols, (r1 - r0) * c.cols);
+      codec.dequantize_row(src + static_cast<uint64_t>(r0) * row_bytes, (r1 - r0) * c.cols, w.data() + r0 * c.cols);
     });
     return w;
   }

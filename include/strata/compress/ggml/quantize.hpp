@@ -20,7 +20,7 @@
 #include <string_view>
 #include <vector>
 
-#include "strata/kernels/ggml_blocks.hpp"
+#include "strata/kernels/ggml_codec.hpp"
 
 namespace strata::compress {
 struct Compressed;
@@ -30,14 +30,15 @@ namespace strata::compress::ggml {
 
 using kernels::GgmlType;
 
-// The types quantize() writes, in ascending bits per weight within each family.
+// The block types quantize() and the quant.ggml compressors write, in ascending bits per weight
+// within each family (the codec table also writes F32, F16 and BF16 rows, which are no compression).
 std::span<const GgmlType> quantizable_types();
 bool can_quantize(GgmlType t);
 // Parses a lowercase or uppercase type name ("q4_k"); throws strata::Error listing the quantizable
 // types when the name is unknown or the type cannot be written.
 GgmlType quantizable_type(std::string_view name);
-// "q4_k": the spelling knobs and metadata use.
-std::string lower_name(GgmlType t);
+// "q4_k": the spelling knobs and metadata use (kernels::lower_name).
+using kernels::lower_name;
 
 // The type llama.cpp writes when `wanted` does not fit a tensor whose rows have `cols` elements
 // (llama_tensor_get_type's fallback): `wanted` itself when cols is a multiple of its block size;
@@ -45,26 +46,9 @@ std::string lower_name(GgmlType t);
 // fit. Other types that do not fit throw strata::Error, as llama.cpp refuses them.
 GgmlType fallback_type(GgmlType wanted, int64_t cols);
 
-// ---- per-format row quantizers --------------------------------------------------------------------
-// x: n floats, n a multiple of the type's block size; y: n / block_size blocks; importance: n
-// values for the same columns, or nullptr. No checks here: quantize_row() and quantize() validate.
-void quantize_row_q4_0(const float* x, kernels::BlockQ4_0* y, int64_t n, const float* importance);
-void quantize_row_q4_1(const float* x, kernels::BlockQ4_1* y, int64_t n, const float* importance);
-void quantize_row_q5_0(const float* x, kernels::BlockQ5_0* y, int64_t n, const float* importance);
-void quantize_row_q5_1(const float* x, kernels::BlockQ5_1* y, int64_t n, const float* importance);
-void quantize_row_q8_0(const float* x, kernels::BlockQ8_0* y, int64_t n);
-void quantize_row_q2_k(const float* x, kernels::BlockQ2_K* y, int64_t n, const float* importance);
-void quantize_row_q3_k(const float* x, kernels::BlockQ3_K* y, int64_t n, const float* importance);
-void quantize_row_q4_k(const float* x, kernels::BlockQ4_K* y, int64_t n, const float* importance);
-void quantize_row_q5_k(const float* x, kernels::BlockQ5_K* y, int64_t n, const float* importance);
-void quantize_row_q6_k(const float* x, kernels::BlockQ6_K* y, int64_t n, const float* importance);
-void quantize_row_iq4_nl(const float* x, kernels::BlockIQ4_NL* y, int64_t n, const float* importance);
-
 // ---- checked entry points -----------------------------------------------------------------------
-// One row: x.size() elements into exactly ggml_row_size(t, x.size()) bytes. `importance` is empty or
-// has x.size() finite, non-negative values. Throws strata::Error naming the type when the type is not
-// quantizable, the row length is not a whole number of blocks, a size disagrees, or a value is NaN/Inf.
-void quantize_row(GgmlType t, std::span<const float> x, std::span<const float> importance, std::span<std::byte> out);
+// One row through the codec table: kernels::quantize_row (strata/kernels/ggml_codec.hpp).
+using kernels::quantize_row;
 
 // A row-major matrix [rows, cols] into rows * ggml_row_size(t, cols) bytes, the rows in parallel
 // (each row is independent, so the bytes do not depend on the thread count). `importance`: empty or

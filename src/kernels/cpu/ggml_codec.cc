@@ -1,0 +1,274 @@
+// The ggml codec table: one row per type, its row functions wrapping the per-format kernels of
+// ggml_quantize.cc and ggml_dequant.cc, and the checked entry points built on it.
+#include "strata/kernels/ggml_codec.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <vector>
+
+#include "kernels/cpu/ggml_rows.hpp"
+#include "strata/core/dtype.hpp"
+#include "strata/core/error.hpp"
+
+namespace strata::kernels {
+
+namespace {
+
+// ---- row functions ----------------------------------------------------------------------------------
+// The kernels read and write typed blocks. Tensor data in a GGUF file and the buffers strata
+// allocates are aligned, but bytes handed in from elsewhere (a fuzzer, a network buffer, a packed
+// cache) need not be; those are staged through aligned storage so that no block is accessed through
+// a misaligned pointer. The alignment test costs one branch per row, outside the kernels' loops.
+
+// Decodes `units` blocks (or single elements) of type Unit, each kPerUnit floats, from `in`.
+template <class Unit, int64_t kPerUnit, class Decode>
+void decode_units(const void* in, int64_t units, float* out, Decode decode) {
+  if (reinterpret_cast<std::uintptr_t>(in) % alignof(Unit) == 0) return decode(static_cast<const Unit*>(in), out, units);
+  constexpr int64_t kChunk = 64;
+  Unit staged[kChunk];
+  const auto* bytes = static_cast<const std::byte*>(in);
+  for (int64_t u = 0; u < units; u += kChunk) {
+    const int64_t m = std::min(kChunk, units - u);
+    std::memcpy(staged, bytes + u * static_cast<int64_t>(sizeof(Unit)), static_cast<std::size_t>(m) * sizeof(Unit));
+    decode(staged, out + u * kPerUnit, m);
+  }
+}
+
+template <class Block, void (*Decode)(const Block*, float*, int64_t), int64_t kPerBlock>
+void dequantize_blocks(const void* in, int64_t n, float* out) {
+  decode_units<Block, kPerBlock>(in, n / kPerBlock, out, Decode);
+}
+
+// Runs encode(units) on `out`, or on aligned storage copied to `out` when `out` is misaligned for Unit.
+template <class Unit, class Encode>
+void encode_units(void* out, int64_t units, Encode encode) {
+  if (reinterpret_cast<std::uintptr_t>(out) % alignof(Unit) == 0) return encode(static_cast<Unit*>(out));
+  std::vector<Unit> staged(static_cast<std::size_t>(units));
+  encode(staged.data());
+  std::memcpy(out, staged.data(), staged.size() * sizeof(Unit));
+}
+
+// A row is quantized in one call, never in pieces: the legacy types' imatrix path takes sigma^2
+// over the whole row.
+template <class Block, void (*Encode)(const float*, Block*, int64_t, const float*), int64_t kPerBlock>
+void quantize_blocks(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<Block>(out, n / kPerBlock, [&](Block* y) { Encode(x, y, n, importance); });
+}
+
+// F16 and BF16 through the SIMD converters (exact, identical to the scalar conversions).
+template <class Half, void (*Convert)(const Half*, float*, uint64_t)>
+void dequantize_halves(const void* in, int64_t n, float* out) {
+  decode_units<Half, 1>(in, n, out, [](const Half* h, float* y, int64_t m) { Convert(h, y, static_cast<uint64_t>(m)); });
+}
+
+template <class Half, void (*Convert)(const float*, Half*, uint64_t)>
+void quantize_halves(const float* x, int64_t n, void* out, const float* /*importance*/) {
+  encode_units<Half>(out, n, [&](Half* y) { Convert(x, y, static_cast<uint64_t>(n)); });
+}
+
+void quantize_f32(const float* x, int64_t n, void* out, const float* /*importance*/) {
+  std::memcpy(out, x, static_cast<std::size_t>(n) * sizeof(float));
+}
+void dequantize_f32(const void* in, int64_t n, float* out) {
+  std::memcpy(out, in, static_cast<std::size_t>(n) * sizeof(float));
+}
+
+// Integers and doubles, read element by element (memcpy: no alignment assumed) and converted as C does.
+template <class T>
+void dequantize_plain(const void* in, int64_t n, float* out) {
+  const auto* bytes = static_cast<const std::byte*>(in);
+  for (int64_t i = 0; i < n; ++i) {
+    T v;
+    std::memcpy(&v, bytes + i * static_cast<int64_t>(sizeof(T)), sizeof(T));
+    out[i] = static_cast<float>(v);
+  }
+}
+
+// ---- the table ----------------------------------------------------------------------------------------
+
+constexpr std::size_t kTypeCount = std::size(kGgmlTypes);
+
+struct RowFns {
+  GgmlType type;
+  QuantizeRowFn quantize;
+  DequantizeRowFn dequantize;
+};
+
+template <class Block, void (*Decode)(const Block*, float*, int64_t), void (*Encode)(const float*, Block*, int64_t, const float*),
+          GgmlType T>
+constexpr RowFns block_fns() {
+  constexpr int64_t bs = ggml_block_size(T);
+  static_assert(sizeof(Block) == ggml_type_size(T));
+  if constexpr (Encode == nullptr)
+    return {T, nullptr, &dequantize_blocks<Block, Decode, bs>};
+  else
+    return {T, &quantize_blocks<Block, Encode, bs>, &dequantize_blocks<Block, Decode, bs>};
+}
+
+// Types strata decodes and, where the second pointer is set, encodes. Every other known type gets a
+// row with both null.
+constexpr RowFns kRowFns[] = {
+    {GgmlType::F32, &quantize_f32, &dequantize_f32},
+    {GgmlType::F16, &quantize_halves<f16, convert_f32_to_f16>, &dequantize_halves<f16, convert_f16_to_f32>},
+    {GgmlType::BF16, &quantize_halves<bf16, convert_f32_to_bf16>, &dequantize_halves<bf16, convert_bf16_to_f32>},
+    {GgmlType::F64, nullptr, &dequantize_plain<double>},
+    {GgmlType::I8, nullptr, &dequantize_plain<int8_t>},
+    {GgmlType::I16, nullptr, &dequantize_plain<int16_t>},
+    {GgmlType::I32, nullptr, &dequantize_plain<int32_t>},
+    {GgmlType::I64, nullptr, &dequantize_plain<int64_t>},
+    block_fns<BlockQ4_0, detail::dequantize_q4_0, detail::quantize_row_q4_0, GgmlType::Q4_0>(),
+    block_fns<BlockQ4_1, detail::dequantize_q4_1, detail::quantize_row_q4_1, GgmlType::Q4_1>(),
+    block_fns<BlockQ5_0, detail::dequantize_q5_0, detail::quantize_row_q5_0, GgmlType::Q5_0>(),
+    block_fns<BlockQ5_1, detail::dequantize_q5_1, detail::quantize_row_q5_1, GgmlType::Q5_1>(),
+    block_fns<BlockQ8_0, detail::dequantize_q8_0, detail::quantize_row_q8_0, GgmlType::Q8_0>(),
+    block_fns<BlockQ2_K, detail::dequantize_q2_k, detail::quantize_row_q2_k, GgmlType::Q2_K>(),
+    block_fns<BlockQ3_K, detail::dequantize_q3_k, detail::quantize_row_q3_k, GgmlType::Q3_K>(),
+    block_fns<BlockQ4_K, detail::dequantize_q4_k, detail::quantize_row_q4_k, GgmlType::Q4_K>(),
+    block_fns<BlockQ5_K, detail::dequantize_q5_k, detail::quantize_row_q5_k, GgmlType::Q5_K>(),
+    block_fns<BlockQ6_K, detail::dequantize_q6_k, detail::quantize_row_q6_k, GgmlType::Q6_K>(),
+    block_fns<BlockQ8_K, detail::dequantize_q8_k, nullptr, GgmlType::Q8_K>(),
+    block_fns<BlockIQ4_NL, detail::dequantize_iq4_nl, detail::quantize_row_iq4_nl, GgmlType::IQ4_NL>(),
+    block_fns<BlockIQ4_XS, detail::dequantize_iq4_xs, nullptr, GgmlType::IQ4_XS>(),
+};
+
+constexpr std::array<GgmlCodec, kTypeCount> kCodecs = [] {
+  std::array<GgmlCodec, kTypeCount> rows{};
+  for (std::size_t i = 0; i < kTypeCount; ++i) {
+    const GgmlTypeTraits& t = kGgmlTypes[i];
+    rows[i] = {t.type, t.name, t.block_size, t.type_size, t.block_size > 1, nullptr, nullptr};
+    for (const RowFns& f : kRowFns) {
+      if (f.type == t.type) {
+        rows[i].quantize_row = f.quantize;
+        rows[i].dequantize_row = f.dequantize;
+      }
+    }
+  }
+  return rows;
+}();
+
+// Row index by type id; -1 for ids ggml does not define. Lookups are per call (per token in a KV
+// cache), so they index rather than search.
+constexpr uint32_t kIdLimit = [] {
+  uint32_t m = 0;
+  for (const auto& t : kGgmlTypes) m = std::max(m, static_cast<uint32_t>(t.type) + 1);
+  return m;
+}();
+constexpr std::array<int8_t, kIdLimit> kIndex = [] {
+  std::array<int8_t, kIdLimit> a{};
+  a.fill(-1);
+  for (std::size_t i = 0; i < kTypeCount; ++i) a[static_cast<uint32_t>(kCodecs[i].type)] = static_cast<int8_t>(i);
+  return a;
+}();
+
+static_assert(std::is_sorted(kCodecs.begin(), kCodecs.end(),
+                             [](const GgmlCodec& a, const GgmlCodec& b) { return a.type < b.type; }),
+              "kGgmlTypes is listed in type id order, and ggml_codecs() promises that order");
+
+std::string writable_types() {
+  std::ostringstream s;
+  for (const GgmlCodec& c : kCodecs)
+    if (c.can_quantize()) s << ' ' << lower_name(c.type);
+  return s.str();
+}
+
+}  // namespace
+
+const GgmlCodec* find_ggml_codec(uint32_t id) {
+  if (id >= kIdLimit || kIndex[id] < 0) return nullptr;
+  return &kCodecs[static_cast<std::size_t>(kIndex[id])];
+}
+
+const GgmlCodec& ggml_codec(GgmlType t) {
+  const GgmlCodec* c = find_ggml_codec(static_cast<uint32_t>(t));
+  require(c != nullptr, "ggml type id ", static_cast<uint32_t>(t), " is unknown");
+  return *c;
+}
+
+std::span<const GgmlCodec> ggml_codecs() { return kCodecs; }
+
+std::string lower_name(GgmlType t) {
+  std::string s(ggml_codec(t).name);
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::optional<GgmlType> ggml_type_from_name(std::string_view name) {
+  for (const auto& t : kGgmlTypes) {
+    if (t.name.size() != name.size()) continue;
+    bool same = true;
+    for (std::size_t i = 0; i < name.size() && same; ++i) {
+      const char a = t.name[i], b = name[i];
+      same = a == b || (a >= 'A' && a <= 'Z' && b == a - 'A' + 'a');
+    }
+    if (same) return t.type;
+  }
+  return std::nullopt;
+}
+
+bool ggml_can_dequantize(GgmlType t) {
+  const GgmlCodec* c = find_ggml_codec(static_cast<uint32_t>(t));
+  return c != nullptr && c->can_dequantize();
+}
+
+uint64_t ggml_nbytes(GgmlType t, int64_t n) {
+  const auto* traits = ggml_type_traits(static_cast<uint32_t>(t));
+  require(traits != nullptr, "ggml type id ", static_cast<uint32_t>(t), " is unknown");
+  require(n >= 0, traits->name, ": negative element count ", n);
+  require(n % traits->block_size == 0, traits->name, ": ", n, " elements are not a whole number of ",
+          traits->block_size, "-element blocks");
+  const uint64_t blocks = static_cast<uint64_t>(n) / traits->block_size;
+  require(blocks <= std::numeric_limits<uint64_t>::max() / traits->type_size, traits->name, ": ", n,
+          " elements overflow a byte count");
+  return blocks * traits->type_size;
+}
+
+void dequantize(GgmlType t, std::span<const std::byte> blocks, float* out, int64_t n) {
+  const GgmlCodec* c = find_ggml_codec(static_cast<uint32_t>(t));
+  require(c != nullptr, "dequantize: ggml type id ", static_cast<uint32_t>(t), " is unknown");
+  require(c->can_dequantize(), "dequantize: type ", c->name, " is not supported");
+  const uint64_t want = c->row_bytes(n);
+  require(blocks.size() == want, "dequantize ", c->name, ": ", n, " elements need ", want, " bytes, got ",
+          blocks.size());
+  if (n == 0) return;  // `out` may then be null, which memcpy must never see
+  c->dequantize_row(blocks.data(), n, out);
+}
+
+void quantize_row(GgmlType t, std::span<const float> x, std::span<const float> importance, std::span<std::byte> out) {
+  const GgmlCodec& c = ggml_codec(t);
+  require(c.can_quantize(), "ggml quantize: type ", c.name, " is not quantizable (supported:", writable_types(), ")");
+  const int64_t n = static_cast<int64_t>(x.size());
+  detail::check_row_args(c, n, importance);
+  const uint64_t bytes = c.row_bytes(n);
+  require(out.size() == bytes, "ggml quantize ", lower_name(t), ": a row of ", n, " needs ", bytes,
+          " bytes of output, got ", out.size());
+  detail::check_finite(x.data(), n, "weight", t, 0);
+  c.quantize_row(x.data(), n, out.data(), importance.empty() ? nullptr : importance.data());
+}
+
+void detail::check_finite(const float* x, int64_t n, const char* what, GgmlType t, int64_t row) {
+  bool ok = true;
+  for (int64_t j = 0; j < n; ++j) ok &= std::isfinite(x[j]);
+  if (ok) return;
+  for (int64_t j = 0; j < n; ++j)
+    require(std::isfinite(x[j]), "ggml quantize ", lower_name(t), ": ", what, " value ", x[j], " at row ", row,
+            ", column ", j);
+}
+
+void detail::check_row_args(const GgmlCodec& c, int64_t n, std::span<const float> importance) {
+  require(n > 0 && n % c.block_size == 0, "ggml quantize ", lower_name(c.type), ": row length ", n,
+          " is not a positive multiple of the block size ", c.block_size);
+  if (importance.empty()) return;
+  require(static_cast<int64_t>(importance.size()) == n, "ggml quantize ", lower_name(c.type), ": importance has ",
+          importance.size(), " values for rows of ", n);
+  check_finite(importance.data(), n, "importance", c.type, 0);
+  for (int64_t j = 0; j < n; ++j)
+    require(importance[static_cast<std::size_t>(j)] >= 0, "ggml quantize ", lower_name(c.type), ": negative importance ",
+            importance[static_cast<std::size_t>(j)], " at column ", j);
+}
+
+}  // namespace strata::kernels
