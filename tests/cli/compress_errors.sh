@@ -48,6 +48,19 @@ expect_refusal gguf_cannot_hold "which GGUF cannot hold" "$smol" --recipe "$work
 expect_refusal impossible_budget "is impossible" "$smol" --preset gguf --bpw 3.5
 expect_refusal impossible_bytes "is impossible" "$smol" --preset gguf --bytes 1000
 expect_refusal unknown_preset "gguf" "$smol" --preset nope
+# Typos in requests are refused before the model is read, let alone calibrated (which takes minutes).
+expect_quick_refusal() {
+  local name="$1" start=$SECONDS
+  expect_refusal "$@"
+  if [ $((SECONDS - start)) -gt 20 ]; then
+    echo "FAIL $name: took $((SECONDS - start)) s, not refused before the work"; failures=$((failures + 1))
+  fi
+}
+expect_quick_refusal solver_typo "gredy" "$smol" --preset gguf --solver gredy
+expect_quick_refusal like_unknown_type "q3_kk" "$smol" --preset gguf --like q3_kk
+expect_quick_refusal like_unknown_method "quant.nope" "$smol" --preset gguf --like quant.nope:bits=3
+expect_quick_refusal compare_unknown "q9_k" "$smol" --preset gguf --compare q2_k,q9_k
+expect_quick_refusal error_without_cap "max" "$smol" --preset gguf --solver error
 if [ -f "$shared/models/stories260K/stories260K.bin" ]; then
   expect_refusal no_tokenizer "no tokenizer" "$shared/models/stories260K/stories260K.bin" --preset gguf
 fi

@@ -11,13 +11,13 @@
 #include <sstream>
 
 #include "commands.hpp"
-#include "pipeline.hpp"
 #include "progress.hpp"
 #include "report.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
 #include "strata/io/gguf.hpp"
 #include "strata/io/mapped_file.hpp"
+#include "strata/pipeline/pipeline.hpp"
 
 namespace strata::cli {
 
@@ -56,23 +56,6 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
-std::pair<std::string, std::string> method_knob(const std::string& request) {
-  const auto colon = request.find(':');
-  if (colon == std::string::npos) return {"quant.ggml", request};
-  require(colon > 0 && colon + 1 < request.size(), "'", request, "': expected METHOD:KNOB or a ggml type");
-  return {request.substr(0, colon), request.substr(colon + 1)};
-}
-
-enum class OutputKind { none, gguf, safetensors };
-
-OutputKind output_kind(const std::string& out) {
-  if (out.empty()) return OutputKind::none;
-  const std::string ext = std::filesystem::path(out).extension().string();
-  if (ext == ".gguf") return OutputKind::gguf;
-  if (ext == ".safetensors") return OutputKind::safetensors;
-  fail("output '", out, "': the extension must be .gguf (ggml types, for llama.cpp) or .safetensors (any method)");
-}
-
 void require_writable_dir(const std::string& file, const char* what) {
   if (file.empty()) return;
   std::filesystem::path dir = std::filesystem::path(file).parent_path();
@@ -99,61 +82,6 @@ budget::Recipe load_recipe(const Options& o) {
   return r;
 }
 
-// The cheapest total cost the recipe allows, from the compressors' exact costs alone: an impossible
-// budget is refused before anything expensive runs.
-double cheapest_cost(const DenseModel& dense, const budget::Recipe& recipe, budget::Metric metric) {
-  double total = 0;
-  for (const auto& [tensor, params] : covered_tensors(dense, recipe)) {
-    const budget::Rule& rule = *recipe.rule_for(tensor);
-    const auto [rows, cols] = weight_shape(*dense.model, tensor);
-    const RowMatrix<float> shape_only(rows, cols);  // cost() reads only the shape
-    const compress::Layer layer{tensor, &shape_only};
-    double best = std::numeric_limits<double>::infinity();
-    std::vector<budget::MethodSpec> specs = rule.methods;
-    if (rule.pin) {
-      const auto [m, k] = method_knob(*rule.pin);
-      specs = {budget::MethodSpec{m, {k}}};
-    }
-    for (const auto& spec : specs) {
-      const auto& c = compress::find_compressor(spec.compressor);
-      const auto knobs = spec.knobs.empty() ? c.knobs(layer) : spec.knobs;
-      for (const auto& k : knobs) {
-        budget::Candidate cand;
-        cand.cost = c.cost(layer, effective_knob(spec.compressor, k, cols));
-        best = std::min(best, cand.cost_of(metric));
-      }
-    }
-    total += best;
-  }
-  return total;
-}
-
-struct Solved {
-  budget::Plan plan;
-  std::optional<budget::EvolveResult> evolved;
-};
-
-budget::Constraint constraint_for(const Options& o, const budget::Recipe& recipe, const budget::Table& table,
-                                  const DenseModel& dense) {
-  int given = (o.bpw ? 1 : 0) + (o.bytes ? 1 : 0) + (o.like.empty() ? 0 : 1);
-  require(given <= 1, "give at most one of --bpw, --bytes and --like");
-  if (o.bpw) return budget::bits_per_weight(table, *o.bpw);
-  if (o.bytes) return {budget::Metric::bytes, *o.bytes};
-  if (!o.like.empty()) {
-    const auto [m, k] = method_knob(o.like);
-    return {budget::Metric::bytes, uniform_plan(table, m, k, *dense.model).total_cost().bytes};
-  }
-  if (recipe.like) {
-    const auto [m, k] = method_knob(*recipe.like);
-    return {budget::Metric::bytes, uniform_plan(table, m, k, *dense.model).total_cost().bytes};
-  }
-  if (recipe.bits_per_weight) return budget::bits_per_weight(table, *recipe.bits_per_weight);
-  if (recipe.bytes) return {budget::Metric::bytes, *recipe.bytes};
-  if (recipe.params) return {budget::Metric::params, *recipe.params};
-  if (recipe.flops) return {budget::Metric::flops, *recipe.flops};
-  fail("recipe '", recipe.name, "' sets no budget: give --bpw, --bytes or --like");
-}
-
 std::string describe(const budget::Constraint& c, const budget::Table& table) {
   std::ostringstream o;
   if (c.metric == budget::Metric::bytes)
@@ -162,15 +90,6 @@ std::string describe(const budget::Constraint& c, const budget::Table& table) {
   else
     o << c.budget << " " << budget::metric_name(c.metric);
   return o.str();
-}
-
-budget::Plan solve_plain(const budget::Table& table, const budget::Constraint& c, const std::string& solver,
-                         const Options& o) {
-  if (solver == "error") {
-    require(o.max_error.has_value(), "solver 'error' needs --max-error");
-    return budget::solve_error_constrained(table, c.metric, *o.max_error);
-  }
-  return budget::solve(table, c, budget::parse_solver(solver));
 }
 
 void print_plan(const budget::Plan& plan, const budget::Table& table) {
@@ -183,51 +102,50 @@ void print_plan(const budget::Plan& plan, const budget::Table& table) {
   std::printf("\n");
 }
 
+budget::Table read_table(const std::string& path) {
+  std::ifstream in(path);
+  require(static_cast<bool>(in), path, ": cannot read");
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const std::exception& e) {
+    fail(path, ": not JSON: ", e.what());
+  }
+  return budget::Table::from_json(j);
+}
+
+VariantResult to_row(const pipeline::Variant& v) {
+  VariantResult r;
+  r.label = v.label;
+  r.bytes = v.bytes;
+  r.bits_per_weight = v.bits_per_weight;
+  r.perplexity = v.result.model.perplexity;
+  r.mean_kl = v.result.mean_kl;
+  r.p99_kl = v.result.p99_kl;
+  r.top1 = v.result.top1_agreement;
+  r.predicted_error = v.plan.total_error();
+  return r;
+}
+
 void run(const Options& o, bool compress_model) {
   const auto t0 = Clock::now();
   if (o.threads > 0) set_num_threads(static_cast<int>(o.threads));
+  const auto progress = stage_bars();
   Report report;
-  // ---- everything that can be refused cheaply is refused before calibration ----
-  const OutputKind kind = output_kind(o.out);
-  require(!compress_model || kind != OutputKind::none, "strata compress needs --out FILE.gguf|FILE.safetensors");
+  // ---- everything that can be refused cheaply is refused before the model is read ----
+  require(!compress_model || !o.out.empty(), "strata compress needs --out FILE.gguf|FILE.safetensors");
   require_writable_dir(o.out, "output");
   require_writable_dir(o.plan_out, "plan output");
   require_writable_dir(o.table_out, "table output");
   const budget::Recipe recipe = load_recipe(o);
-  if (kind == OutputKind::gguf)
-    for (const auto& rule : recipe.rules) {
-      for (const auto& m : rule.methods)
-        require(m.compressor.rfind("quant.ggml", 0) == 0, "recipe '", recipe.name, "': rule '", rule.match,
-                "' allows ", m.compressor, ", which GGUF cannot hold; write .safetensors or use ggml types only");
-      if (rule.pin)
-        require(method_knob(*rule.pin).first.rfind("quant.ggml", 0) == 0, "recipe '", recipe.name, "': rule '",
-                rule.match, "' pins ", *rule.pin, ", which GGUF cannot hold");
-    }
+  pipeline::PlanOptions plan_options = pipeline::PlanOptions::from(recipe);
+  plan_options.max_error = o.max_error;
+  plan_options.check();
+  const pipeline::BudgetRequest request{o.bpw, o.bytes, o.like};
+  for (const auto& l : split_list(o.compare)) pipeline::parse_request(l);
+  if (!o.like.empty()) pipeline::parse_request(o.like);
   std::optional<budget::Plan> given_plan;
   if (!o.plan_in.empty()) given_plan = budget::Plan::load(o.plan_in);
-
-  const DenseModel dense = load_dense(o.model);
-  if (kind == OutputKind::gguf)
-    require(dense.file->format() == io::FileFormat::gguf, o.model, ": writing GGUF needs a GGUF source model");
-  report.model = o.model;
-  report.recipe = recipe.name;
-  std::printf("model: %s (%lld layers, dim %lld, vocab %lld)\n", o.model.c_str(),
-              static_cast<long long>(dense.model->config().n_layers), static_cast<long long>(dense.model->config().dim),
-              static_cast<long long>(dense.model->config().vocab_size));
-  if (!given_plan) {
-    const double cheapest = cheapest_cost(dense, recipe, budget::Metric::bytes);
-    if (o.bytes) require(*o.bytes >= cheapest, "budget of ", *o.bytes, " bytes is impossible: recipe '", recipe.name,
-                         "' cannot go below ", static_cast<uint64_t>(cheapest), " bytes");
-    if (o.bpw || (!o.bytes && o.like.empty() && !recipe.like && recipe.bits_per_weight)) {
-      int64_t params = 0;
-      for (const auto& [t, p] : covered_tensors(dense, recipe)) params += p;
-      const double bpw = o.bpw ? *o.bpw : *recipe.bits_per_weight;
-      require(bpw * static_cast<double>(params) / 8.0 >= cheapest, "budget of ", bpw,
-              " bits per weight is impossible: recipe '", recipe.name, "' cannot go below ",
-              8.0 * cheapest / static_cast<double>(params), " bits per weight on this model (",
-              static_cast<double>(params) / 1e6, "M weights covered)");
-    }
-  }
   require(!recipe.calib_text.empty(), "no calibration text: give --calib-text FILE (or set it in the recipe)");
   const nn::TextSlice calib_slice = nn::TextSlice::parse(recipe.calib_text, recipe.calib_slice);
   std::optional<nn::TextSlice> eval_slice;
@@ -238,37 +156,45 @@ void run(const Options& o, bool compress_model) {
             eval_slice->describe(), ") overlap");
   }
 
-  // ---- calibrate, measure, solve ----
+  const pipeline::Model model = pipeline::Model::load(o.model, /*need_tokenizer=*/true);
+  if (!o.out.empty()) pipeline::check_output(model, recipe, o.out);
+  if (!given_plan) pipeline::check_budget(model, recipe, request);
+  report.model = o.model;
+  report.recipe = recipe.name;
+  std::printf("model: %s (%lld layers, dim %lld, vocab %lld)\n", o.model.c_str(),
+              static_cast<long long>(model.dense->config().n_layers), static_cast<long long>(model.dense->config().dim),
+              static_cast<long long>(model.dense->config().vocab_size));
+
+  // ---- calibrate, measure, plan ----
   auto t = Clock::now();
-  const auto calib = calibrate_on(dense, calib_slice, recipe.calib_sequences, recipe.calib_length);
+  const pipeline::Calibration calib =
+      pipeline::calibrate(model, calib_slice, {recipe.calib_sequences, recipe.calib_length, {}}, progress);
   report.seconds.emplace_back("calibration", since(t));
-  report.calibration = calib_slice.describe() + ", " + std::to_string(recipe.calib_sequences) + " x " +
-                       std::to_string(recipe.calib_length) + " tokens";
-  LayerBank bank(*dense.model, calib->stats, dense.file->find("output.weight") == nullptr);
+  report.calibration = calib.source;
+  pipeline::LayerBank bank(model, &calib.stats);
 
   budget::Table table;
   budget::Plan plan;
   std::optional<budget::Constraint> constraint;
-  std::unique_ptr<Judge> probe;
+  std::unique_ptr<nn::KlEvaluator> probe;
+  auto make_probe = [&] {
+    if (probe) return;
+    // KL to the dense model on the first calibration windows: the statistics are averages over many
+    // tokens, so reusing a few of them costs little and keeps the evaluation text untouched.
+    std::vector<std::vector<int32_t>> windows;
+    for (int64_t i = 0; i < o.probe_windows && i < static_cast<int64_t>(calib.sequences.size()); ++i) {
+      const auto& s = calib.sequences[static_cast<size_t>(i)];
+      windows.emplace_back(s.begin(), s.begin() + std::min<int64_t>(o.probe_length, static_cast<int64_t>(s.size())));
+    }
+    probe = std::make_unique<nn::KlEvaluator>(*model.dense, windows, /*keep_hidden=*/true);
+  };
   if (given_plan) {
     plan = *given_plan;
     report.solver = "plan from " + o.plan_in;
     report.budget = "as planned";
   } else {
     t = Clock::now();
-    if (!o.table_in.empty()) {
-      std::ifstream in(o.table_in);
-      require(static_cast<bool>(in), o.table_in, ": cannot read");
-      nlohmann::json j;
-      try {
-        in >> j;
-      } catch (const std::exception& e) {
-        fail(o.table_in, ": not JSON: ", e.what());
-      }
-      table = budget::Table::from_json(j);
-    } else {
-      table = build_candidates(dense, recipe, bank);
-    }
+    table = o.table_in.empty() ? pipeline::measure(model, recipe, bank, {}, progress) : read_table(o.table_in);
     report.seconds.emplace_back("measuring options", since(t));
     if (!o.table_out.empty()) {
       io::AtomicFileWriter w(o.table_out);
@@ -276,71 +202,38 @@ void run(const Options& o, bool compress_model) {
       w.write(s.data(), s.size());
       w.commit();
     }
-    auto make_probe = [&] {
-      if (probe) return;
-      // KL to the dense model on the first calibration windows: the statistics are averages over
-      // many tokens, so reusing a few of them costs little and keeps the evaluation text untouched.
-      std::vector<std::vector<int32_t>> windows;
-      for (int64_t i = 0; i < o.probe_windows && i < static_cast<int64_t>(calib->sequences.size()); ++i) {
-        const auto& s = calib->sequences[static_cast<size_t>(i)];
-        windows.emplace_back(s.begin(), s.begin() + std::min<int64_t>(o.probe_length, static_cast<int64_t>(s.size())));
-      }
-      probe = std::make_unique<Judge>(*dense.model, windows);
-    };
     if (recipe.error_mode == "kl") {
       t = Clock::now();
       make_probe();
-      const auto sens = weight_errors_by_kl(table, *dense.model, bank, *probe);
+      pipeline::weigh_by_kl(table, bank, *probe, progress);
       report.seconds.emplace_back("measuring sensitivities", since(t));
       report.notes.push_back("errors are relative output errors scaled per layer by a measured KL sensitivity (" +
                              std::to_string(probe->tokens()) + " probe tokens)");
     }
-    constraint = constraint_for(o, recipe, table, dense);
-    const budget::Table front = table.pareto(constraint->metric);
+    constraint = pipeline::resolve_budget(model, recipe, table, request);
     report.budget = describe(*constraint, table);
     std::printf("budget: %s\n", report.budget.c_str());
     t = Clock::now();
-    plan = solve_plain(front, *constraint, recipe.solver, o);
-    report.solver = recipe.solver;
-    report.seconds.emplace_back("solving", since(t));
-    print_plan(plan, table);
-    if (recipe.evolve) {
-      t = Clock::now();
-      make_probe();
-      auto fitness = [&](const budget::Plan& p) { return probe->kl(apply_plan(*dense.model, p, bank)); };
-      // Start from the best of the per-layer-error solvers, as measured.
-      budget::Plan start = plan;
-      double start_fit = fitness(plan);
-      for (const char* s : {"greedy", "dp", "minimax"}) {
-        if (s == recipe.solver) continue;
-        budget::Plan alt = budget::solve(front, *constraint, budget::parse_solver(s));
-        const double f = fitness(alt);
-        std::printf("probe KL: %s %.5f (%s %.5f)\n", s, f, start.solver.c_str(), start_fit);
-        if (f < start_fit) {
-          start = alt;
-          start_fit = f;
-        }
-      }
-      budget::EvolveOptions eo;
-      eo.generations = recipe.generations;
-      eo.offspring = recipe.offspring;
-      eo.seed = recipe.seed;
-      Progress bar("evolutionary search", eo.generations);
-      eo.progress = [&](int g, double) { bar.update(g + 1); };
-      budget::EvolveResult er = budget::evolve(front, *constraint, start, fitness, eo);
-      report.evolve = {{"start_solver", start.solver}, {"start_fitness", er.start_fitness},
+    if (plan_options.evolve) make_probe();
+    pipeline::PlanResult solved = pipeline::plan(table, *constraint, plan_options, bank, probe.get(), progress);
+    plan = std::move(solved.plan);
+    report.solver = plan.solver;
+    report.seconds.emplace_back(solved.evolved ? "solving and evolutionary search" : "solving", since(t));
+    for (const auto& [s, kl] : solved.probe_kl) std::printf("probe KL: %s %.5f\n", s.c_str(), kl);
+    if (solved.evolved) {
+      const budget::EvolveResult& er = *solved.evolved;
+      report.evolve = {{"start_solver", solved.start_solver}, {"start_fitness", er.start_fitness},
                        {"best_fitness", er.best_fitness}, {"evaluations", er.evaluations},
-                       {"generations", eo.generations}, {"offspring", eo.offspring},
+                       {"generations", plan_options.evolve_options.generations},
+                       {"offspring", plan_options.evolve_options.offspring},
+                       {"max_swaps", plan_options.evolve_options.max_swaps},
                        {"probe_tokens", probe->tokens()}, {"history", er.history}};
       std::printf("evolutionary search: probe KL %.5f -> %.5f (%d evaluations)\n", er.start_fitness, er.best_fitness,
                   er.evaluations);
-      report.seconds.emplace_back("evolutionary search", since(t));
-      report.notes.push_back("the evolutionary search started from the " + start.solver +
+      report.notes.push_back("the evolutionary search started from the " + solved.start_solver +
                              " plan, the best of the per-layer-error solvers on the probe");
-      plan = er.best;
-      plan.solver = "evolve (from " + start.solver + ")";
-      report.solver = plan.solver;
     }
+    print_plan(plan, table);
   }
   const std::string plan_out = !o.plan_out.empty() ? o.plan_out : (compress_model ? o.out + ".plan.json" : "");
   require(!plan_out.empty(), "strata plan needs --out PLAN.json");
@@ -350,123 +243,66 @@ void run(const Options& o, bool compress_model) {
   // ---- apply and write ----
   if (compress_model) {
     t = Clock::now();
-    compress::LayerMap layers;
-    {
-      Progress bar("compressing", static_cast<int64_t>(plan.choices.size()));
-      int64_t done = 0;
-      for (const auto& ch : plan.choices) {
-        layers.emplace(ch.tensor, copy_of(bank.compressed(ch.tensor, ch.method, ch.knob)));
-        bar.update(++done);
-      }
-    }
-    const std::vector<std::pair<std::string, std::string>> extra = {{"strata.plan", plan.to_json().dump()}};
-    if (kind == OutputKind::gguf) {
-      const io::GgufFile src = io::GgufFile::open(o.model);
-      const auto info = compress::write_gguf(src, layers, o.out, extra);
-      report.output_bytes = info.file_bytes;
-      std::printf("wrote %s: %.2f MiB (tensors %.2f MiB + %llu bytes of metadata), llama.cpp file type %d\n",
-                  o.out.c_str(), static_cast<double>(info.file_bytes) / (1024.0 * 1024.0),
-                  static_cast<double>(info.tensor_bytes) / (1024.0 * 1024.0),
-                  static_cast<unsigned long long>(info.overhead_bytes), info.file_type);
-    } else {
-      compress::write_strata_safetensors(*dense.file, layers, o.out, {{"strata.plan", plan.to_json().dump()}});
-      report.output_bytes = std::filesystem::file_size(o.out);
-      std::printf("wrote %s: %.2f MiB\n", o.out.c_str(), static_cast<double>(report.output_bytes) / (1024.0 * 1024.0));
-    }
+    const pipeline::Written w = pipeline::write(model, pipeline::compressed_layers(plan, bank, progress), o.out, plan);
+    report.output_bytes = w.file_bytes;
     report.output = o.out;
+    std::printf("wrote %s: %.2f MiB (tensors %.2f MiB + %llu bytes of metadata)", o.out.c_str(),
+                static_cast<double>(w.file_bytes) / (1024.0 * 1024.0),
+                static_cast<double>(w.tensor_bytes) / (1024.0 * 1024.0),
+                static_cast<unsigned long long>(w.overhead_bytes));
+    if (w.file_type >= 0) std::printf(", llama.cpp file type %d", w.file_type);
+    std::printf("\n");
     report.seconds.emplace_back("compressing and writing", since(t));
   }
   if (o.no_eval) return;
 
   // ---- evaluate and report ----
   t = Clock::now();
-  const auto eval_tokens = nn::tokenize_slice(*dense.tokenizer, *eval_slice, o.eval_tokens);
+  const auto eval_tokens = nn::tokenize_slice(*model.tokenizer, *eval_slice, o.eval_tokens);
   const int64_t n_windows = static_cast<int64_t>(eval_tokens.size()) / o.context;
   require(n_windows >= 1, "evaluation slice ", eval_slice->describe(), " has ", eval_tokens.size(),
           " tokens, fewer than one window of ", o.context);
   const auto windows = nn::cut_sequences(eval_tokens, n_windows, o.context, -1);
-  const Judge judge(*dense.model, windows);
+  const nn::KlEvaluator judge(*model.dense, windows);
   report.evaluation = eval_slice->describe() + ", " + std::to_string(judge.tokens()) + " scored tokens in " +
                       std::to_string(n_windows) + " windows of " + std::to_string(o.context);
+  std::vector<std::string> likes = split_list(o.compare);
+  if (!o.like.empty() && std::find(likes.begin(), likes.end(), o.like) == likes.end()) likes.push_back(o.like);
+  pipeline::EvaluateOptions eo;
+  eo.compare = likes;
+  eo.solver = recipe.solver;
+  std::printf("evaluating on %s\n", report.evaluation.c_str());
+  const pipeline::Evaluation ev =
+      pipeline::evaluate(plan, bank, judge, given_plan ? nullptr : &table, eo, progress);
+  report.dense_perplexity = ev.dense_perplexity;
+  for (const auto& n : ev.notes) report.notes.push_back(n);
+  for (const auto& v : ev.variants)
+    std::printf("  %-44s %8.3f bpw  ppl %8.3f  KL %.5f\n", v.label.c_str(), v.bits_per_weight,
+                v.result.model.perplexity, v.result.mean_kl);
+  report.variants.push_back(to_row(ev.variants.front()));
   int64_t params = 0;
   for (const auto& ch : plan.choices) {
-    const auto [rows, cols] = weight_shape(*dense.model, ch.tensor);
+    const auto [rows, cols] = model.weight_shape(ch.tensor);
     params += rows * cols;
   }
   report.params = params;
-  // One judgement per variant: the plan, then a uniform and an allocated plan per --compare request.
-  std::vector<std::string> likes = split_list(o.compare);
-  if (!o.like.empty() && std::find(likes.begin(), likes.end(), o.like) == likes.end()) likes.push_back(o.like);
-  Progress eval_bar("evaluating", given_plan ? 1 : 1 + 2 * static_cast<int64_t>(likes.size()));
-  int64_t judged = 0;
-  auto measure = [&](const budget::Plan& p, const std::string& label) {
-    const Judgement j = judge(apply_plan(*dense.model, p, bank));
-    eval_bar.update(++judged);
-    report.dense_perplexity = j.dense_perplexity;
-    VariantResult v;
-    v.label = label;
-    v.bytes = p.total_cost().bytes;
-    v.bits_per_weight = p.bits_per_weight(params);
-    v.perplexity = j.perplexity;
-    v.mean_kl = j.mean_kl;
-    v.p99_kl = j.p99_kl;
-    v.top1 = j.top1;
-    v.predicted_error = p.total_error();
-    std::printf("  %-44s %8.3f bpw  ppl %8.3f  KL %.5f\n", label.c_str(), v.bits_per_weight, v.perplexity, v.mean_kl);
-    return v;
-  };
-  std::printf("evaluating on %s\n", report.evaluation.c_str());
-  report.variants.push_back(measure(plan, "allocated (" + report.solver + ")"));
-  if (!given_plan) {
-    // Uniform requests for the curve, and the one of the plan's size for the headline comparison.
-    struct Sized {
-      std::string like;
-      budget::Plan uniform;
-    };
-    std::vector<Sized> sized;
-    for (const auto& l : likes) {
-      const auto [m, k] = method_knob(l);
-      try {
-        sized.push_back({l, uniform_plan(table, m, k, *dense.model)});
-      } catch (const Error& e) {
-        report.notes.push_back(std::string("no uniform point for ") + l + ": " + e.what());
-      }
-    }
-    std::sort(sized.begin(), sized.end(),
-              [](const Sized& a, const Sized& b) { return a.uniform.total_cost().bytes < b.uniform.total_cost().bytes; });
-    const budget::Table front = table.pareto(budget::Metric::bytes);
-    for (const auto& s : sized) {
-      const VariantResult u = measure(s.uniform, "uniform " + s.like);
-      const budget::Constraint c{budget::Metric::bytes, s.uniform.total_cost().bytes};
-      budget::Plan a;
-      try {
-        a = budget::solve(front, c, budget::parse_solver(recipe.solver == "error" ? "greedy" : recipe.solver));
-      } catch (const Error& e) {
-        report.notes.push_back("allocation at the size of " + s.like + " failed: " + e.what());
-        continue;
-      }
-      const VariantResult v = measure(a, "allocated at the size of " + s.like);
-      report.curve.push_back({s.like, u.bits_per_weight, u.mean_kl, v.bits_per_weight, v.mean_kl});
-      // The uniform plan the budget was sized by (or that happens to match it) joins the headline table.
-      const double budget_bytes = constraint && constraint->metric == budget::Metric::bytes ? constraint->budget
-                                                                                            : plan.total_cost().bytes;
-      if (std::abs(u.bytes - budget_bytes) <= 0.5 * 0.001 * u.bytes) report.variants.push_back(u);
-    }
+  // Variants after the plan come in pairs: uniform, then allocated at its size.
+  const double budget_bytes =
+      constraint && constraint->metric == budget::Metric::bytes ? constraint->budget : plan.total_cost().bytes;
+  for (size_t i = 1; i + 1 < ev.variants.size(); i += 2) {
+    const pipeline::Variant& u = ev.variants[i];
+    const pipeline::Variant& a = ev.variants[i + 1];
+    report.curve.push_back({u.label.substr(std::string("uniform ").size()), u.bits_per_weight, u.result.mean_kl,
+                            a.bits_per_weight, a.result.mean_kl});
+    // The uniform plan the budget was sized by (or that happens to match it) joins the headline table.
+    if (std::abs(u.bytes - budget_bytes) <= 0.5 * 0.001 * u.bytes) report.variants.push_back(to_row(u));
   }
   report.seconds.emplace_back("evaluation", since(t));
 
   // Per tensor: the predicted error (calibration inputs) next to the error on held-out inputs.
   t = Clock::now();
-  nn::Calibration held_out;
-  size_t next = 0;
-  nn::calibrate(*dense.model,
-                [&](std::vector<int32_t>& s) {
-                  if (next == windows.size()) return false;
-                  s = windows[next++];
-                  return true;
-                },
-                held_out);
-  std::vector<double> predicted(plan.choices.size());
+  const pipeline::Calibration held_out = pipeline::calibrate(model, windows);
+  const std::vector<double> measured = pipeline::held_out_errors(plan, bank, held_out.stats);
   for (size_t i = 0; i < plan.choices.size(); ++i) {
     const auto& ch = plan.choices[i];
     TensorRow row;
@@ -474,19 +310,15 @@ void run(const Options& o, bool compress_model) {
     row.method = ch.method;
     row.knob = ch.knob;
     row.bytes = ch.cost.bytes;
-    const RowMatrix<float>& w = bank.weight(ch.tensor);
-    row.bits_per_weight = 8.0 * ch.cost.bytes / static_cast<double>(w.size());
+    const auto [rows, cols] = model.weight_shape(ch.tensor);
+    row.bits_per_weight = 8.0 * ch.cost.bytes / static_cast<double>(rows * cols);
     row.predicted_error = ch.predicted_error;
-    row.measured_error = std::numeric_limits<double>::quiet_NaN();
-    if (held_out.has(ch.tensor)) {
-      const Matrix<double> h = held_out.stats(ch.tensor).hessian();
-      const auto& c = bank.compressed(ch.tensor, ch.method, ch.knob);
-      row.measured_error = compress::output_error(w, compress::find_compressor(ch.method).reconstruct(c), &h);
-    }
+    row.measured_error = measured[i];
     report.tensors.push_back(row);
   }
   report.seconds.emplace_back("held-out layer errors", since(t));
   report.seconds.emplace_back("total", since(t0));
+  report.peak_resident_bytes = pipeline::peak_resident_bytes();
   const std::string dir = !o.report_dir.empty() ? o.report_dir : (o.out.empty() ? "strata-report" : o.out + ".report");
   write_report(report, dir);
   std::printf("\n%s\nreport: %s/report.md (plots: allocation.png, rate_distortion.png)\n",

@@ -15,6 +15,7 @@
 #include "strata/nn/eval.hpp"
 #include "strata/nn/llama.hpp"
 #include "strata/nn/tokenizer.hpp"
+#include "strata/pipeline/pipeline.hpp"
 
 namespace strata::cli {
 
@@ -62,10 +63,9 @@ void register_sweep(CLI::App& app) {
       specs.push_back(parse_method(m));
       compress::find_compressor(specs.back().compressor);  // fail early on a typo
     }
-    const auto file = io::open_model(model);
-    const nn::LlamaModel dense = nn::LlamaModel::load(*file);
-    require(file->metadata().contains("tokenizer.ggml.tokens"), model, ": no tokenizer in the file");
-    const nn::BpeTokenizer tok = nn::BpeTokenizer::from_model(*file);
+    const pipeline::Model m = pipeline::Model::load(model, /*need_tokenizer=*/true);
+    const nn::LlamaModel& dense = *m.dense;
+    const nn::BpeTokenizer& tok = *m.tokenizer;
     const nn::TextSlice cs = nn::TextSlice::parse(calib_text, calib_slice);
     const nn::TextSlice es = nn::TextSlice::parse(eval_text, eval_slice);
     require(!cs.overlaps(es), "calibration (", cs.describe(), ") and evaluation (", es.describe(), ") overlap");
@@ -73,22 +73,8 @@ void register_sweep(CLI::App& app) {
                 model.c_str(), cs.describe().c_str(), static_cast<long long>(sequences),
                 static_cast<long long>(length), es.describe().c_str(), static_cast<long long>(eval_tokens),
                 static_cast<long long>(context));
-
-    const auto calib_tokens = nn::tokenize_slice(tok, cs, sequences * length);
-    const auto seqs = nn::cut_sequences(calib_tokens, sequences, length, -1);
-    nn::Calibration calib;
-    {
-      Progress bar("calibrating", sequences);
-      size_t next = 0;
-      nn::calibrate(
-          dense,
-          [&](std::vector<int32_t>& s) {
-            if (next == seqs.size()) return false;
-            s = seqs[next++];
-            return true;
-          },
-          calib, [&](int64_t d) { bar.update(d); });
-    }
+    const pipeline::Calibration calibration = pipeline::calibrate(m, cs, {sequences, length, {}}, stage_bars());
+    const nn::Calibration& calib = calibration.stats;
     const auto eval = nn::tokenize_slice(tok, es, eval_tokens);
     const nn::WindowOptions w{context, context, 0};
 

@@ -6,7 +6,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 namespace strata::cli {
 
@@ -39,5 +42,21 @@ class Progress {
   bool live_ = false;
   int last_decile_ = -1;
 };
+
+// A progress callback for the library's pipeline stages: one bar per stage, in the order they run.
+inline auto stage_bars() {
+  struct Bars {
+    std::string stage;
+    std::optional<Progress> bar;
+  };
+  auto bars = std::make_shared<Bars>();
+  return [bars](std::string_view stage, int64_t done, int64_t total) {
+    if (!bars->bar || stage != bars->stage) {
+      bars->stage = std::string(stage);
+      bars->bar.emplace(bars->stage, total);
+    }
+    bars->bar->update(done);
+  };
+}
 
 }  // namespace strata::cli

@@ -96,6 +96,7 @@ nlohmann::json to_json(const Report& r) {
                           {"allocated_bpw", c.allocated_bpw}, {"allocated_kl", c.allocated_kl}});
   j["evolve"] = r.evolve;
   for (const auto& [k, s] : r.seconds) j["seconds"][k] = s;
+  j["peak_resident_bytes"] = r.peak_resident_bytes;
   j["notes"] = r.notes;
   return j;
 }
@@ -155,6 +156,9 @@ void write_report(const Report& r, const std::filesystem::path& dir) {
   if (!r.seconds.empty()) {
     md << "\n### Time\n\n| step | seconds |\n|---|---|\n";
     for (const auto& [k, s] : r.seconds) md << "| " << k << " | " << fmt("%.1f", s) << " |\n";
+    if (r.peak_resident_bytes > 0)
+      md << "\nPeak resident memory: " << fmt("%.2f", static_cast<double>(r.peak_resident_bytes) / (1u << 30))
+         << " GiB\n";
   }
   write_text(dir / "report.md", md.str());
   write_text(dir / "report.json", to_json(out).dump(2) + "\n");

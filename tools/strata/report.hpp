@@ -40,6 +40,7 @@ struct Report {
   std::vector<CurvePoint> curve;
   nlohmann::json evolve = nullptr;  // start/best fitness, evaluations, history
   std::vector<std::pair<std::string, double>> seconds;  // step timings
+  uint64_t peak_resident_bytes = 0;                     // of the whole run, as the system counts it
   std::vector<std::string> notes;
 };
 

@@ -1,0 +1,253 @@
+#pragma once
+// The main job of strata as library stages an engine can call one by one, each passing a value to
+// the next:
+//
+//   Model --calibrate--> Calibration --measure--> budget::Table --plan--> budget::Plan
+//         --compressed_layers--> compress::LayerMap --write--> file
+//                                            \--apply--> nn::LlamaModel --evaluate--> Evaluation
+//
+// Every stage is callable alone: an engine may bring its own calibration statistics (any
+// nn::Calibration), its own candidate table or its own plan. Each takes its options struct and an
+// optional progress callback. `strata compress`, `strata plan` and `strata sweep` are thin callers.
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "strata/budget/allocator.hpp"
+#include "strata/budget/recipe.hpp"
+#include "strata/compress/compressor.hpp"
+#include "strata/compress/model_io.hpp"
+#include "strata/io/model.hpp"
+#include "strata/nn/calibration.hpp"
+#include "strata/nn/dataset.hpp"
+#include "strata/nn/eval.hpp"
+#include "strata/nn/llama.hpp"
+#include "strata/nn/tokenizer.hpp"
+
+namespace strata::pipeline {
+
+// Called by long stages as they go: which stage, how much is done of how much.
+using Progress = std::function<void(std::string_view stage, int64_t done, int64_t total)>;
+
+// The model being compressed: its file, the float32 reference model the engine runs, and its
+// tokenizer when the file has one (GGUF llama models do; llama2.c checkpoints do not).
+struct Model {
+  std::filesystem::path path;
+  std::unique_ptr<io::Model> file;
+  std::unique_ptr<nn::LlamaModel> dense;
+  std::unique_ptr<nn::BpeTokenizer> tokenizer;
+
+  // Throws strata::Error naming the file when it is not a llama model, or has no tokenizer and
+  // `need_tokenizer` is set.
+  static Model load(const std::filesystem::path& path, bool need_tokenizer = false);
+  // The output head is the token embedding itself (no output.weight tensor in the file).
+  bool tied_output() const;
+  // [rows, cols] of a tensor the pipeline compresses: a linear layer's weight or the token embedding.
+  std::pair<int64_t, int64_t> weight_shape(std::string_view tensor) const;
+  // The dense float32 weight of such a tensor (a copy).
+  RowMatrix<float> weight(std::string_view tensor) const;
+  const nn::BpeTokenizer& need_tokenizer() const;  // throws naming the file when there is none
+};
+
+// ---- calibrate ----
+
+struct CalibrateOptions {
+  int64_t sequences = 32, length = 512;  // token windows read from a text slice
+  nn::CalibrationOptions statistics;
+};
+
+struct Calibration {
+  nn::Calibration stats;
+  std::vector<std::vector<int32_t>> sequences;  // the token windows the statistics came from
+  std::string source;                           // "sotu_1790-2021.txt bytes ..., 32 x 512 tokens"
+  double seconds = 0;
+};
+
+// Runs the dense model over `sequences` and collects the statistics every compressor needs.
+Calibration calibrate(const Model& model, std::vector<std::vector<int32_t>> sequences,
+                      const CalibrateOptions& options = {}, const Progress& progress = {});
+// The first options.sequences windows of options.length tokens of a text slice.
+Calibration calibrate(const Model& model, const nn::TextSlice& text, const CalibrateOptions& options = {},
+                      const Progress& progress = {});
+
+// ---- the layers a recipe covers, and their compressed forms ----
+
+// The tensors a recipe covers (first matching rule, not skipped), with their parameter counts, in
+// the model's order (the token embedding first).
+std::vector<std::pair<std::string, int64_t>> covered_tensors(const Model& model, const budget::Recipe& recipe);
+
+// The knob a request becomes for a tensor with `cols` columns: llama.cpp's fallback for ggml types
+// whose rows are not whole super-blocks ("q3_k" on 576 columns -> "iq4_nl"); other knobs unchanged.
+std::string effective_knob(std::string_view method, std::string_view knob, int64_t cols);
+
+// "q3_k" (a ggml type) or "METHOD:KNOB" -> {method, knob}; throws naming the request for an unknown
+// compressor or a ggml type strata cannot write.
+std::pair<std::string, std::string> parse_request(std::string_view request);
+
+// Compressed forms of the model's layers on demand, made from the dense weights and the calibration
+// each layer sees. The candidate table, the solvers' plans, the sensitivities and the evolutionary
+// search ask for the same (tensor, method, knob) many times, and applying a compressor is the
+// expensive part, so recent forms are kept, up to a byte limit (least recently used dropped first).
+// Nothing float32 is cached beyond the dense model itself.
+class LayerBank {
+ public:
+  // `calibration` may be null: compressors that need statistics then refuse, naming the tensor.
+  LayerBank(const Model& model, const nn::Calibration* calibration, uint64_t cache_bytes = uint64_t{256} << 20);
+
+  const Model& model() const { return model_; }
+  // Statistics of the tensor's input; empty (all null) for the embedding or without calibration.
+  // The pointers stay valid until the next call for another input.
+  compress::LayerCalibration calibration(std::string_view tensor);
+  // The compressed form (cached).
+  std::shared_ptr<const compress::Compressed> compressed(const std::string& tensor, const std::string& method,
+                                                         const std::string& knob);
+  uint64_t cached_bytes() const { return cached_bytes_; }
+  void clear() {
+    cache_.clear();
+    cached_bytes_ = 0;
+  }
+
+ private:
+  using Key = std::tuple<std::string, std::string, std::string>;
+  struct Entry {
+    std::shared_ptr<const compress::Compressed> value;
+    uint64_t last_use = 0;
+  };
+  const Model& model_;
+  const nn::Calibration* calibration_;
+  uint64_t cache_limit_, cached_bytes_ = 0, clock_ = 0;
+  std::map<Key, Entry> cache_;
+  // The Hessian of the last input asked for: q/k/v (and gate/up) share theirs, asked in a row.
+  const nn::InputStats* stats_for_ = nullptr;
+  Matrix<double> hessian_;
+  Vector<double> mean_sq_, mean_abs_;
+};
+
+// ---- measure: the candidate table ----
+
+struct MeasureOptions {
+  // Overrides the recipe's error_mode when set: "output", "weight" or "kl".
+  std::string error_mode;
+};
+
+// Every option the recipe allows for every covered tensor, with its exact cost and its relative
+// output error on the calibration inputs (compressors with an exact curve from one factorization,
+// such as SVD-LLM's spectrum, give all their knobs at once). With error_mode "kl", run
+// weigh_by_kl() on the result before solving.
+budget::Table measure(const Model& model, const budget::Recipe& recipe, LayerBank& bank,
+                      const MeasureOptions& options = {}, const Progress& progress = {});
+
+// The smallest total cost under `metric` any plan of the recipe can have, from the compressors'
+// exact costs alone (no compression, no weights read): an impossible budget is refused before
+// anything expensive runs.
+double cheapest_cost(const Model& model, const budget::Recipe& recipe, budget::Metric metric);
+
+// Turns each layer's relative output errors into estimates of the KL divergence the layer alone adds
+// to the whole model: the layer is set to its worst option, the KL on `probe` measured (running only
+// the blocks from the changed one onward, on cached hidden states), and all its options' errors
+// scaled by KL / error. Returns the per-layer sensitivities (in table order).
+std::vector<double> weigh_by_kl(budget::Table& table, LayerBank& bank, const nn::KlEvaluator& probe,
+                                const Progress& progress = {});
+
+// ---- plan ----
+
+// What the plan must fit: at most one of these; none means the recipe's own budget.
+struct BudgetRequest {
+  std::optional<double> bits_per_weight, bytes;
+  std::string like;  // the size of one uniform request: "q3_k" or "METHOD:KNOB"
+};
+// Checks a request against the recipe without measuring anything (an unknown --like request, two
+// budgets at once, or a budget below cheapest_cost are refused here, naming what is wrong).
+void check_budget(const Model& model, const budget::Recipe& recipe, const BudgetRequest& request);
+budget::Constraint resolve_budget(const Model& model, const budget::Recipe& recipe, const budget::Table& table,
+                                  const BudgetRequest& request);
+
+// The plan that gives every layer the same request (with llama.cpp's fallbacks and its q6_k / q8_0
+// output head for ggml types), as llama-quantize does for one type: the baseline a user compares
+// against. Throws naming the tensor when its table has no such option.
+budget::Plan uniform_plan(const Model& model, const budget::Table& table, std::string_view request);
+
+struct PlanOptions {
+  std::string solver = "greedy";         // uniform, greedy, dp, minimax, error
+  std::optional<double> max_error;       // solver "error": the cap on the total predicted error
+  bool evolve = false;                   // refine on measured KL (needs a probe)
+  budget::EvolveOptions evolve_options;  // from Recipe::evolve_options()
+  static PlanOptions from(const budget::Recipe& recipe);
+  void check() const;  // throws for an unknown solver, or "error" without max_error
+};
+
+struct PlanResult {
+  budget::Plan plan;
+  std::optional<budget::EvolveResult> evolved;
+  std::string start_solver;                               // the plan the search started from
+  std::vector<std::pair<std::string, double>> probe_kl;  // the solvers' plans as measured on the probe
+};
+
+// Solves the table's Pareto front for the constraint; with options.evolve, the best of the
+// per-layer-error solvers on the probe is refined by the evolutionary search.
+PlanResult plan(const budget::Table& table, const budget::Constraint& constraint, const PlanOptions& options,
+                LayerBank& bank, const nn::KlEvaluator* probe = nullptr, const Progress& progress = {});
+
+// ---- apply, write ----
+
+// The dense model with every layer of the plan replaced by its compressed form (a tied output head
+// follows a compressed embedding).
+nn::LlamaModel apply(const budget::Plan& plan, LayerBank& bank);
+// The plan's compressed forms, ready to write.
+compress::LayerMap compressed_layers(const budget::Plan& plan, LayerBank& bank, const Progress& progress = {});
+
+struct Written {
+  std::filesystem::path path;
+  uint64_t file_bytes = 0, tensor_bytes = 0, overhead_bytes = 0;
+  int file_type = -1;  // llama.cpp's general.file_type for GGUF; -1 for safetensors
+};
+// .gguf (ggml types only, for llama.cpp; needs a GGUF source) or .safetensors (any compressed form),
+// written to a temporary file and renamed. `plan` is stored in the file's metadata.
+Written write(const Model& model, const compress::LayerMap& layers, const std::filesystem::path& out,
+              const budget::Plan& plan);
+// Throws when `out`'s extension is neither, or the layers cannot be held by that format, naming
+// the tensor and method: callers check before any work with check_output().
+void check_output(const Model& model, const budget::Recipe& recipe, const std::filesystem::path& out);
+
+// ---- evaluate ----
+
+struct Variant {
+  std::string label;  // "allocated (greedy)", "uniform q3_k", "allocated at the size of q3_k"
+  budget::Plan plan;
+  nn::KlResult result;
+  double bytes = 0, bits_per_weight = 0;
+};
+
+struct EvaluateOptions {
+  std::vector<std::string> compare;  // uniform requests: each measured with an allocation of its size
+  std::string solver = "greedy";     // solves the allocations of the comparison points
+};
+
+struct Evaluation {
+  std::vector<Variant> variants;  // the plan first; then per compare request: uniform, allocated
+  std::vector<std::string> notes;  // comparison points that could not be built, and why
+  double dense_perplexity = 0;
+};
+
+// The plan, and for each compare request the uniform plan and an allocated plan of its size (from
+// `table`, when given), each judged against the dense model by `judge`.
+Evaluation evaluate(const budget::Plan& plan, LayerBank& bank, const nn::KlEvaluator& judge,
+                    const budget::Table* table = nullptr, const EvaluateOptions& options = {},
+                    const Progress& progress = {});
+
+// Each plan layer's relative output error on other inputs than those it was calibrated on (e.g.
+// statistics collected on the evaluation text); NaN for tensors without statistics there.
+std::vector<double> held_out_errors(const budget::Plan& plan, LayerBank& bank, const nn::Calibration& held_out);
+
+// Peak resident memory of this process so far, in bytes (0 where the system does not say).
+uint64_t peak_resident_bytes();
+
+}  // namespace strata::pipeline

@@ -1,0 +1,569 @@
+#include "strata/pipeline/pipeline.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <set>
+
+#include "strata/budget/table.hpp"
+#include "strata/compress/ggml/quantize.hpp"
+#include "strata/core/error.hpp"
+#include "strata/io/gguf.hpp"
+
+namespace strata::pipeline {
+
+namespace {
+
+void report(const Progress& progress, std::string_view stage, int64_t done, int64_t total) {
+  if (progress) progress(stage, done, total);
+}
+
+bool is_ggml(std::string_view method) { return method.rfind("quant.ggml", 0) == 0; }
+
+// Block index a tensor belongs to: blk.N.* -> N; the embedding -> 0 (everything after it changes);
+// the output head -> the last block (its input is the last block's output).
+int first_changed_block(std::string_view tensor, int64_t n_layers) {
+  if (tensor.rfind("blk.", 0) == 0) {
+    const size_t dot = tensor.find('.', 4);
+    if (dot != std::string_view::npos) {
+      int b = 0;
+      for (char ch : tensor.substr(4, dot - 4)) {
+        if (ch < '0' || ch > '9') return 0;
+        b = b * 10 + (ch - '0');
+      }
+      return b;
+    }
+  }
+  if (tensor == "output.weight") return static_cast<int>(std::max<int64_t>(0, n_layers - 1));
+  return 0;
+}
+
+compress::Compressed deep_copy(const compress::Compressed& c) {
+  compress::Compressed out;
+  out.method = c.method;
+  out.knob = c.knob;
+  out.rows = c.rows;
+  out.cols = c.cols;
+  out.meta = c.meta;
+  for (const auto& [k, t] : c.tensors) out.tensors.emplace(k, t.clone());
+  return out;
+}
+
+}  // namespace
+
+// ---- Model ----
+
+Model Model::load(const std::filesystem::path& path, bool need_tokenizer) {
+  Model m;
+  m.path = path;
+  m.file = io::open_model(path);
+  m.dense = std::make_unique<nn::LlamaModel>(nn::LlamaModel::load(*m.file));
+  if (m.file->metadata().contains("tokenizer.ggml.tokens"))
+    m.tokenizer = std::make_unique<nn::BpeTokenizer>(nn::BpeTokenizer::from_model(*m.file));
+  else
+    require(!need_tokenizer, path.string(), ": no tokenizer in the file (a GGUF llama model with its tokenizer is needed)");
+  return m;
+}
+
+bool Model::tied_output() const { return file->find("output.weight") == nullptr; }
+
+std::pair<int64_t, int64_t> Model::weight_shape(std::string_view tensor) const {
+  if (tensor == "token_embd.weight") return {dense->config().vocab_size, dense->config().dim};
+  const nn::Linear& l = dense->linear(tensor);
+  return {l.out_features(), l.in_features()};
+}
+
+RowMatrix<float> Model::weight(std::string_view tensor) const {
+  if (tensor == "token_embd.weight") return dense->token_embedding();
+  return dense->linear(tensor).dense_weight();
+}
+
+const nn::BpeTokenizer& Model::need_tokenizer() const {
+  require(tokenizer != nullptr, path.string(), ": no tokenizer in the file");
+  return *tokenizer;
+}
+
+// ---- calibrate ----
+
+Calibration calibrate(const Model& model, std::vector<std::vector<int32_t>> sequences, const CalibrateOptions& options,
+                      const Progress& progress) {
+  Calibration c{nn::Calibration(options.statistics), std::move(sequences), {}, 0};
+  const auto total = static_cast<int64_t>(c.sequences.size());
+  size_t next = 0;
+  report(progress, "calibrating", 0, total);
+  const auto r = nn::calibrate(
+      *model.dense,
+      [&](std::vector<int32_t>& s) {
+        if (next == c.sequences.size()) return false;
+        s = c.sequences[next++];
+        return true;
+      },
+      c.stats, [&](int64_t done) { report(progress, "calibrating", done, total); });
+  c.seconds = r.seconds;
+  c.source = std::to_string(total) + " sequences";
+  return c;
+}
+
+Calibration calibrate(const Model& model, const nn::TextSlice& text, const CalibrateOptions& options,
+                      const Progress& progress) {
+  require(options.sequences > 0 && options.length > 1, "calibration: need sequences > 0 and length > 1, got ",
+          options.sequences, " x ", options.length);
+  const auto tokens = nn::tokenize_slice(model.need_tokenizer(), text, options.sequences * options.length);
+  Calibration c = calibrate(model, nn::cut_sequences(tokens, options.sequences, options.length, -1), options, progress);
+  c.source = text.describe() + ", " + std::to_string(options.sequences) + " x " + std::to_string(options.length) +
+             " tokens";
+  return c;
+}
+
+// ---- tensors, requests ----
+
+std::vector<std::pair<std::string, int64_t>> covered_tensors(const Model& model, const budget::Recipe& recipe) {
+  std::vector<std::pair<std::string, int64_t>> out;
+  auto consider = [&](const std::string& name, int64_t params) {
+    const budget::Rule* rule = recipe.rule_for(name);
+    if (rule != nullptr && !rule->skip) out.emplace_back(name, params);
+  };
+  const auto& c = model.dense->config();
+  consider("token_embd.weight", c.vocab_size * c.dim);
+  const bool tied = model.tied_output();  // a tied head is token_embd itself, not a tensor of its own
+  for (const auto& name : model.dense->linear_names()) {
+    if (name == "output.weight" && tied) continue;
+    const auto& l = model.dense->linear(name);
+    consider(name, l.in_features() * l.out_features());
+  }
+  return out;
+}
+
+std::string effective_knob(std::string_view method, std::string_view knob, int64_t cols) {
+  if (!is_ggml(method)) return std::string(knob);
+  const auto type = compress::ggml::quantizable_type(knob);
+  return compress::ggml::lower_name(compress::ggml::fallback_type(type, cols));
+}
+
+std::pair<std::string, std::string> parse_request(std::string_view request) {
+  const auto colon = request.find(':');
+  std::pair<std::string, std::string> mk;
+  if (colon == std::string_view::npos) {
+    mk = {"quant.ggml", std::string(request)};
+  } else {
+    require(colon > 0 && colon + 1 < request.size(), "'", request, "': expected METHOD:KNOB or a ggml type");
+    mk = {std::string(request.substr(0, colon)), std::string(request.substr(colon + 1))};
+  }
+  compress::find_compressor(mk.first);  // throws listing the known names
+  if (is_ggml(mk.first)) compress::ggml::quantizable_type(mk.second);  // throws listing the types
+  return mk;
+}
+
+// ---- LayerBank ----
+
+LayerBank::LayerBank(const Model& model, const nn::Calibration* calibration, uint64_t cache_bytes)
+    : model_(model), calibration_(calibration), cache_limit_(cache_bytes) {}
+
+compress::LayerCalibration LayerBank::calibration(std::string_view tensor) {
+  compress::LayerCalibration lc;
+  if (calibration_ == nullptr || !calibration_->has(tensor)) return lc;  // the embedding: weight error
+  const nn::InputStats& st = calibration_->stats(tensor);
+  if (stats_for_ != &st) {
+    hessian_ = st.has_gram ? st.hessian() : Matrix<double>();
+    mean_sq_ = st.mean_sq();
+    mean_abs_ = st.mean_abs();
+    stats_for_ = &st;
+  }
+  if (hessian_.size() > 0) lc.hessian = &hessian_;
+  lc.mean_sq = &mean_sq_;
+  lc.mean_abs = &mean_abs_;
+  lc.tokens = st.tokens;
+  return lc;
+}
+
+std::shared_ptr<const compress::Compressed> LayerBank::compressed(const std::string& tensor, const std::string& method,
+                                                                  const std::string& knob) {
+  const Key key{tensor, method, knob};
+  if (auto it = cache_.find(key); it != cache_.end()) {
+    it->second.last_use = ++clock_;
+    return it->second.value;
+  }
+  const compress::WeightCompressor& c = compress::find_compressor(method);
+  const RowMatrix<float> w = model_.weight(tensor);
+  const compress::Layer layer{tensor, &w};
+  auto value = std::make_shared<const compress::Compressed>(c.apply(layer, calibration(tensor), knob));
+  const uint64_t bytes = value->stored_bytes();
+  while (!cache_.empty() && cached_bytes_ + bytes > cache_limit_) {
+    auto oldest = std::min_element(cache_.begin(), cache_.end(),
+                                   [](const auto& a, const auto& b) { return a.second.last_use < b.second.last_use; });
+    cached_bytes_ -= oldest->second.value->stored_bytes();
+    cache_.erase(oldest);
+  }
+  if (bytes <= cache_limit_) {
+    cache_.emplace(key, Entry{value, ++clock_});
+    cached_bytes_ += bytes;
+  }
+  return value;
+}
+
+// ---- measure ----
+
+budget::Table measure(const Model& model, const budget::Recipe& recipe, LayerBank& bank, const MeasureOptions& options,
+                      const Progress& progress) {
+  const std::string mode = options.error_mode.empty() ? recipe.error_mode : options.error_mode;
+  require(mode == "output" || mode == "weight" || mode == "kl", "error mode '", mode,
+          "': known modes are output, weight and kl");
+  const auto tensors = covered_tensors(model, recipe);
+  require(!tensors.empty(), "recipe '", recipe.name, "' covers no tensor of the model");
+  const auto total = static_cast<int64_t>(tensors.size());
+  int64_t done = 0;
+  std::string last;
+  RowMatrix<float> w;
+  auto options_for = [&](const std::string& tensor, const budget::MethodSpec& spec) {
+    if (tensor != last) {  // build_table asks tensor by tensor, every method of one tensor in a row
+      report(progress, "measuring options", done++, total);
+      w = model.weight(tensor);
+      last = tensor;
+    }
+    const compress::WeightCompressor& c = compress::find_compressor(spec.compressor);
+    const compress::Layer layer{tensor, &w};
+    std::vector<std::string> knobs;
+    std::set<std::string> seen;
+    for (const auto& requested : spec.knobs.empty() ? c.knobs(layer) : spec.knobs) {
+      std::string knob = effective_knob(spec.compressor, requested, layer.cols());
+      if (seen.insert(knob).second) knobs.push_back(std::move(knob));
+    }
+    const compress::LayerCalibration lc = bank.calibration(tensor);
+    std::vector<budget::Candidate> out;
+    if (mode == "weight") {
+      for (const auto& knob : knobs) {
+        const RowMatrix<float> w_hat = c.reconstruct(c.apply(layer, lc, knob));
+        out.push_back({spec.compressor, knob, c.cost(layer, knob), compress::output_error(w, w_hat, nullptr)});
+      }
+      return out;
+    }
+    for (auto& o : c.options_for(layer, lc, knobs)) out.push_back({spec.compressor, o.knob, o.cost, o.error});
+    return out;
+  };
+  budget::Table table = budget::build_table(recipe, tensors, options_for);
+  report(progress, "measuring options", total, total);
+  return table;
+}
+
+double cheapest_cost(const Model& model, const budget::Recipe& recipe, budget::Metric metric) {
+  double total = 0;
+  for (const auto& [tensor, params] : covered_tensors(model, recipe)) {
+    const budget::Rule& rule = *recipe.rule_for(tensor);
+    const auto [rows, cols] = model.weight_shape(tensor);
+    const compress::Layer layer = compress::Layer::shape_only(tensor, rows, cols);
+    std::vector<budget::MethodSpec> specs = rule.methods;
+    if (rule.pin) {
+      const auto [m, k] = budget::split_pin(*rule.pin, "pin of rule '" + rule.match + "'");
+      specs = {budget::MethodSpec{m, {k}}};
+    }
+    double best = std::numeric_limits<double>::infinity();
+    for (const auto& spec : specs) {
+      const auto& c = compress::find_compressor(spec.compressor);
+      for (const auto& k : spec.knobs.empty() ? c.knobs(layer) : spec.knobs)
+        best = std::min(best, budget::cost_of(c.cost(layer, effective_knob(spec.compressor, k, cols)), metric));
+    }
+    total += best;
+  }
+  return total;
+}
+
+std::vector<double> weigh_by_kl(budget::Table& table, LayerBank& bank, const nn::KlEvaluator& probe,
+                                const Progress& progress) {
+  std::vector<double> sensitivity(table.layers.size(), 0.0);
+  const auto total = static_cast<int64_t>(table.layers.size());
+  const int64_t n_layers = bank.model().dense->config().n_layers;
+  for (size_t i = 0; i < table.layers.size(); ++i) {
+    report(progress, "measuring sensitivities", static_cast<int64_t>(i), total);
+    auto& layer = table.layers[i];
+    if (layer.options.size() < 2) continue;  // pinned: a constant, nothing to weigh
+    const auto worst = std::max_element(layer.options.begin(), layer.options.end(),
+                                        [](const budget::Candidate& a, const budget::Candidate& b) { return a.error < b.error; });
+    if (!(worst->error > 0)) continue;
+    budget::Plan one;
+    one.choices.push_back(budget::Choice::of(layer.tensor, *worst));
+    const bool tied_head = layer.tensor == "token_embd.weight" && bank.model().tied_output();
+    const int from = tied_head ? 0 : first_changed_block(layer.tensor, n_layers);
+    const double kl = probe.mean_kl(apply(one, bank), from);
+    const double s = std::max(kl, 0.0) / worst->error;
+    sensitivity[i] = s;
+    for (auto& o : layer.options) o.error *= s;
+  }
+  report(progress, "measuring sensitivities", total, total);
+  return sensitivity;
+}
+
+// ---- plan ----
+
+void check_budget(const Model& model, const budget::Recipe& recipe, const BudgetRequest& request) {
+  const int given = (request.bits_per_weight ? 1 : 0) + (request.bytes ? 1 : 0) + (request.like.empty() ? 0 : 1);
+  require(given <= 1, "give at most one of a bits-per-weight, a bytes and a like budget");
+  if (!request.like.empty()) parse_request(request.like);
+  if (given == 0 && recipe.like) parse_request(*recipe.like);
+  require(given > 0 || recipe.like || recipe.bits_per_weight || recipe.bytes || recipe.params || recipe.flops,
+          "recipe '", recipe.name, "' sets no budget: give bits per weight, bytes or a like request");
+  const double cheapest = cheapest_cost(model, recipe, budget::Metric::bytes);
+  if (request.bytes)
+    require(*request.bytes >= cheapest, "budget of ", *request.bytes, " bytes is impossible: recipe '", recipe.name,
+            "' cannot go below ", static_cast<uint64_t>(cheapest), " bytes");
+  const std::optional<double> bpw =
+      request.bits_per_weight ? request.bits_per_weight
+                              : (given == 0 && !recipe.like ? recipe.bits_per_weight : std::optional<double>());
+  if (bpw) {
+    int64_t params = 0;
+    for (const auto& [t, p] : covered_tensors(model, recipe)) params += p;
+    require(*bpw * static_cast<double>(params) / 8.0 >= cheapest, "budget of ", *bpw,
+            " bits per weight is impossible: recipe '", recipe.name, "' cannot go below ",
+            8.0 * cheapest / static_cast<double>(params), " bits per weight on this model (",
+            static_cast<double>(params) / 1e6, "M weights covered)");
+  }
+}
+
+budget::Constraint resolve_budget(const Model& model, const budget::Recipe& recipe, const budget::Table& table,
+                                  const BudgetRequest& request) {
+  if (request.bits_per_weight) return budget::bits_per_weight(table, *request.bits_per_weight);
+  if (request.bytes) return {budget::Metric::bytes, *request.bytes};
+  if (!request.like.empty()) return {budget::Metric::bytes, uniform_plan(model, table, request.like).total_cost().bytes};
+  if (recipe.like) return {budget::Metric::bytes, uniform_plan(model, table, *recipe.like).total_cost().bytes};
+  if (auto c = recipe.constraint(table)) return *c;
+  fail("recipe '", recipe.name, "' sets no budget: give bits per weight, bytes or a like request");
+}
+
+budget::Plan uniform_plan(const Model& model, const budget::Table& table, std::string_view request) {
+  const auto [method, knob] = parse_request(request);
+  budget::Plan plan;
+  plan.solver = "uniform " + method + ":" + knob;
+  for (const auto& layer : table.layers) {
+    const budget::Candidate* pick = nullptr;
+    if (layer.options.size() == 1) {
+      pick = &layer.options.front();  // pinned
+    } else {
+      const int64_t cols = model.weight_shape(layer.tensor).second;
+      std::string want = effective_knob(method, knob, cols);
+      // llama-quantize gives the output head (a tied token embedding is the head) q6_k whatever the
+      // requested type, or q8_0 when its rows are not whole super-blocks.
+      if (layer.tensor == "token_embd.weight" && is_ggml(method)) want = cols % 256 == 0 ? "q6_k" : "q8_0";
+      for (const auto& o : layer.options)
+        if (o.method == method && o.knob == want) pick = &o;
+      require(pick != nullptr, "uniform ", method, ":", knob, ": tensor '", layer.tensor, "' has no option ", method,
+              ":", want, " in the candidate table");
+    }
+    plan.choices.push_back(budget::Choice::of(layer.tensor, *pick));
+  }
+  plan.constraint = {budget::Metric::bytes, plan.total_cost().bytes};
+  return plan;
+}
+
+PlanOptions PlanOptions::from(const budget::Recipe& recipe) {
+  PlanOptions o;
+  o.solver = recipe.solver;
+  o.evolve = recipe.evolve;
+  o.evolve_options = recipe.evolve_options();
+  return o;
+}
+
+void PlanOptions::check() const {
+  if (solver == "error") {
+    require(max_error.has_value(), "solver 'error' needs a maximum total error");
+    require(!evolve, "solver 'error' plans for an error cap; the evolutionary search needs a cost budget");
+    return;
+  }
+  budget::parse_solver(solver);  // throws listing the solvers
+  require(evolve_options.generations >= 1 && evolve_options.offspring >= 1 && evolve_options.max_swaps >= 1,
+          "evolutionary search: generations, offspring and max_swaps must be >= 1");
+}
+
+PlanResult plan(const budget::Table& table, const budget::Constraint& constraint, const PlanOptions& options,
+                LayerBank& bank, const nn::KlEvaluator* probe, const Progress& progress) {
+  options.check();
+  PlanResult r;
+  const budget::Table front = table.pareto(constraint.metric);
+  if (options.solver == "error") {
+    r.plan = budget::solve_error_constrained(front, constraint.metric, *options.max_error);
+    return r;
+  }
+  r.plan = budget::solve(front, constraint, budget::parse_solver(options.solver));
+  if (!options.evolve) return r;
+  require(probe != nullptr, "the evolutionary search needs a probe to measure KL on");
+  auto fitness = [&](const budget::Plan& p) { return probe->mean_kl(apply(p, bank)); };
+  // Start from the best of the per-layer-error solvers, as measured.
+  budget::Plan start = r.plan;
+  double start_fit = fitness(start);
+  r.probe_kl.emplace_back(start.solver, start_fit);
+  for (const char* s : {"greedy", "dp", "minimax"}) {
+    if (s == options.solver) continue;
+    budget::Plan alt = budget::solve(front, constraint, budget::parse_solver(s));
+    const double f = fitness(alt);
+    r.probe_kl.emplace_back(alt.solver, f);
+    if (f < start_fit) {
+      start = std::move(alt);
+      start_fit = f;
+    }
+  }
+  budget::EvolveOptions eo = options.evolve_options;
+  const auto user_progress = eo.progress;
+  eo.progress = [&](int g, double best) {
+    if (user_progress) user_progress(g, best);
+    report(progress, "evolutionary search", g, eo.generations);
+  };
+  r.start_solver = start.solver;
+  r.evolved = budget::evolve(front, constraint, start, fitness, eo);
+  r.plan = r.evolved->best;
+  r.plan.solver = "evolve (from " + start.solver + ")";
+  return r;
+}
+
+// ---- apply, write ----
+
+nn::LlamaModel apply(const budget::Plan& plan, LayerBank& bank) {
+  const Model& model = bank.model();
+  nn::LlamaModel m = model.dense->clone();
+  for (const auto& ch : plan.choices) {
+    const auto c = bank.compressed(ch.tensor, ch.method, ch.knob);
+    const compress::WeightCompressor& comp = compress::find_compressor(ch.method);
+    if (ch.tensor == "token_embd.weight") {
+      auto e = std::make_shared<const RowMatrix<float>>(comp.reconstruct(*c));
+      if (model.tied_output()) m.set_linear("output.weight", std::make_shared<nn::DenseLinear>(*e));
+      m.set_token_embedding(std::move(e));
+      continue;
+    }
+    m.set_linear(ch.tensor, comp.to_linear(*c));
+  }
+  return m;
+}
+
+compress::LayerMap compressed_layers(const budget::Plan& plan, LayerBank& bank, const Progress& progress) {
+  compress::LayerMap layers;
+  const auto total = static_cast<int64_t>(plan.choices.size());
+  int64_t done = 0;
+  for (const auto& ch : plan.choices) {
+    report(progress, "compressing", done++, total);
+    layers.emplace(ch.tensor, deep_copy(*bank.compressed(ch.tensor, ch.method, ch.knob)));
+  }
+  report(progress, "compressing", total, total);
+  return layers;
+}
+
+void check_output(const Model& model, const budget::Recipe& recipe, const std::filesystem::path& out) {
+  const std::string ext = out.extension().string();
+  require(ext == ".gguf" || ext == ".safetensors", "output '", out.string(),
+          "': the extension must be .gguf (ggml types, for llama.cpp) or .safetensors (any method)");
+  std::filesystem::path dir = out.parent_path();
+  if (dir.empty()) dir = ".";
+  require(std::filesystem::is_directory(dir), "output '", out.string(), "': directory ", dir.string(),
+          " does not exist");
+  if (ext != ".gguf") return;
+  require(model.file->format() == io::FileFormat::gguf, model.path.string(),
+          ": writing GGUF needs a GGUF source model");
+  for (const auto& rule : recipe.rules) {
+    for (const auto& m : rule.methods)
+      require(is_ggml(m.compressor), "recipe '", recipe.name, "': rule '", rule.match, "' allows ", m.compressor,
+              ", which GGUF cannot hold; write .safetensors or use ggml types only");
+    if (rule.pin)
+      require(is_ggml(budget::split_pin(*rule.pin, rule.match).first), "recipe '", recipe.name, "': rule '",
+              rule.match, "' pins ", *rule.pin, ", which GGUF cannot hold");
+  }
+}
+
+Written write(const Model& model, const compress::LayerMap& layers, const std::filesystem::path& out,
+              const budget::Plan& plan) {
+  Written w;
+  w.path = out;
+  const std::string ext = out.extension().string();
+  if (ext == ".gguf") {
+    require(model.file->format() == io::FileFormat::gguf, model.path.string(),
+            ": writing GGUF needs a GGUF source model");
+    const io::GgufFile src = io::GgufFile::open(model.path);
+    const auto info = compress::write_gguf(src, layers, out, {{"strata.plan", plan.to_json().dump()}});
+    w.file_bytes = info.file_bytes;
+    w.tensor_bytes = info.tensor_bytes;
+    w.overhead_bytes = info.overhead_bytes;
+    w.file_type = info.file_type;
+    return w;
+  }
+  require(ext == ".safetensors", "output '", out.string(), "': the extension must be .gguf or .safetensors");
+  compress::write_strata_safetensors(*model.file, layers, out, {{"strata.plan", plan.to_json().dump()}});
+  w.file_bytes = std::filesystem::file_size(out);
+  for (const auto& [name, c] : layers) w.tensor_bytes += c.stored_bytes();
+  w.overhead_bytes = w.file_bytes - std::min(w.file_bytes, w.tensor_bytes);
+  return w;
+}
+
+// ---- evaluate ----
+
+Evaluation evaluate(const budget::Plan& plan, LayerBank& bank, const nn::KlEvaluator& judge, const budget::Table* table,
+                    const EvaluateOptions& options, const Progress& progress) {
+  if (options.solver != "error") budget::parse_solver(options.solver);
+  Evaluation ev;
+  ev.dense_perplexity = judge.reference().perplexity;
+  int64_t params = 0;
+  for (const auto& ch : plan.choices) {
+    const auto [rows, cols] = bank.model().weight_shape(ch.tensor);
+    params += rows * cols;
+  }
+  const int64_t total = 1 + (table != nullptr ? 2 * static_cast<int64_t>(options.compare.size()) : 0);
+  int64_t done = 0;
+  auto judge_plan = [&](const budget::Plan& p, std::string label) {
+    report(progress, "evaluating", done++, total);
+    Variant v;
+    v.label = std::move(label);
+    v.plan = p;
+    v.result = judge(apply(p, bank));
+    v.bytes = p.total_cost().bytes;
+    v.bits_per_weight = p.bits_per_weight(params);
+    return v;
+  };
+  ev.variants.push_back(judge_plan(plan, "allocated (" + plan.solver + ")"));
+  if (table != nullptr) {
+    std::vector<std::pair<std::string, budget::Plan>> sized;
+    for (const auto& like : options.compare) {
+      try {
+        sized.emplace_back(like, uniform_plan(bank.model(), *table, like));
+      } catch (const Error& e) {
+        ev.notes.push_back("no uniform point for " + like + ": " + e.what());
+      }
+    }
+    std::sort(sized.begin(), sized.end(),
+              [](const auto& a, const auto& b) { return a.second.total_cost().bytes < b.second.total_cost().bytes; });
+    const budget::Table front = table->pareto(budget::Metric::bytes);
+    const std::string solver = options.solver == "error" ? "greedy" : options.solver;
+    for (const auto& [like, uniform] : sized) {
+      ev.variants.push_back(judge_plan(uniform, "uniform " + like));
+      budget::Plan a;
+      try {
+        a = budget::solve(front, {budget::Metric::bytes, uniform.total_cost().bytes}, budget::parse_solver(solver));
+      } catch (const Error& e) {
+        ev.notes.push_back("allocation at the size of " + like + " failed: " + e.what());
+        continue;
+      }
+      ev.variants.push_back(judge_plan(a, "allocated at the size of " + like));
+    }
+  }
+  report(progress, "evaluating", total, total);
+  return ev;
+}
+
+std::vector<double> held_out_errors(const budget::Plan& plan, LayerBank& bank, const nn::Calibration& held_out) {
+  std::vector<double> out;
+  for (const auto& ch : plan.choices) {
+    if (!held_out.has(ch.tensor)) {
+      out.push_back(std::numeric_limits<double>::quiet_NaN());
+      continue;
+    }
+    const Matrix<double> h = held_out.stats(ch.tensor).hessian();
+    const auto c = bank.compressed(ch.tensor, ch.method, ch.knob);
+    out.push_back(compress::output_error(bank.model().weight(ch.tensor),
+                                         compress::find_compressor(ch.method).reconstruct(*c), &h));
+  }
+  return out;
+}
+
+uint64_t peak_resident_bytes() {
+  struct rusage u {};
+  if (getrusage(RUSAGE_SELF, &u) != 0) return 0;
+  return static_cast<uint64_t>(u.ru_maxrss) * 1024;  // Linux reports kilobytes
+}
+
+}  // namespace strata::pipeline

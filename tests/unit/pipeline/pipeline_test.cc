@@ -1,0 +1,211 @@
+// The library's pipeline stages on a real model (stories260K): each stage alone, checked against a
+// direct computation of what it promises.
+#include "strata/pipeline/pipeline.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "strata/core/error.hpp"
+#include "test_util.hpp"
+
+namespace strata::pipeline {
+namespace {
+
+std::filesystem::path stories_path() {
+  return strata::testing::shared_data_dir() / "models/stories260K/stories260K.bin";
+}
+
+budget::Recipe mixed_recipe(double bpw = 5.0) {
+  nlohmann::json j = nlohmann::json::parse(R"({
+    "name": "test-mixed",
+    "rules": [
+      {"match": "blk.*.weight", "methods": [
+        {"compressor": "quant.rtn"},
+        {"compressor": "prune.sparsegpt", "knobs": ["pattern=2:4"]},
+        {"compressor": "lowrank.svdllm"}]}
+    ],
+    "solver": "greedy"
+  })");
+  j["bits_per_weight"] = bpw;
+  return budget::Recipe::from_json(j, "test recipe");
+}
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    STRATA_REQUIRE_FILE(stories_path(), "shared data: ../shared/data/models/stories260K");
+    if (!model_) {
+      model_ = std::make_unique<Model>(Model::load(stories_path()));
+      const auto samples = nn::sample_sequences(*model_->dense, 10, 48, 1, 11);
+      calib_seqs_.assign(samples.begin(), samples.begin() + 6);
+      probe_seqs_.assign(samples.begin() + 6, samples.end());
+      calib_ = std::make_unique<Calibration>(calibrate(*model_, calib_seqs_));
+    }
+  }
+  static void TearDownTestSuite() {
+    calib_.reset();
+    model_.reset();
+  }
+
+  static std::unique_ptr<Model> model_;
+  static std::unique_ptr<Calibration> calib_;
+  static std::vector<std::vector<int32_t>> calib_seqs_, probe_seqs_;
+};
+std::unique_ptr<Model> PipelineTest::model_;
+std::unique_ptr<Calibration> PipelineTest::calib_;
+std::vector<std::vector<int32_t>> PipelineTest::calib_seqs_, PipelineTest::probe_seqs_;
+
+TEST_F(PipelineTest, KlFromALaterBlockEqualsTheWholeForwardPass) {
+  // Perturb one layer of block 3: the evaluator may start at block 3 on its cached hidden states.
+  const nn::KlEvaluator probe(*model_->dense, probe_seqs_, /*keep_hidden=*/true);
+  nn::LlamaModel changed = model_->dense->clone();
+  RowMatrix<float> w = model_->dense->linear("blk.3.ffn_up.weight").dense_weight();
+  w *= 0.7f;
+  changed.set_linear("blk.3.ffn_up.weight", std::make_shared<nn::DenseLinear>(w));
+  const nn::KlResult whole = probe(changed, 0), late = probe(changed, 3);
+  EXPECT_GT(whole.mean_kl, 1e-4);
+  EXPECT_NEAR(late.mean_kl, whole.mean_kl, 1e-5 * whole.mean_kl);
+  EXPECT_NEAR(late.p99_kl, whole.p99_kl, 1e-5 * whole.p99_kl);
+  EXPECT_EQ(late.top1_agreement, whole.top1_agreement);
+  // And the reference judged against itself from any block is exactly 0.
+  EXPECT_EQ(probe(*model_->dense, 4).mean_kl, 0.0);
+}
+
+TEST_F(PipelineTest, EvaluatorAgreesWithTheSlidingWindowKl) {
+  // Windows of L tokens cut back to back are what kl_divergence scores with context = stride = L.
+  std::vector<int32_t> tokens;
+  for (const auto& s : probe_seqs_) tokens.insert(tokens.end(), s.begin(), s.end());
+  const int64_t len = static_cast<int64_t>(probe_seqs_.front().size());
+  nn::LlamaModel changed = model_->dense->clone();
+  RowMatrix<float> w = model_->dense->linear("blk.1.attn_v.weight").dense_weight();
+  w.array() += 0.05f;
+  changed.set_linear("blk.1.attn_v.weight", std::make_shared<nn::DenseLinear>(w));
+  const nn::KlEvaluator judge(*model_->dense, probe_seqs_);
+  const nn::KlResult a = judge(changed);
+  const nn::KlResult b = nn::kl_divergence(*model_->dense, changed, tokens, {len, len, 0});
+  ASSERT_EQ(a.tokens, b.tokens);
+  EXPECT_NEAR(a.mean_kl, b.mean_kl, 1e-4 * b.mean_kl);
+  EXPECT_NEAR(a.p99_kl, b.p99_kl, 1e-3 * b.p99_kl);
+  EXPECT_NEAR(a.model.perplexity, b.model.perplexity, 1e-4 * b.model.perplexity);
+  EXPECT_NEAR(a.reference.perplexity, b.reference.perplexity, 1e-4 * b.reference.perplexity);
+}
+
+TEST_F(PipelineTest, CheapestCostIsTheTablesCheapestPlan) {
+  const budget::Recipe recipe = mixed_recipe();
+  LayerBank bank(*model_, &calib_->stats);
+  const budget::Table table = measure(*model_, recipe, bank);
+  for (auto m : {budget::Metric::bytes, budget::Metric::params, budget::Metric::flops})
+    EXPECT_DOUBLE_EQ(cheapest_cost(*model_, recipe, m), table.min_cost(m)) << budget::metric_name(m);
+}
+
+TEST_F(PipelineTest, MeasuredErrorsAreTheOutputErrorsOfTheAppliedForms) {
+  // The fast curves (SVD-LLM from one factorization, SparseGPT from one Hessian factorization) must
+  // report what applying the option and measuring it directly gives.
+  const budget::Recipe recipe = mixed_recipe();
+  LayerBank bank(*model_, &calib_->stats);
+  const budget::Table table = measure(*model_, recipe, bank);
+  const auto& layer = *table.find("blk.2.ffn_down.weight");
+  const RowMatrix<float> w = model_->weight(layer.tensor);
+  const Matrix<double> h = calib_->stats.stats(layer.tensor).hessian();
+  for (const auto& o : layer.options) {
+    const auto c = bank.compressed(layer.tensor, o.method, o.knob);
+    const double direct = compress::output_error(w, compress::find_compressor(o.method).reconstruct(*c), &h);
+    EXPECT_NEAR(o.error, direct, 1e-6 + 1e-4 * direct) << o.method << ":" << o.knob;
+  }
+}
+
+TEST_F(PipelineTest, SensitivitiesAreKlOverTheWorstOptionsError) {
+  const budget::Recipe recipe = mixed_recipe();
+  LayerBank bank(*model_, &calib_->stats);
+  budget::Table table = measure(*model_, recipe, bank);
+  const budget::Table before = table;
+  const nn::KlEvaluator probe(*model_->dense, probe_seqs_, /*keep_hidden=*/true);
+  const std::vector<double> s = weigh_by_kl(table, bank, probe);
+  ASSERT_EQ(s.size(), table.layers.size());
+  for (size_t i : {size_t{0}, size_t{9}, table.layers.size() - 1}) {
+    const auto& layer = before.layers[i];
+    const auto worst = std::max_element(layer.options.begin(), layer.options.end(),
+                                        [](const auto& a, const auto& b) { return a.error < b.error; });
+    // Independently: the whole model with that one layer compressed, judged from token 0.
+    nn::LlamaModel m = model_->dense->clone();
+    const auto c = bank.compressed(layer.tensor, worst->method, worst->knob);
+    m.set_linear(layer.tensor, compress::find_compressor(worst->method).to_linear(*c));
+    const double kl = probe(m, 0).mean_kl;
+    EXPECT_NEAR(s[i], kl / worst->error, 1e-4 * kl / worst->error) << layer.tensor;
+    for (size_t k = 0; k < layer.options.size(); ++k)
+      EXPECT_NEAR(table.layers[i].options[k].error, layer.options[k].error * s[i], 1e-9 + 1e-9 * s[i]);
+  }
+}
+
+TEST_F(PipelineTest, ChecksRefuseBadRequestsWithoutMeasuring) {
+  const budget::Recipe recipe = mixed_recipe();
+  EXPECT_THROW(check_budget(*model_, recipe, {std::nullopt, std::nullopt, "q3_kk"}), Error);
+  EXPECT_THROW(check_budget(*model_, recipe, {std::nullopt, std::nullopt, "quant.nope:bits=3"}), Error);
+  EXPECT_THROW(check_budget(*model_, recipe, {4.0, 1000.0, ""}), Error);
+  try {
+    check_budget(*model_, recipe, {0.5, std::nullopt, ""});
+    FAIL() << "an impossible bits-per-weight budget was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("impossible"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(check_budget(*model_, recipe, {5.0, std::nullopt, ""}));
+  PlanOptions typo;
+  typo.solver = "gredy";
+  EXPECT_THROW(typo.check(), Error);
+  PlanOptions cap;
+  cap.solver = "error";
+  EXPECT_THROW(cap.check(), Error);
+  cap.max_error = 1.0;
+  EXPECT_NO_THROW(cap.check());
+}
+
+TEST(PlanOptions, CarryTheRecipesSearchSettings) {
+  budget::Recipe r;
+  r.solver = "dp";
+  r.evolve = true;
+  r.generations = 7;
+  r.offspring = 3;
+  r.max_swaps = 5;
+  r.seed = 42;
+  const PlanOptions o = PlanOptions::from(r);
+  EXPECT_EQ(o.solver, "dp");
+  EXPECT_TRUE(o.evolve);
+  EXPECT_EQ(o.evolve_options.generations, 7);
+  EXPECT_EQ(o.evolve_options.offspring, 3);
+  EXPECT_EQ(o.evolve_options.max_swaps, 5);
+  EXPECT_EQ(o.evolve_options.seed, 42u);
+}
+
+TEST_F(PipelineTest, BankKeepsItsCacheWithinTheLimit) {
+  const uint64_t limit = 64 << 10;
+  LayerBank bank(*model_, &calib_->stats, limit);
+  for (const auto& name : model_->dense->linear_names()) {
+    if (name.rfind("blk.", 0) != 0) continue;
+    const auto c = bank.compressed(name, "quant.rtn", "bits=8,group=32");
+    EXPECT_LE(bank.cached_bytes(), limit);
+    // Asking again gives the same form (cached or made again: deterministic either way).
+    const auto again = bank.compressed(name, "quant.rtn", "bits=8,group=32");
+    EXPECT_EQ(again->stored_bytes(), c->stored_bytes());
+  }
+  EXPECT_GT(bank.cached_bytes(), 0u);
+}
+
+TEST_F(PipelineTest, ApplyingAPlanChangesExactlyItsLayers) {
+  const budget::Recipe recipe = mixed_recipe(4.0);
+  LayerBank bank(*model_, &calib_->stats);
+  const budget::Table table = measure(*model_, recipe, bank);
+  const auto constraint = resolve_budget(*model_, recipe, table, {});
+  const PlanResult r = plan(table, constraint, PlanOptions::from(recipe), bank);
+  EXPECT_LE(r.plan.total_cost().bytes, constraint.budget);
+  const nn::LlamaModel m = apply(r.plan, bank);
+  for (const auto& ch : r.plan.choices) {
+    const auto c = bank.compressed(ch.tensor, ch.method, ch.knob);
+    const RowMatrix<float> expect = compress::find_compressor(ch.method).reconstruct(*c);
+    EXPECT_TRUE(m.linear(ch.tensor).dense_weight().isApprox(expect, 1e-6f)) << ch.tensor;
+  }
+  EXPECT_TRUE(m.linear("output.weight").dense_weight().isApprox(model_->dense->linear("output.weight").dense_weight()));
+}
+
+}  // namespace
+}  // namespace strata::pipeline
