@@ -19,56 +19,18 @@ namespace strata::kernels {
 
 namespace {
 
-// ---- row functions ----------------------------------------------------------------------------------
-// The kernels read and write typed blocks. Tensor data in a GGUF file and the buffers strata
-// allocates are aligned, but bytes handed in from elsewhere (a fuzzer, a network buffer, a packed
-// cache) need not be; those are staged through aligned storage so that no block is accessed through
-// a misaligned pointer. The alignment test costs one branch per row, outside the kernels' loops.
-
-// Decodes `units` blocks (or single elements) of type Unit, each kPerUnit floats, from `in`.
-template <class Unit, int64_t kPerUnit, class Decode>
-void decode_units(const void* in, int64_t units, float* out, Decode decode) {
-  if (reinterpret_cast<std::uintptr_t>(in) % alignof(Unit) == 0) return decode(static_cast<const Unit*>(in), out, units);
-  constexpr int64_t kChunk = 64;
-  Unit staged[kChunk];
-  const auto* bytes = static_cast<const std::byte*>(in);
-  for (int64_t u = 0; u < units; u += kChunk) {
-    const int64_t m = std::min(kChunk, units - u);
-    std::memcpy(staged, bytes + u * static_cast<int64_t>(sizeof(Unit)), static_cast<std::size_t>(m) * sizeof(Unit));
-    decode(staged, out + u * kPerUnit, m);
-  }
-}
-
-template <class Block, void (*Decode)(const Block*, float*, int64_t), int64_t kPerBlock>
-void dequantize_blocks(const void* in, int64_t n, float* out) {
-  decode_units<Block, kPerBlock>(in, n / kPerBlock, out, Decode);
-}
-
-// Runs encode(units) on `out`, or on aligned storage copied to `out` when `out` is misaligned for Unit.
-template <class Unit, class Encode>
-void encode_units(void* out, int64_t units, Encode encode) {
-  if (reinterpret_cast<std::uintptr_t>(out) % alignof(Unit) == 0) return encode(static_cast<Unit*>(out));
-  std::vector<Unit> staged(static_cast<std::size_t>(units));
-  encode(staged.data());
-  std::memcpy(out, staged.data(), staged.size() * sizeof(Unit));
-}
-
-// A row is quantized in one call, never in pieces: the legacy types' imatrix path takes sigma^2
-// over the whole row.
-template <class Block, void (*Encode)(const float*, Block*, int64_t, const float*), int64_t kPerBlock>
-void quantize_blocks(const float* x, int64_t n, void* out, const float* importance) {
-  encode_units<Block>(out, n / kPerBlock, [&](Block* y) { Encode(x, y, n, importance); });
-}
+// ---- row functions of the plain types (the block types' are in ggml_dequant.cc and ggml_quantize.cc)
 
 // F16 and BF16 through the SIMD converters (exact, identical to the scalar conversions).
 template <class Half, void (*Convert)(const Half*, float*, uint64_t)>
 void dequantize_halves(const void* in, int64_t n, float* out) {
-  decode_units<Half, 1>(in, n, out, [](const Half* h, float* y, int64_t m) { Convert(h, y, static_cast<uint64_t>(m)); });
+  detail::decode_units<Half, 1>(in, n, out,
+                                [](const Half* h, float* y, int64_t m) { Convert(h, y, static_cast<uint64_t>(m)); });
 }
 
 template <class Half, void (*Convert)(const float*, Half*, uint64_t)>
 void quantize_halves(const float* x, int64_t n, void* out, const float* /*importance*/) {
-  encode_units<Half>(out, n, [&](Half* y) { Convert(x, y, static_cast<uint64_t>(n)); });
+  detail::encode_units<Half>(out, n, [&](Half* y) { Convert(x, y, static_cast<uint64_t>(n)); });
 }
 
 void quantize_f32(const float* x, int64_t n, void* out, const float* /*importance*/) {
@@ -99,17 +61,6 @@ struct RowFns {
   DequantizeRowFn dequantize;
 };
 
-template <class Block, void (*Decode)(const Block*, float*, int64_t), void (*Encode)(const float*, Block*, int64_t, const float*),
-          GgmlType T>
-constexpr RowFns block_fns() {
-  constexpr int64_t bs = ggml_block_size(T);
-  static_assert(sizeof(Block) == ggml_type_size(T));
-  if constexpr (Encode == nullptr)
-    return {T, nullptr, &dequantize_blocks<Block, Decode, bs>};
-  else
-    return {T, &quantize_blocks<Block, Encode, bs>, &dequantize_blocks<Block, Decode, bs>};
-}
-
 // Types strata decodes and, where the second pointer is set, encodes. Every other known type gets a
 // row with both null.
 constexpr RowFns kRowFns[] = {
@@ -121,19 +72,19 @@ constexpr RowFns kRowFns[] = {
     {GgmlType::I16, nullptr, &dequantize_plain<int16_t>},
     {GgmlType::I32, nullptr, &dequantize_plain<int32_t>},
     {GgmlType::I64, nullptr, &dequantize_plain<int64_t>},
-    block_fns<BlockQ4_0, detail::dequantize_q4_0, detail::quantize_row_q4_0, GgmlType::Q4_0>(),
-    block_fns<BlockQ4_1, detail::dequantize_q4_1, detail::quantize_row_q4_1, GgmlType::Q4_1>(),
-    block_fns<BlockQ5_0, detail::dequantize_q5_0, detail::quantize_row_q5_0, GgmlType::Q5_0>(),
-    block_fns<BlockQ5_1, detail::dequantize_q5_1, detail::quantize_row_q5_1, GgmlType::Q5_1>(),
-    block_fns<BlockQ8_0, detail::dequantize_q8_0, detail::quantize_row_q8_0, GgmlType::Q8_0>(),
-    block_fns<BlockQ2_K, detail::dequantize_q2_k, detail::quantize_row_q2_k, GgmlType::Q2_K>(),
-    block_fns<BlockQ3_K, detail::dequantize_q3_k, detail::quantize_row_q3_k, GgmlType::Q3_K>(),
-    block_fns<BlockQ4_K, detail::dequantize_q4_k, detail::quantize_row_q4_k, GgmlType::Q4_K>(),
-    block_fns<BlockQ5_K, detail::dequantize_q5_k, detail::quantize_row_q5_k, GgmlType::Q5_K>(),
-    block_fns<BlockQ6_K, detail::dequantize_q6_k, detail::quantize_row_q6_k, GgmlType::Q6_K>(),
-    block_fns<BlockQ8_K, detail::dequantize_q8_k, nullptr, GgmlType::Q8_K>(),
-    block_fns<BlockIQ4_NL, detail::dequantize_iq4_nl, detail::quantize_row_iq4_nl, GgmlType::IQ4_NL>(),
-    block_fns<BlockIQ4_XS, detail::dequantize_iq4_xs, nullptr, GgmlType::IQ4_XS>(),
+    {GgmlType::Q4_0, &detail::quantize_row_q4_0, &detail::dequantize_row_q4_0},
+    {GgmlType::Q4_1, &detail::quantize_row_q4_1, &detail::dequantize_row_q4_1},
+    {GgmlType::Q5_0, &detail::quantize_row_q5_0, &detail::dequantize_row_q5_0},
+    {GgmlType::Q5_1, &detail::quantize_row_q5_1, &detail::dequantize_row_q5_1},
+    {GgmlType::Q8_0, &detail::quantize_row_q8_0, &detail::dequantize_row_q8_0},
+    {GgmlType::Q2_K, &detail::quantize_row_q2_k, &detail::dequantize_row_q2_k},
+    {GgmlType::Q3_K, &detail::quantize_row_q3_k, &detail::dequantize_row_q3_k},
+    {GgmlType::Q4_K, &detail::quantize_row_q4_k, &detail::dequantize_row_q4_k},
+    {GgmlType::Q5_K, &detail::quantize_row_q5_k, &detail::dequantize_row_q5_k},
+    {GgmlType::Q6_K, &detail::quantize_row_q6_k, &detail::dequantize_row_q6_k},
+    {GgmlType::Q8_K, nullptr, &detail::dequantize_row_q8_k},
+    {GgmlType::IQ4_NL, &detail::quantize_row_iq4_nl, &detail::dequantize_row_iq4_nl},
+    {GgmlType::IQ4_XS, nullptr, &detail::dequantize_row_iq4_xs},
 };
 
 constexpr std::array<GgmlCodec, kTypeCount> kCodecs = [] {
@@ -266,9 +217,9 @@ void detail::check_row_args(const GgmlCodec& c, int64_t n, std::span<const float
   require(static_cast<int64_t>(importance.size()) == n, "ggml quantize ", lower_name(c.type), ": importance has ",
           importance.size(), " values for rows of ", n);
   check_finite(importance.data(), n, "importance", c.type, 0);
-  for (int64_t j = 0; j < n; ++j)
-    require(importance[static_cast<std::size_t>(j)] >= 0, "ggml quantize ", lower_name(c.type), ": negative importance ",
-            importance[static_cast<std::size_t>(j)], " at column ", j);
+  for (std::size_t j = 0; j < importance.size(); ++j)
+    require(importance[j] >= 0, "ggml quantize ", lower_name(c.type), ": negative importance ", importance[j],
+            " at column ", j);
 }
 
 }  // namespace strata::kernels

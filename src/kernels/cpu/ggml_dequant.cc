@@ -21,8 +21,6 @@ inline uint32_t load_le32(const uint8_t* p) {
          (static_cast<uint32_t>(p[3]) << 24);
 }
 
-}  // namespace
-
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK) {
     const float d = h2f(x[i].d);
@@ -226,6 +224,49 @@ void dequantize_iq4_xs(const BlockIQ4_XS* x, float* y, int64_t nb) {
       }
     }
   }
+}
+
+}  // namespace
+
+// The codec's row functions, beside the kernels so that each kernel inlines into its row function.
+void dequantize_row_q4_0(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ4_0, kQK>(in, n / kQK, out, dequantize_q4_0);
+}
+void dequantize_row_q4_1(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ4_1, kQK>(in, n / kQK, out, dequantize_q4_1);
+}
+void dequantize_row_q5_0(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ5_0, kQK>(in, n / kQK, out, dequantize_q5_0);
+}
+void dequantize_row_q5_1(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ5_1, kQK>(in, n / kQK, out, dequantize_q5_1);
+}
+void dequantize_row_q8_0(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ8_0, kQK>(in, n / kQK, out, dequantize_q8_0);
+}
+void dequantize_row_q2_k(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ2_K, kQK_K>(in, n / kQK_K, out, dequantize_q2_k);
+}
+void dequantize_row_q3_k(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ3_K, kQK_K>(in, n / kQK_K, out, dequantize_q3_k);
+}
+void dequantize_row_q4_k(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ4_K, kQK_K>(in, n / kQK_K, out, dequantize_q4_k);
+}
+void dequantize_row_q5_k(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ5_K, kQK_K>(in, n / kQK_K, out, dequantize_q5_k);
+}
+void dequantize_row_q6_k(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ6_K, kQK_K>(in, n / kQK_K, out, dequantize_q6_k);
+}
+void dequantize_row_q8_k(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ8_K, kQK_K>(in, n / kQK_K, out, dequantize_q8_k);
+}
+void dequantize_row_iq4_nl(const void* in, int64_t n, float* out) {
+  decode_units<BlockIQ4_NL, kQK>(in, n / kQK, out, dequantize_iq4_nl);
+}
+void dequantize_row_iq4_xs(const void* in, int64_t n, float* out) {
+  decode_units<BlockIQ4_XS, kQK_K>(in, n / kQK_K, out, dequantize_iq4_xs);
 }
 
 }  // namespace strata::kernels::detail

@@ -562,11 +562,9 @@ void q5_1_ref(const float* x, BlockQ5_1* y, int64_t nb) {
 // sigma^2 of the legacy *_impl paths: the mean of x^2 over the whole row.
 inline float row_sigma2(const float* x, int64_t n) { return sum_sq(x, n) / static_cast<float>(n); }
 
-}  // namespace
-
 // ---- legacy types ---------------------------------------------------------------------------------
 
-void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t n, const float* importance) {
+void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n, const float* importance) {
   const int64_t nb = n / kQK;
   if (!importance) return q4_0_ref(x, y, nb);
   const float sigma2 = row_sigma2(x, n);
@@ -581,7 +579,7 @@ void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t n, const float* imp
   }
 }
 
-void quantize_row_q4_1(const float* x, BlockQ4_1* y, int64_t n, const float* importance) {
+void quantize_q4_1(const float* x, BlockQ4_1* y, int64_t n, const float* importance) {
   const int64_t nb = n / kQK;
   if (!importance) return q4_1_ref(x, y, nb);
   const float sigma2 = row_sigma2(x, n);
@@ -598,7 +596,7 @@ void quantize_row_q4_1(const float* x, BlockQ4_1* y, int64_t n, const float* imp
   }
 }
 
-void quantize_row_q5_0(const float* x, BlockQ5_0* y, int64_t n, const float* importance) {
+void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t n, const float* importance) {
   const int64_t nb = n / kQK;
   if (!importance) return q5_0_ref(x, y, nb);
   const float sigma2 = row_sigma2(x, n);
@@ -615,7 +613,7 @@ void quantize_row_q5_0(const float* x, BlockQ5_0* y, int64_t n, const float* imp
   }
 }
 
-void quantize_row_q5_1(const float* x, BlockQ5_1* y, int64_t n, const float* importance) {
+void quantize_q5_1(const float* x, BlockQ5_1* y, int64_t n, const float* importance) {
   const int64_t nb = n / kQK;
   if (!importance) return q5_1_ref(x, y, nb);
   const float sigma2 = row_sigma2(x, n);
@@ -632,7 +630,7 @@ void quantize_row_q5_1(const float* x, BlockQ5_1* y, int64_t n, const float* imp
   }
 }
 
-void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n, const float* /*importance*/) {
+void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n, const float* /*importance*/) {
   const int64_t nb = n / kQK;
   for (int64_t i = 0; i < nb; ++i, x += kQK) {
     float amax = 0;
@@ -646,7 +644,7 @@ void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n, const float* /*i
 
 // ---- k-quants -----------------------------------------------------------------------------------
 
-void quantize_row_q2_k(const float* x, BlockQ2_K* y, int64_t n, const float* importance) {
+void quantize_q2_k(const float* x, BlockQ2_K* y, int64_t n, const float* importance) {
   const int64_t nb = n / kQK_K;
   uint8_t L[kQK_K], Laux[16];
   float weight[16], mins[kQK_K / 16], scales[kQK_K / 16];
@@ -714,7 +712,7 @@ void quantize_row_q2_k(const float* x, BlockQ2_K* y, int64_t n, const float* imp
   }
 }
 
-void quantize_row_q3_k(const float* x, BlockQ3_K* y, int64_t n, const float* importance) {
+void quantize_q3_k(const float* x, BlockQ3_K* y, int64_t n, const float* importance) {
   const int64_t nb = n / kQK_K;
   int8_t L[kQK_K];
   float scales[kQK_K / 16];
@@ -763,7 +761,7 @@ void quantize_row_q3_k(const float* x, BlockQ3_K* y, int64_t n, const float* imp
   }
 }
 
-void quantize_row_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance) {
+void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance) {
   const int64_t nb = n / kQK_K;
   uint8_t L[kQK_K], Laux[32];
   float weights[32], mins[kQK_K / 32], scales[kQK_K / 32];
@@ -816,7 +814,7 @@ void quantize_row_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* imp
   }
 }
 
-void quantize_row_q5_k(const float* x, BlockQ5_K* y, int64_t n, const float* importance) {
+void quantize_q5_k(const float* x, BlockQ5_K* y, int64_t n, const float* importance) {
   const int64_t nb = n / kQK_K;
   uint8_t L[kQK_K], Laux[32];
   float weights[32], mins[kQK_K / 32], scales[kQK_K / 32];
@@ -868,7 +866,7 @@ void quantize_row_q5_k(const float* x, BlockQ5_K* y, int64_t n, const float* imp
   }
 }
 
-void quantize_row_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importance) {
+void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importance) {
   const int64_t nb = n / kQK_K;
   int8_t L[kQK_K];
   float scales[kQK_K / 16];
@@ -922,7 +920,7 @@ void quantize_row_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* imp
 
 // ---- IQ4_NL -------------------------------------------------------------------------------------
 
-void quantize_row_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t n, const float* importance) {
+void quantize_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t n, const float* importance) {
   // quantize_row_iq4_nl_impl with one block per super-block and ntry = 7, which ggml runs with or
   // without importance (x^2 weights then). ggml tries its 16 scales one after the other; each
   // candidate's sums depend only on the block, so all 16 are accumulated in one pass here (every
@@ -972,6 +970,44 @@ void quantize_row_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t n, const float*
       y[ib].qs[j] = static_cast<uint8_t>(lo | (hi << 4));
     }
   }
+}
+
+}  // namespace
+
+// The codec's row functions. A row is quantized in one call, never in pieces: the legacy types'
+// imatrix path takes sigma^2 over the whole row.
+void quantize_row_q4_0(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockQ4_0>(out, n / kQK, [&](BlockQ4_0* y) { quantize_q4_0(x, y, n, importance); });
+}
+void quantize_row_q4_1(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockQ4_1>(out, n / kQK, [&](BlockQ4_1* y) { quantize_q4_1(x, y, n, importance); });
+}
+void quantize_row_q5_0(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockQ5_0>(out, n / kQK, [&](BlockQ5_0* y) { quantize_q5_0(x, y, n, importance); });
+}
+void quantize_row_q5_1(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockQ5_1>(out, n / kQK, [&](BlockQ5_1* y) { quantize_q5_1(x, y, n, importance); });
+}
+void quantize_row_q8_0(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockQ8_0>(out, n / kQK, [&](BlockQ8_0* y) { quantize_q8_0(x, y, n, importance); });
+}
+void quantize_row_q2_k(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockQ2_K>(out, n / kQK_K, [&](BlockQ2_K* y) { quantize_q2_k(x, y, n, importance); });
+}
+void quantize_row_q3_k(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockQ3_K>(out, n / kQK_K, [&](BlockQ3_K* y) { quantize_q3_k(x, y, n, importance); });
+}
+void quantize_row_q4_k(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockQ4_K>(out, n / kQK_K, [&](BlockQ4_K* y) { quantize_q4_k(x, y, n, importance); });
+}
+void quantize_row_q5_k(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockQ5_K>(out, n / kQK_K, [&](BlockQ5_K* y) { quantize_q5_k(x, y, n, importance); });
+}
+void quantize_row_q6_k(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockQ6_K>(out, n / kQK_K, [&](BlockQ6_K* y) { quantize_q6_k(x, y, n, importance); });
+}
+void quantize_row_iq4_nl(const float* x, int64_t n, void* out, const float* importance) {
+  encode_units<BlockIQ4_NL>(out, n / kQK, [&](BlockIQ4_NL* y) { quantize_iq4_nl(x, y, n, importance); });
 }
 
 }  // namespace strata::kernels::detail

@@ -1,44 +1,76 @@
 #pragma once
-// The per-format kernels behind the ggml codec table (strata/kernels/ggml_codec.hpp), private to the
-// library: no argument checks, typed block pointers. Engines reach them through ggml_codec(t), whose
-// rows take untyped bytes (any alignment) and whose checked entry points validate sizes first.
+// The per-format rows behind the ggml codec table (strata/kernels/ggml_codec.hpp), private to the
+// library: no argument checks. Engines reach them through ggml_codec(t); the checked entry points
+// validate sizes first. The typed block kernels stay inside ggml_quantize.cc and ggml_dequant.cc.
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
+#include <vector>
 
 #include "strata/kernels/ggml_codec.hpp"
 
 namespace strata::kernels::detail {
 
-// ---- decoders: nb whole blocks in, nb * block_size floats out --------------------------------------
-void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t nb);
-void dequantize_q4_1(const BlockQ4_1* x, float* y, int64_t nb);
-void dequantize_q5_0(const BlockQ5_0* x, float* y, int64_t nb);
-void dequantize_q5_1(const BlockQ5_1* x, float* y, int64_t nb);
-void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t nb);
-void dequantize_q2_k(const BlockQ2_K* x, float* y, int64_t nb);
-void dequantize_q3_k(const BlockQ3_K* x, float* y, int64_t nb);
-void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t nb);
-void dequantize_q5_k(const BlockQ5_K* x, float* y, int64_t nb);
-void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t nb);
-void dequantize_q8_k(const BlockQ8_K* x, float* y, int64_t nb);
-void dequantize_iq4_nl(const BlockIQ4_NL* x, float* y, int64_t nb);
-void dequantize_iq4_xs(const BlockIQ4_XS* x, float* y, int64_t nb);
+// ---- row functions of the block types: the codec table's rows (GgmlCodec::quantize_row and
+// dequantize_row), with the same contracts ----------------------------------------------------------
+void dequantize_row_q4_0(const void* in, int64_t n, float* out);
+void dequantize_row_q4_1(const void* in, int64_t n, float* out);
+void dequantize_row_q5_0(const void* in, int64_t n, float* out);
+void dequantize_row_q5_1(const void* in, int64_t n, float* out);
+void dequantize_row_q8_0(const void* in, int64_t n, float* out);
+void dequantize_row_q2_k(const void* in, int64_t n, float* out);
+void dequantize_row_q3_k(const void* in, int64_t n, float* out);
+void dequantize_row_q4_k(const void* in, int64_t n, float* out);
+void dequantize_row_q5_k(const void* in, int64_t n, float* out);
+void dequantize_row_q6_k(const void* in, int64_t n, float* out);
+void dequantize_row_q8_k(const void* in, int64_t n, float* out);
+void dequantize_row_iq4_nl(const void* in, int64_t n, float* out);
+void dequantize_row_iq4_xs(const void* in, int64_t n, float* out);
 
-// ---- row quantizers ---------------------------------------------------------------------------------
-// x: one row of n floats, n a multiple of the type's block size (the legacy types' imatrix path
-// takes sigma^2 over the whole row, so a row must not be split); y: n / block_size blocks;
-// importance: n values for the same columns, or nullptr. Q8_0 ignores the importance, as ggml does.
-void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t n, const float* importance);
-void quantize_row_q4_1(const float* x, BlockQ4_1* y, int64_t n, const float* importance);
-void quantize_row_q5_0(const float* x, BlockQ5_0* y, int64_t n, const float* importance);
-void quantize_row_q5_1(const float* x, BlockQ5_1* y, int64_t n, const float* importance);
-void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n, const float* importance);
-void quantize_row_q2_k(const float* x, BlockQ2_K* y, int64_t n, const float* importance);
-void quantize_row_q3_k(const float* x, BlockQ3_K* y, int64_t n, const float* importance);
-void quantize_row_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance);
-void quantize_row_q5_k(const float* x, BlockQ5_K* y, int64_t n, const float* importance);
-void quantize_row_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importance);
-void quantize_row_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t n, const float* importance);
+void quantize_row_q4_0(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q4_1(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q5_0(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q5_1(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q8_0(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q2_k(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q3_k(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q4_k(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q5_k(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q6_k(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_iq4_nl(const float* x, int64_t n, void* out, const float* importance);
+
+// ---- alignment --------------------------------------------------------------------------------------
+// The kernels read and write typed blocks. Tensor data in a GGUF file and the buffers strata
+// allocates are aligned, but bytes handed in from elsewhere (a fuzzer, a network buffer, a packed
+// cache) need not be; those are staged through aligned storage so that no block is accessed through
+// a misaligned pointer. The test costs one branch per row, outside the kernels' loops.
+
+// Runs decode(units, out, count) over `units` blocks (or elements) of type Unit read from `in`, each
+// kPerUnit floats.
+template <class Unit, int64_t kPerUnit, class Decode>
+void decode_units(const void* in, int64_t units, float* out, Decode decode) {
+  if (reinterpret_cast<std::uintptr_t>(in) % alignof(Unit) == 0)
+    return decode(static_cast<const Unit*>(in), out, units);
+  constexpr int64_t kChunk = 64;
+  Unit staged[kChunk];
+  const auto* bytes = static_cast<const std::byte*>(in);
+  for (int64_t u = 0; u < units; u += kChunk) {
+    const int64_t m = std::min(kChunk, units - u);
+    std::memcpy(staged, bytes + u * static_cast<int64_t>(sizeof(Unit)), static_cast<std::size_t>(m) * sizeof(Unit));
+    decode(staged, out + u * kPerUnit, m);
+  }
+}
+
+// Runs encode(units) on `out`, or on aligned storage copied to `out` when `out` is misaligned for Unit.
+template <class Unit, class Encode>
+void encode_units(void* out, int64_t units, Encode encode) {
+  if (reinterpret_cast<std::uintptr_t>(out) % alignof(Unit) == 0) return encode(static_cast<Unit*>(out));
+  std::vector<Unit> staged(static_cast<std::size_t>(units));
+  encode(staged.data());
+  std::memcpy(out, staged.data(), staged.size() * sizeof(Unit));
+}
 
 // Scale and min of sub-block j from the 12 bytes that pack eight 6-bit scales and eight 6-bit mins
 // of Q4_K / Q5_K: sub-blocks 0..3 sit in the low six bits of bytes 0..3 (scales) and 4..7 (mins);
