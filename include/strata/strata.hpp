@@ -1,6 +1,6 @@
 #pragma once
 // Umbrella header: everything strata offers an engine, module by module in the order they build on
-// each other (core -> linalg / kernels -> io -> nn -> compress -> budget / kv).
+// each other (core -> linalg / kernels -> io -> nn -> compress -> budget / kv -> pipeline).
 //
 // Two headers are left to be included on purpose: strata/kernels/cuda.hpp belongs to the optional
 // strata::cuda target (a CPU-only engine neither includes it nor links cudart), and
@@ -24,6 +24,7 @@
 
 // kernels
 #include "strata/kernels/ggml_blocks.hpp"
+#include "strata/kernels/ggml_codec.hpp"
 #include "strata/kernels/ggml_dequant.hpp"
 
 // io
@@ -70,3 +71,6 @@
 #include "strata/kv/quant.hpp"
 #include "strata/kv/scorers.hpp"
 #include "strata/kv/session.hpp"
+
+// pipeline
+#include "strata/pipeline/pipeline.hpp"

@@ -51,6 +51,10 @@ TEST(Umbrella, EveryModuleIsReachable) {
   // kv
   const auto names = kv::scorer_names();
   EXPECT_NE(std::find(names.begin(), names.end(), "h2o"), names.end());
+
+  // pipeline
+  const pipeline::CalibrateOptions calibrate;
+  EXPECT_GT(calibrate.sequences, 0);
 }
 
 }  // namespace
