@@ -114,22 +114,6 @@ TEST_F(Stories, OwnSamplesHaveExpectedLikelihood) {
   EXPECT_LT(mean, 3.3) << "mean NLL " << mean;
 }
 
-TEST_F(Stories, PerplexityAndKlAgainstItself) {
-  // One window per sampled sequence: this tiny model leans on BOS at position 0, so windows that
-  // start mid-sequence would measure that, not the forward pass.
-  auto seqs = sample_sequences(*model_, 1, 200, 1, 77);
-  const std::vector<int32_t>& toks = seqs[0];
-  WindowOptions w{256, 256, 0};
-  const auto ppl = perplexity(*model_, toks, w);
-  EXPECT_EQ(ppl.tokens, static_cast<int64_t>(toks.size()) - 1);
-  EXPECT_GT(ppl.perplexity, 5.0);
-  EXPECT_LT(ppl.perplexity, 60.0);
-  const auto kl = kl_divergence(*model_, *model_, toks, w);
-  EXPECT_NEAR(kl.mean_kl, 0.0, 1e-9);
-  EXPECT_EQ(kl.top1_agreement, 1.0);
-  EXPECT_NEAR(kl.reference.perplexity, ppl.perplexity, 1e-6 * ppl.perplexity);
-}
-
 TEST_F(Stories, ReplacingALayerChangesOutputAndKl) {
   LlamaModel perturbed = model_->clone();
   RowMatrix<float> w = model_->linear("blk.2.ffn_down.weight").dense_weight();
@@ -138,7 +122,6 @@ TEST_F(Stories, ReplacingALayerChangesOutputAndKl) {
   auto seqs = sample_sequences(*model_, 1, 128, 1, 3);
   const auto kl = kl_divergence(*model_, perturbed, seqs[0], {128, 128, 0});
   EXPECT_GT(kl.mean_kl, 1e-4);
-  EXPECT_LT(kl.top1_agreement, 1.0 + 1e-12);
   RowMatrix<float> wrong(3, 3);
   EXPECT_THROW(perturbed.set_linear("blk.2.ffn_down.weight", std::make_shared<DenseLinear>(wrong)), Error);
   EXPECT_THROW(perturbed.set_linear("blk.9.nope", std::make_shared<DenseLinear>(w)), Error);
