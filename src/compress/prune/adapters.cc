@@ -20,7 +20,7 @@ class PruneCompressor : public WeightCompressor {
 
   Cost cost(const Layer& layer, std::string_view knob) const override {
     check_shape(layer);
-    const Setting s = parse_setting(knob, layer.name);
+    const Setting s = parse(knob, layer.name);
     const int64_t kept = fits(layer, s.pattern);
     Cost c;
     c.bytes = static_cast<double>(stored_bytes(layer.rows(), layer.cols(), s));
@@ -31,10 +31,10 @@ class PruneCompressor : public WeightCompressor {
 
   Compressed apply(const Layer& layer, const LayerCalibration& calib, std::string_view knob) const override {
     check_layer(layer);
-    const Setting s = parse_setting(knob, layer.name);
+    const Setting s = parse(knob, layer.name);
     fits(layer, s.pattern);
     detail::check_weight(*layer.weight, layer.name);
-    return encode(prune(layer, calib, s.pattern), s, std::string(name()), std::string(knob));
+    return encode(prune(layer, calib, s), s, std::string(name()), std::string(knob));
   }
 
   RowMatrix<float> reconstruct(const Compressed& c) const override {
@@ -43,7 +43,16 @@ class PruneCompressor : public WeightCompressor {
   }
 
  protected:
-  virtual Pruned prune(const Layer& layer, const LayerCalibration& calib, const Pattern& pattern) const = 0;
+  virtual Pruned prune(const Layer& layer, const LayerCalibration& calib, const Setting& setting) const = 0;
+  // Whether the knob may choose SparseGPT's mask rule (mask=block|row).
+  virtual bool has_mask_rule() const { return false; }
+
+  Setting parse(std::string_view knob, std::string_view layer) const {
+    const Setting s = parse_setting(knob, layer);
+    require(!s.mask_given || has_mask_rule(), "layer '", layer, "': knob '", knob, "': ", name(),
+            " has no mask rule to choose (mask=block|row is prune.sparsegpt's)");
+    return s;
+  }
 
   static void check_layer(const Layer& layer) {
     require(layer.weight != nullptr, "layer '", layer.name, "': no weight");
@@ -66,8 +75,8 @@ class MagnitudeCompressor final : public PruneCompressor {
   }
 
  protected:
-  Pruned prune(const Layer& layer, const LayerCalibration&, const Pattern& pattern) const override {
-    return magnitude(*layer.weight, pattern, layer.name);
+  Pruned prune(const Layer& layer, const LayerCalibration&, const Setting& s) const override {
+    return magnitude(*layer.weight, s.pattern, layer.name);
   }
 };
 
@@ -79,7 +88,8 @@ class WandaCompressor final : public PruneCompressor {
   }
 
  protected:
-  Pruned prune(const Layer& layer, const LayerCalibration& calib, const Pattern& pattern) const override {
+  Pruned prune(const Layer& layer, const LayerCalibration& calib, const Setting& s) const override {
+    const Pattern& pattern = s.pattern;
     if (calib.mean_sq != nullptr) return wanda(*layer.weight, *calib.mean_sq, pattern, layer.name);
     // E[x_j^2] is the diagonal of H = X^T X / N.
     require(calib.hessian != nullptr, "layer '", layer.name,
@@ -96,7 +106,8 @@ class SparseGptCompressor final : public PruneCompressor {
  public:
   std::string_view name() const override { return "prune.sparsegpt"; }
   std::string_view description() const override {
-    return "SparseGPT: per-block OBS mask selection and weight update from the input Hessian (128-column blocks, 1% damping)";
+    return "SparseGPT: OBS weight update from the input Hessian, mask chosen per 128-column block across all rows "
+           "(the paper's rule; mask=row: the same count in every row), 1% damping";
   }
   bool needs_hessian() const override { return true; }
 
@@ -108,20 +119,29 @@ class SparseGptCompressor final : public PruneCompressor {
     const SparseGptFactor f = factor(layer, calib);
     std::vector<Option> out;
     for (const auto& knob : knobs) {
-      const Setting s = parse_setting(knob, layer.name);
+      const Setting s = parse(knob, layer.name);
       fits(layer, s.pattern);
-      const Compressed c = encode(sparsegpt(*layer.weight, f, s.pattern, {}, layer.name), s, std::string(name()), knob);
+      const Compressed c =
+          encode(sparsegpt(*layer.weight, f, s.pattern, options(s), layer.name), s, std::string(name()), knob);
       out.push_back({knob, cost(layer, knob), output_error(*layer.weight, decode(c), calib.hessian)});
     }
     return out;
   }
 
  protected:
-  Pruned prune(const Layer& layer, const LayerCalibration& calib, const Pattern& pattern) const override {
-    return sparsegpt(*layer.weight, factor(layer, calib), pattern, {}, layer.name);
+  Pruned prune(const Layer& layer, const LayerCalibration& calib, const Setting& s) const override {
+    return sparsegpt(*layer.weight, factor(layer, calib), s.pattern, options(s), layer.name);
   }
+  bool has_mask_rule() const override { return true; }
 
  private:
+  // The paper's mask rule unless the knob asks for mask=row.
+  static SparseGptOptions options(const Setting& s) {
+    SparseGptOptions o;
+    o.mask = s.mask;
+    return o;
+  }
+
   static SparseGptFactor factor(const Layer& layer, const LayerCalibration& calib) {
     require(calib.hessian != nullptr, "layer '", layer.name,
             "': prune.sparsegpt needs the input Hessian (calibrate with Gram matrices)");

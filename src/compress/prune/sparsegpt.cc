@@ -68,14 +68,13 @@ Pruned sparsegpt(const RowMatrix<float>& w, const SparseGptFactor& factor, const
   for (int64_t j = 0; j < n; ++j)
     if (factor.dead[static_cast<size_t>(j)]) wd.col(j).setZero();
 
-  // How many weights each row loses in each block. Every row must lose exactly `drop` weights (the
-  // stored form has the same count per row), so the split over blocks comes from ranking the whole
-  // row by w^2 / U_jj^2 once; which weights of a block go is still decided when the block is reached,
-  // on the weights as earlier updates left them. On SmolLM2 layers this matches the paper's
-  // per-block threshold (not exact per row) within a few percent of output error, and beats an even
-  // split of the quota over blocks by ~10%.
+  const bool per_row = !pattern.semi_structured() && options.mask == SparseGptMask::row;
+  const bool per_block = !pattern.semi_structured() && options.mask == SparseGptMask::block;
+  // The per-row rule: how many weights each row loses in each block, from ranking the whole row by
+  // w^2 / U_jj^2 once, so that every row loses exactly `drop`; which weights of a block go is still
+  // decided when the block is reached, on the weights as earlier updates left them.
   Eigen::Matrix<int64_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> quota;
-  if (!pattern.semi_structured()) {
+  if (per_row) {
     quota.resize(rows, n_blocks);
     std::vector<double> s(static_cast<size_t>(n));
     std::vector<uint8_t> keep(static_cast<size_t>(n));
@@ -91,10 +90,34 @@ Pruned sparsegpt(const RowMatrix<float>& w, const SparseGptFactor& factor, const
     }
   }
 
+  // The paper's rule: block b loses its share of the layer's total in proportion to its width, chosen
+  // across all rows at once. Running floors make the shares add up to exactly rows * drop.
+  const int64_t total = rows * drop;
+  std::vector<double> block_scores;
+  std::vector<uint8_t> block_keep;
+  std::vector<int64_t> block_order;
+  if (per_block) {
+    block_scores.resize(static_cast<size_t>(rows * block));
+    block_keep.resize(block_scores.size());
+    block_order.resize(block_scores.size());
+  }
+
   Mask mask = Mask::Ones(rows, n);
   RowMatrix<double> err(rows, block);
   for (int64_t b = 0; b < n_blocks; ++b) {
     const int64_t i1 = b * block, i2 = std::min(n, i1 + block), count = i2 - i1;
+    if (per_block) {
+      // Scores row-major over the block, so that ties prune the lower row, then the lower column.
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < count; ++j) {
+          const double x = wd(r, i1 + j);
+          block_scores[static_cast<size_t>(r * count + j)] = x * x / (d[i1 + j] * d[i1 + j]);
+        }
+      const int64_t lose = total * i2 / n - total * i1 / n;
+      detail::prune_lowest(block_scores.data(), rows * count, lose, block_keep.data(), block_order.data());
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < count; ++j) mask(r, i1 + j) = block_keep[static_cast<size_t>(r * count + j)];
+    }
     // Rows are independent inside a block: each row picks its own mask and updates its own weights.
     // This part is O(rows * block^2), a small fraction of the GEMM below, so it stays on one thread
     // rather than alternating OpenMP and BLAS thread pools every block.
@@ -104,7 +127,7 @@ Pruned sparsegpt(const RowMatrix<float>& w, const SparseGptFactor& factor, const
       double* wr = wd.data() + r * n + i1;
       uint8_t* mr = mask.data() + r * n + i1;
       double* er = err.data() + r * block;
-      if (!pattern.semi_structured()) {
+      if (per_row) {
         for (int64_t j = 0; j < count; ++j) s[static_cast<size_t>(j)] = wr[j] * wr[j] / (d[i1 + j] * d[i1 + j]);
         detail::prune_lowest(s.data(), count, quota(r, b), mr, order.data());
       }

@@ -40,14 +40,25 @@ bool parse_ratio(const std::string& s, int& n, int& m) {
   return true;
 }
 
+// Where each row's kept values start in the row-major sequence of all kept values, and the total.
+std::vector<int64_t> row_starts(const Mask& mask) {
+  std::vector<int64_t> start(static_cast<size_t>(mask.rows()) + 1, 0);
+  for (int64_t r = 0; r < mask.rows(); ++r) {
+    int64_t n = 0;
+    for (int64_t j = 0; j < mask.cols(); ++j) n += mask(r, j) != 0;
+    start[static_cast<size_t>(r) + 1] = start[static_cast<size_t>(r)] + n;
+  }
+  return start;
+}
+
 }  // namespace
 
 Setting parse_setting(std::string_view knob, std::string_view layer) {
   const auto kv = parse_knob(knob);
   Setting s;
   for (const auto& [key, value] : kv)
-    require(key == "sparsity" || key == "pattern" || key == "values", "layer '", layer, "': knob '", knob,
-            "': unknown key '", key, "' (expected sparsity=F, pattern=N:M, values=f16|f32)");
+    require(key == "sparsity" || key == "pattern" || key == "values" || key == "mask", "layer '", layer, "': knob '",
+            knob, "': unknown key '", key, "' (expected sparsity=F, pattern=N:M, values=f16|f32, mask=block|row)");
   require(kv.count("sparsity") || kv.count("pattern"), "layer '", layer, "': knob '", knob,
           "' needs sparsity=F or pattern=N:M");
   if (auto it = kv.find("pattern"); it != kv.end()) {
@@ -72,6 +83,12 @@ Setting parse_setting(std::string_view knob, std::string_view layer) {
     } catch (const Error& e) {
       fail("layer '", layer, "': ", e.what());
     }
+  }
+  if (auto it = kv.find("mask"); it != kv.end()) {
+    require(it->second == "block" || it->second == "row", "layer '", layer, "': knob '", knob,
+            "': mask must be block or row, got '", it->second, "'");
+    s.mask = it->second == "block" ? SparseGptMask::block : SparseGptMask::row;
+    s.mask_given = true;
   }
   if (auto it = kv.find("values"); it != kv.end()) {
     require(it->second == "f16" || it->second == "f32", "layer '", layer, "': knob '", knob,
@@ -106,16 +123,23 @@ Compressed encode(const Pruned& pruned, const Setting& setting, std::string meth
   const int64_t per_group = indices ? p.m - p.n : 0;
   std::byte* vbase = values.raw();
   auto* mbase = reinterpret_cast<uint8_t*>(meta.raw());
+  // Where each row's values start in the row-major sequence: rows of a bitmask form may keep different
+  // counts (SparseGPT's per-block rule) as long as the layer keeps rows * kept in all.
+  const std::vector<int64_t> start = row_starts(pruned.mask);
+  require(start.back() == rows * kept, c.method, ": the mask keeps ", start.back(), " weights, the pattern says ",
+          rows * kept, " (", kept, " per row)");
   parallel_for(rows, 32, [&](int64_t r0, int64_t r1) {
-    std::vector<float> row(static_cast<size_t>(kept));
+    std::vector<float> row(static_cast<size_t>(cols));
     for (int64_t r = r0; r < r1; ++r) {
       const uint8_t* mr = pruned.mask.data() + r * cols;
       const float* wr = pruned.weight.data() + r * cols;
       uint8_t* out = mbase + r * meta_bytes;
+      const int64_t row_kept = start[static_cast<size_t>(r + 1)] - start[static_cast<size_t>(r)];
+      require(!p.semi_structured() || row_kept == kept, c.method, ": row ", r, " keeps ", row_kept, " weights, the pattern says ",
+              kept);
       int64_t k = 0;
       for (int64_t j = 0; j < cols; ++j) {
         if (!mr[j]) continue;
-        require(k < kept, c.method, ": row ", r, " keeps more than ", kept, " weights");
         if (indices) {
           require(k / per_group == j / p.m, c.method, ": row ", r, " breaks the ", p.n, ":", p.m, " pattern at column ", j);
           const uint64_t field = static_cast<uint64_t>(j % p.m);
@@ -129,11 +153,11 @@ Compressed encode(const Pruned& pruned, const Setting& setting, std::string meth
         }
         row[static_cast<size_t>(k++)] = wr[j];
       }
-      require(k == kept, c.method, ": row ", r, " keeps ", k, " weights, the pattern says ", kept);
+      const int64_t at = start[static_cast<size_t>(r)];
       if (setting.values == ValueType::f16) {
-        convert_f32_to_f16(row.data(), reinterpret_cast<f16*>(vbase) + r * kept, static_cast<uint64_t>(kept));
+        convert_f32_to_f16(row.data(), reinterpret_cast<f16*>(vbase) + at, static_cast<uint64_t>(k));
       } else {
-        std::memcpy(reinterpret_cast<float*>(vbase) + r * kept, row.data(), static_cast<size_t>(kept) * sizeof(float));
+        std::memcpy(reinterpret_cast<float*>(vbase) + at, row.data(), static_cast<size_t>(k) * sizeof(float));
       }
     }
   });
@@ -142,7 +166,7 @@ Compressed encode(const Pruned& pruned, const Setting& setting, std::string meth
   c.meta = {{"pattern", p.str()},
             {"values", setting.values == ValueType::f16 ? "f16" : "f32"},
             {"positions", indices ? "indices" : "mask"},
-            {"kept_per_row", kept}};
+            {"kept", rows * kept}};
   return c;
 }
 
@@ -169,14 +193,31 @@ RowMatrix<float> decode(const Compressed& c) {
   const auto* mbase = reinterpret_cast<const uint8_t*>(mit->second.raw());
   const int bits = indices ? index_bits(p.m) : 0;
   const int64_t per_group = indices ? p.m - p.n : 0;
+  // Where each row's values start: r * kept for indices; for a bitmask, the bits set in the rows above
+  // (rows may keep different counts, the layer rows * kept in all).
+  std::vector<int64_t> start(static_cast<size_t>(rows) + 1, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t n = kept;
+    if (!indices) {
+      const uint8_t* in = mbase + r * meta_bytes;
+      n = 0;
+      for (int64_t j = 0; j < cols; ++j) n += in[j / 8] >> (j % 8) & 1u;
+      require(!p.semi_structured() || n == kept, c.method, " (", c.knob, "): row ", r, " of the mask has ", n,
+              " bits set, the pattern keeps ", kept);
+    }
+    start[static_cast<size_t>(r) + 1] = start[static_cast<size_t>(r)] + n;
+  }
+  require(start.back() == rows * kept, c.method, " (", c.knob, "): the mask has ", start.back(),
+          " bits set, expected ", rows * kept, " (", kept, " per row)");
   RowMatrix<float> w = RowMatrix<float>::Zero(rows, cols);
   parallel_for(rows, 32, [&](int64_t r0, int64_t r1) {
-    std::vector<float> row(static_cast<size_t>(kept));
+    std::vector<float> row(static_cast<size_t>(cols));
     for (int64_t r = r0; r < r1; ++r) {
+      const int64_t at = start[static_cast<size_t>(r)], n = start[static_cast<size_t>(r) + 1] - at;
       if (setting.values == ValueType::f16) {
-        convert_f16_to_f32(reinterpret_cast<const f16*>(vbase) + r * kept, row.data(), static_cast<uint64_t>(kept));
+        convert_f16_to_f32(reinterpret_cast<const f16*>(vbase) + at, row.data(), static_cast<uint64_t>(n));
       } else {
-        std::memcpy(row.data(), reinterpret_cast<const float*>(vbase) + r * kept, static_cast<size_t>(kept) * sizeof(float));
+        std::memcpy(row.data(), reinterpret_cast<const float*>(vbase) + at, static_cast<size_t>(n) * sizeof(float));
       }
       const uint8_t* in = mbase + r * meta_bytes;
       float* wr = w.data() + r * cols;
@@ -197,12 +238,8 @@ RowMatrix<float> decode(const Compressed& c) {
         }
       } else {
         int64_t k = 0;
-        for (int64_t j = 0; j < cols; ++j) {
-          if (!(in[j / 8] >> (j % 8) & 1u)) continue;
-          require(k < kept, c.method, " (", c.knob, "): row ", r, " of the mask has more than ", kept, " bits set");
-          wr[j] = row[static_cast<size_t>(k++)];
-        }
-        require(k == kept, c.method, " (", c.knob, "): row ", r, " of the mask has ", k, " bits set, expected ", kept);
+        for (int64_t j = 0; j < cols; ++j)
+          if (in[j / 8] >> (j % 8) & 1u) wr[j] = row[static_cast<size_t>(k++)];
       }
     }
   });

@@ -13,8 +13,10 @@
 // input channels (on ffn_down, one block's FFN neurons) and prune.remove zeroes a layer (on
 // attn_output or ffn_down, one half of a removed block).
 //
-// Every unstructured mask removes exactly the same number of weights from every row, so that a
-// layer's stored size depends on its shape and knob only (see docs/pruning.md for the formats).
+// Every unstructured mask removes exactly floor(sparsity * cols) weights from every row, except
+// SparseGPT's paper rule (SparseGptMask::block), which removes the same total from the layer but
+// chooses per block of columns across rows; either way a layer's stored size depends on its shape
+// and knob only (see docs/pruning.md for the formats).
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -65,9 +67,29 @@ Pruned magnitude(const RowMatrix<float>& w, const Pattern& pattern, std::string_
 Pruned wanda(const RowMatrix<float>& w, const Vector<double>& mean_sq, const Pattern& pattern,
              std::string_view name = "weight");
 
+// How SparseGPT chooses an unstructured mask (an N:M pattern ignores this: every group of M consecutive
+// inputs of a row loses its N lowest scores when the group is reached).
+enum class SparseGptMask {
+  // The paper's rule (Frantar & Alistarh 2023, adaptive mask selection): when a block of `block`
+  // columns is reached, the lowest scores w^2 / U_jj^2 over the whole block, all rows together,
+  // are pruned, on the weights as the earlier blocks' updates left them. Rows end up with different
+  // counts. The block's count is its share of rows * floor(sparsity * cols) in proportion to its
+  // width (floor of the running total), so the layer loses exactly as many weights as under `row`
+  // and stores the same bytes (for 128-column blocks at sparsity 0.5 that is the paper's
+  // rows * 64 per block).
+  block,
+  // Every row loses exactly floor(sparsity * cols) weights: its count per block comes from ranking
+  // the whole row by w^2 / U_jj^2 before the loop; which weights of a block go is still chosen when
+  // the block is reached. A variant of the paper's rule for formats that need equal rows.
+  row,
+};
+
 struct SparseGptOptions {
   int64_t block = 128;  // columns per lazy-update block (the mask of a block is chosen at once)
   double damp = 0.01;   // added to diag(H), relative to its mean
+  // The plain function keeps the per-row rule its callers were written for; the registered
+  // prune.sparsegpt uses the paper's rule (knob mask=block, the default, or mask=row).
+  SparseGptMask mask = SparseGptMask::row;
 };
 
 // What SparseGPT needs of the Hessian, computed once per input and shared by the layers that read
@@ -89,16 +111,22 @@ Pruned sparsegpt(const RowMatrix<float>& w, const Matrix<double>& h, const Patte
 
 enum class ValueType { f16, f32 };
 
-// A knob parsed: "sparsity=0.5", "pattern=2:4", either with ",values=f32" (default f16).
+// A knob parsed: "sparsity=0.5", "pattern=2:4", either with ",values=f32" (default f16) and, for
+// prune.sparsegpt only (the other adapters refuse it), ",mask=block|row" (SparseGptMask; the stored
+// format does not depend on it).
 struct Setting {
   Pattern pattern;
   ValueType values = ValueType::f16;
+  SparseGptMask mask = SparseGptMask::block;
+  bool mask_given = false;
 };
 Setting parse_setting(std::string_view knob, std::string_view layer);
 
 // Bytes of the stored form (values + position metadata), from the shape alone.
 uint64_t stored_bytes(int64_t rows, int64_t cols, const Setting& setting);
-// Packs a pruned layer: "values" [rows, kept] (f16 or f32, kept entries in column order) and
+// Packs a pruned layer: "values" [rows, kept] (f16 or f32: the kept entries in row-major order, which
+// is row r's kept entries in row r when every row keeps `kept`; a mask whose rows keep different
+// counts, SparseGPT's paper rule, keeps the same total) and
 // either "mask" (i8 [rows, ceil(cols / 8)], bit j % 8 of byte j / 8 set for a kept column j) or, for
 // N:M patterns where it is smaller (2:4), "indices" (i8 [rows, ceil(kept * b / 8)]: the position of
 // each kept value inside its group of M as a b = ceil(log2 M)-bit field, little-endian bit order).
