@@ -29,15 +29,15 @@ struct Setting {
 
 std::string layer_prefix(std::string_view layer) { return "layer '" + std::string(layer) + "'"; }
 
-// "bits=B[,group=G|row][,sym|asym]", RTN and GPTQ also "[,clip[=0|1|w]]", GPTQ also
-// "[,act_order[=0|1]][,damp=D]"; what is not given
+// "bits=B[,group=G|row][,sym|asym]", RTN and GPTQ also "[,clip[=0|1|w]]", AWQ "[,clip[=0|1]]" (its
+// own clipping search), GPTQ also "[,act_order[=0|1]][,damp=D]"; what is not given
 // comes from the compressor's defaults, so that "bits=3" means a point of the ladder it lists.
 Setting parse_setting(std::string_view knob, const Setting& defaults, Method method, std::string_view layer) {
   const std::string where = layer_prefix(layer);
   try {
     const auto kv = parse_knob(knob);
     std::set<std::string> known = {"bits", "group", "sym", "asym"};
-    if (method != Method::awq) known.insert("clip");
+    known.insert("clip");
     if (method == Method::gptq) known.insert({"act_order", "damp"});
     for (const auto& [key, value] : kv) {
       if (!known.count(key)) {
@@ -50,6 +50,9 @@ Setting parse_setting(std::string_view knob, const Setting& defaults, Method met
       if (key == "act_order")
         require(value.empty() || value == "0" || value == "1", "knob '", knob,
                 "': act_order takes no value, 0 or 1, got '", value, "'");
+      if (key == "clip" && method == Method::awq)
+        require(value.empty() || value == "0" || value == "1", "knob '", knob,
+                "': AWQ's clip (its own clipping search) takes no value, 0 or 1, got '", value, "'");
       if (key == "clip")
         require(value.empty() || value == "0" || value == "1" || value == "w", "knob '", knob,
                 "': clip takes no value, 0, 1 or w, got '", value, "'");
@@ -185,9 +188,13 @@ class QuantCompressor final : public WeightCompressor {
       }
       case Method::awq: {
         require(calib.mean_abs != nullptr, where, ": AWQ needs the per-channel mean |x| of the input (calibration)");
-        const auto r = quant::awq(*layer.weight, *calib.mean_abs, calib.hessian, calib.mean_sq, s.spec, {}, layer.name);
+        const quant::AwqClip clip;
+        const auto r = quant::awq(*layer.weight, *calib.mean_abs, calib.hessian, calib.mean_sq, s.spec, {},
+                                  layer.name, s.clip ? &clip : nullptr);
         q = r.q;
         extra["alpha"] = r.alpha;
+        extra["clip"] = s.clip ? "AWQ's search on the group's output error" : "none";
+        extra["scales"] = "per tensor, stored (not folded into the preceding operation)";
         extra["search_objective"] = calib.hessian ? "tr(dW H dW^T)" : (calib.mean_sq ? "mean_sq" : "mean_abs^2");
         break;
       }
@@ -280,10 +287,14 @@ void add_quant_compressors(Registry& registry) {
       "GPTQ: error feedback through the inverse Hessian, act-order with static groups of 128 whose ranges come "
       "from a clipping search weighted by E[x^2], 10% dampening, asymmetric; RTN's storage",
       Method::gptq, {{4, 128, false}, true, 0.1, true, true});
+  // Per tensor, unlike the paper (quant::awq_group + fold_scales_into_*): alpha is searched on this
+  // layer's own output error and the scales are stored and divided out at reconstruction.
   add("quant.awq",
-      "Activation-aware scaling (AWQ-style): per-input scales mean|x|^alpha, alpha searched on the output error, "
-      "then RTN (asymmetric, groups of 128); RTN's storage + f16 scale per input",
-      Method::awq, {{4, 128, false}, false});
+      "AWQ per tensor: per-input scales mean|x|^alpha with alpha searched on this layer's output error (the paper "
+      "searches it per group of layers sharing an input), AWQ's clipping search, RTN (asymmetric, groups of 128); "
+      "RTN's storage + the f16 scales per input, divided out at reconstruction (the paper folds them into the "
+      "preceding norm or layer)",
+      Method::awq, {{4, 128, false}, false, 0.01, true, false});
 }
 
 }  // namespace strata::compress

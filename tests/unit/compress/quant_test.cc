@@ -670,7 +670,7 @@ TEST(Compressors, BadInputNamesLayerAndField) {
                "clip takes no value, 0, 1 or w");
   expect_error([&] { g.apply(layer, calib, "bits=4,clip=2"); }, "clip takes no value, 0, 1 or w");
   expect_error([&] { find_compressor("quant.rtn").apply(layer, {}, "bits=4,clip=w"); }, "mean x^2");
-  expect_error([&] { find_compressor("quant.awq").apply(layer, calib, "bits=4,clip"); }, "unknown key 'clip'");
+  expect_error([&] { find_compressor("quant.awq").apply(layer, calib, "bits=4,clip=w"); }, "AWQ's clip");
   const Matrix<double> h_small = correlated_hessian(32, 1);
   expect_error([&] { g.apply(layer, {&h_small, nullptr, nullptr, 1}, "bits=4"); }, "Hessian is [32, 32]");
   Matrix<double> h_nan = h;

@@ -1,6 +1,8 @@
 #pragma once
 // Integer weight quantization: round-to-nearest (RTN), GPTQ (Frantar et al. 2022, error feedback
-// through the inverse Hessian) and activation-aware scaling in the style of AWQ (Lin et al. 2023).
+// through the inverse Hessian) and AWQ (Lin et al. 2023: activation-aware scales searched per group of
+// layers that share an input and folded into what precedes them, then a clipping search; per tensor
+// with stored scales in the registry).
 //
 // One format serves all three, so one reconstruction serves all three:
 //   - weights W [rows, cols] are cut, per row, into groups of `group` consecutive inputs (the last
@@ -12,7 +14,8 @@
 //     symmetric: s = max|w| / (2^(bits-1) - 1), z = 2^(bits-1) implicit (not stored);
 //   - a clipping search (ClipSearch, below) may fit a group on a narrower range than min/max; the
 //     weights outside it take the end codes, and the format does not change;
-//   - AWQ adds one f16 scale per input channel: W' = dequant(codes) diag(channel_scales)^-1.
+//   - per-tensor AWQ adds one f16 scale per input channel: W' = dequant(codes) diag(channel_scales)^-1
+//     (folded AWQ stores none: its codes stand for W diag(s) and s lives in the preceding operation).
 // Scales are rounded to f16 before the codes are chosen, so codes are optimal for the scale that is
 // stored, and what is reconstructed is exactly what the algorithms evaluated.
 //
@@ -163,19 +166,83 @@ struct AwqOptions {
   int64_t search_rows = 128;
 };
 
+// AWQ's weight clipping search (llm-awq's auto_clip), run after the scales are chosen: for each
+// group of each row, the candidates clamp the group to [-m, m] with m = max|w| (1 - i / grid),
+// i = 0 .. floor(max_shrink * grid) - 1, and fit the group on the clamped weights (RTN's formulas);
+// the one whose rounding and clipping error d minimises the group's output error d^T H_gg d (H_gg:
+// the group's block of the input's H, cross terms inside the group included) wins, the full range
+// on ties.
+struct AwqClip {
+  int grid = 20;
+  double max_shrink = 0.5;
+};
+
+// The channel scales of one input: s_j = max(mean_abs_j, 1e-6 max(mean_abs))^alpha, normalised so
+// that max(s) min(s) = 1, rounded to f16 (the floor keeps every scale positive and inside f16's range).
+std::vector<f16> awq_channel_scales(const Vector<double>& mean_abs, double alpha);
+
+// What the scale search found for a group of weights that read one input (AWQ's q/k/v after the
+// attention norm, gate/up after the FFN norm, o_proj, down_proj; a group of one is a single layer).
+struct AwqScales {
+  std::vector<f16> scales;  // s [cols]
+  double alpha = 0;
+  // The joint relative output error of plain RTN of every W_i diag(s), unscaled:
+  // sum_i tr(dW_i H dW_i^T) / sum_i tr(W_i H W_i^T) (or the diagonal proxy without H).
+  double error = 0;
+};
+
+// AWQ's scale search over a group: alpha = i / grid, i = 0 .. grid - 1, scales awq_channel_scales,
+// each candidate scored by the group's joint output error above (every matrix on up to
+// options.search_rows evenly spaced rows); the winner is checked against alpha = 0 (plain RTN) on
+// all rows, so the group is never worse than RTN on that objective. The error is tr(dW H dW^T) with
+// `h`, else sum_j d_j ||dW[:, j]||^2 with d = mean_sq (or mean_abs^2 when mean_sq is null). Every
+// matrix must have mean_abs.size() inputs. `name` (the group) starts every error message.
+AwqScales awq_search_scales(std::span<const RowMatrix<float>* const> ws, const Vector<double>& mean_abs,
+                            const Matrix<double>* h, const Vector<double>* mean_sq, const QuantSpec& spec,
+                            const AwqOptions& options = {}, std::string_view name = "group");
+
+// W diag(s): the weights a folded model stores (and quantizes) for a layer whose input is divided by s.
+RowMatrix<float> scale_columns(const RowMatrix<float>& w, std::span<const f16> scales, std::string_view name = "weight");
+
+// Quantizes W diag(s) (no channel_scales: the scales are folded elsewhere). With `clip`, each group's
+// range comes from AWQ's clipping search on the output error of the scaled layer's input x / s, whose
+// second moment is diag(s)^-1 H diag(s)^-1; without, plain RTN. `h` is [cols, cols] (a diagonal one
+// when only per-channel statistics exist).
+QuantizedMatrix awq_quantize(const RowMatrix<float>& w, std::span<const f16> scales, const Matrix<double>& h,
+                             const QuantSpec& spec, const AwqClip* clip, std::string_view name = "weight");
+
+// AWQ on a group as the paper runs it: the scale search, then every W_i diag(s) quantized with the
+// clipping search (clip = nullptr: without). q[i] stands for W_i diag(s); the model computes the same
+// function once s is folded into what precedes the group (fold_scales_into_norm / _rows).
+struct AwqGroupResult {
+  AwqScales scales;
+  std::vector<QuantizedMatrix> q;
+};
+AwqGroupResult awq_group(std::span<const RowMatrix<float>* const> ws, const Vector<double>& mean_abs,
+                         const Matrix<double>& h, const QuantSpec& spec, const AwqOptions& options = {},
+                         const AwqClip* clip = nullptr, std::string_view name = "group");
+
+// Folding: the group's input x becomes x / s, so nothing runs at inference time.
+// An RMSNorm (or any elementwise-scaled norm) before the group: g_j <- g_j / s_j.
+void fold_scales_into_norm(Vector<float>& norm_weight, std::span<const f16> scales, std::string_view name = "norm");
+// A linear layer whose output is the group's input, elementwise (v_proj before o_proj when every
+// attention head has its own value head; up_proj before down_proj, since silu(gate) * up is linear in
+// up's output): row j <- row j / s_j. Throws unless the layer has scales.size() outputs.
+void fold_scales_into_rows(RowMatrix<float>& previous, std::span<const f16> scales, std::string_view name = "weight");
+
 struct AwqResult {
   QuantizedMatrix q;   // with channel_scales
   double alpha = 0;    // the exponent chosen
   double error = 0;    // its objective: tr(dW H dW^T) / tr(W H W^T), or the diagonal proxy
 };
 
-// Activation-aware scaling: s_j = mean_abs_j^alpha (normalised so that max(s) min(s) = 1, rounded
-// to f16), W' = RTN(W diag(s)) diag(s)^-1, alpha from the grid minimising the output error
-// tr(dW H dW^T) when `h` is given, else sum_j d_j ||dW[:, j]||^2 with d = mean_sq (or mean_abs^2
-// when mean_sq is null). The winner of the (row-sampled) search is checked against alpha = 0, plain
-// RTN, on all rows, so the result is never worse than RTN on that objective.
+// AWQ per tensor, what the registry's quant.awq runs (a per-layer compressor cannot change the
+// layer before it): awq_search_scales on a group of one, so alpha is this layer's own (not the
+// group's), and the scales are stored as f16 channel_scales that reconstruction divides out,
+// W' = dequant(q) diag(s)^-1, instead of being folded. With `clip`, the clipping search runs on
+// `h`, else on the diagonal of mean_sq (or mean_abs^2); without, plain RTN of W diag(s).
 AwqResult awq(const RowMatrix<float>& w, const Vector<double>& mean_abs, const Matrix<double>* h,
               const Vector<double>* mean_sq, const QuantSpec& spec, const AwqOptions& options = {},
-              std::string_view name = "weight");
+              std::string_view name = "weight", const AwqClip* clip = nullptr);
 
 }  // namespace strata::compress::quant
