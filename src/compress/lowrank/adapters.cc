@@ -116,12 +116,27 @@ class LowRankCompressor final : public WeightCompressor {
       settings.push_back(parse(layer, k));
       randomized = randomized || settings.back().randomized;
     }
+    const Vector<double> diag = activation_weights(calib);
     // A randomized SVD holds only the leading components of its own rank: no curve to read.
-    if (randomized) return WeightCompressor::options_for(layer, calib, ks);
+    if (randomized) {
+      if (diag.size() == 0) return WeightCompressor::options_for(layer, calib, ks);
+      std::vector<Option> out;
+      for (const auto& k : ks) {
+        const RowMatrix<float> back = reconstruct(apply(layer, calib, k));
+        const RowMatrix<double> dw = (*layer.weight - back).cast<double>();
+        const double num = (dw.array().square().colwise().sum().transpose() * diag.array()).sum();
+        const double den =
+            (layer.weight->cast<double>().array().square().colwise().sum().transpose() * diag.array()).sum();
+        out.push_back({k, cost(layer, k), den > 0 ? num / den : 0.0});
+      }
+      return out;
+    }
     Setting full;
     full.alpha = options_.alpha;
     const Decomposition d = decompose(layer, calib, full);
-    const auto curve = in_layer(layer, [&] { return error_curve(d, *layer.weight, calib.hessian); });
+    const auto curve = in_layer(layer, [&] {
+      return diag.size() > 0 ? error_curve_diagonal(d, *layer.weight, diag) : error_curve(d, *layer.weight, calib.hessian);
+    });
     std::vector<Option> out;
     for (size_t i = 0; i < ks.size(); ++i)
       out.push_back({ks[i], cost(layer, ks[i]), curve[static_cast<size_t>(settings[i].rank)]});
@@ -142,6 +157,16 @@ class LowRankCompressor final : public WeightCompressor {
     } catch (const Error& e) {
       fail(name(), ": layer '", layer.name, "': ", e.what());
     }
+  }
+
+  // ASVD without a Hessian: the output error's diagonal proxy, weighted by E[x_j^2] (or E|x_j|^2), so
+  // that its curve ranks truncations by what the activations see, as ASVD's search needs. Empty
+  // otherwise (the exact output error with H, the weight error for the other methods without).
+  Vector<double> activation_weights(const LayerCalibration& calib) const {
+    if (method_ != Method::asvd || calib.hessian != nullptr) return {};
+    if (calib.mean_sq != nullptr) return *calib.mean_sq;
+    if (calib.mean_abs != nullptr) return calib.mean_abs->array().square();
+    return {};
   }
 
   void check_layer(const Layer& layer) const {

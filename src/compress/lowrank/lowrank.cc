@@ -141,12 +141,44 @@ Decomposition svd_llm(const RowMatrix<float>& w, const Matrix<double>& h, const 
   return d;
 }
 
-std::vector<double> error_curve(const Decomposition& d, const RowMatrix<float>& w, const Matrix<double>* h) {
-  constexpr std::string_view fn = "lowrank::error_curve";
+namespace {
+
+void check_curve(std::string_view fn, const Decomposition& d, const RowMatrix<float>& w) {
   require(d.complete, fn, ": needs a complete decomposition (full SVD); a randomized one holds only ",
           d.components(), " components");
   require(d.u.rows() == w.rows() && d.r.cols() == w.cols(), fn, ": decomposition of a [", d.u.rows(), ", ",
           d.r.cols(), "] matrix, weight is [", w.rows(), ", ", w.cols(), "]");
+}
+
+// errors[r] = sum_{i >= r} energy_i / sum_i energy_i, the tail sums taken from the smallest component
+// up so that small errors keep their relative precision.
+std::vector<double> tail_curve(Vector<double> energy) {
+  const int64_t k = energy.size();
+  energy = energy.cwiseMax(0.0);
+  std::vector<double> tail(static_cast<size_t>(k) + 1, 0.0);
+  for (int64_t i = k - 1; i >= 0; --i) tail[static_cast<size_t>(i)] = tail[static_cast<size_t>(i) + 1] + energy(i);
+  const double total = tail[0];
+  for (double& e : tail) e = total > 0 ? e / total : 0.0;
+  return tail;
+}
+
+}  // namespace
+
+std::vector<double> error_curve_diagonal(const Decomposition& d, const RowMatrix<float>& w,
+                                         const Vector<double>& channel_weight) {
+  constexpr std::string_view fn = "lowrank::error_curve_diagonal";
+  check_curve(fn, d, w);
+  require(channel_weight.size() == w.cols(), fn, ": ", channel_weight.size(), " channel weights for a weight with ",
+          w.cols(), " inputs");
+  require(channel_weight.allFinite() && (channel_weight.array() >= 0).all(), fn,
+          ": channel weights must be finite and >= 0");
+  // Component i's share of sum_j m_j ||W[:, j]||^2 is sum_j m_j r_ij^2 (U's columns are orthonormal).
+  return tail_curve(d.r.array().square().matrix() * channel_weight);
+}
+
+std::vector<double> error_curve(const Decomposition& d, const RowMatrix<float>& w, const Matrix<double>* h) {
+  constexpr std::string_view fn = "lowrank::error_curve";
+  check_curve(fn, d, w);
   const int64_t k = d.components();
   // energy_i = s_i^2 z_i^T H z_i = r_i^T H r_i: component i's share of tr(W H W^T) (cross terms
   // vanish because U's columns are orthonormal).
@@ -162,13 +194,7 @@ std::vector<double> error_curve(const Decomposition& d, const RowMatrix<float>& 
   } else {
     energy = d.r.rowwise().squaredNorm();
   }
-  energy = energy.cwiseMax(0.0);
-  // Tail sums from the smallest component up, so that small errors keep their relative precision.
-  std::vector<double> tail(static_cast<size_t>(k) + 1, 0.0);
-  for (int64_t i = k - 1; i >= 0; --i) tail[static_cast<size_t>(i)] = tail[static_cast<size_t>(i) + 1] + energy(i);
-  const double total = tail[0];
-  for (double& e : tail) e = total > 0 ? e / total : 0.0;
-  return tail;
+  return tail_curve(std::move(energy));
 }
 
 int64_t rank_for_keep(int64_t rows, int64_t cols, double keep) {

@@ -2,9 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
+#include "strata/budget/allocator.hpp"
 #include "strata/compress/registry.hpp"
 #include "strata/io/model.hpp"
 #include "strata/linalg/decompositions.hpp"
@@ -248,6 +250,104 @@ TEST(LowRankAdapters, RegisteredWithCostsEqualToStorage) {
     EXPECT_EQ(rsvd.meta.at("solver"), "randomized");
     const double full_err = output_error(fx.w, c.reconstruct(by_rank), &fx.h);
     EXPECT_LT(output_error(fx.w, c.reconstruct(rsvd), &fx.h), 1.1 * full_err + 1e-6) << name;
+  }
+}
+
+// ASVD's sensitivity curve without a Hessian: every knob's error is the diagonal proxy
+// sum_j E[x_j^2] ||dW[:, j]||^2 / sum_j E[x_j^2] ||W[:, j]||^2 of the stored factors, computed here
+// from the reconstruction, through the one-SVD curve and through the randomized path alike; it is not
+// the plain weight error, which ignores the activations.
+TEST(LowRankAsvd, SensitivityCurveWithoutHessianIsActivationAware) {
+  const Fixture fx;
+  const Layer layer{"blk.2.attn_q.weight", &fx.w};
+  const LayerCalibration no_h{nullptr, &fx.mean_sq, &fx.mean_abs, 1000};
+  const WeightCompressor& c = find_compressor("lowrank.asvd");
+  const auto diagonal_error = [&](const RowMatrix<float>& w_hat) {
+    const RowMatrix<double> d = (fx.w - w_hat).cast<double>(), w = fx.w.cast<double>();
+    double num = 0, den = 0;
+    for (int64_t j = 0; j < w.cols(); ++j) {
+      num += fx.mean_sq[j] * d.col(j).squaredNorm();
+      den += fx.mean_sq[j] * w.col(j).squaredNorm();
+    }
+    return num / den;
+  };
+  int differs = 0;
+  for (const char* suffix : {"", ",rsvd"}) {
+    std::vector<std::string> knobs;
+    for (const char* k : {"keep=0.2", "keep=0.5", "keep=0.8", "rank=40"}) knobs.push_back(std::string(k) + suffix);
+    const auto opts = c.options_for(layer, no_h, knobs);
+    ASSERT_EQ(opts.size(), knobs.size());
+    for (size_t i = 0; i < knobs.size(); ++i) {
+      const RowMatrix<float> w_hat = c.reconstruct(c.apply(layer, no_h, knobs[i]));
+      const double want = diagonal_error(w_hat);
+      EXPECT_NEAR(opts[i].error, want, 1e-6 + 1e-4 * want) << knobs[i];
+      differs += std::abs(opts[i].error - output_error(fx.w, w_hat, nullptr)) > 0.05 * want;
+    }
+  }
+  EXPECT_GT(differs, 4);
+  // With only mean |x|, the weights are E|x_j|^2.
+  const LayerCalibration abs_only{nullptr, nullptr, &fx.mean_abs, 1000};
+  const Decomposition d = asvd(fx.w, fx.mean_abs, 0.5);
+  const auto curve = error_curve_diagonal(d, fx.w, fx.mean_abs.array().square().matrix());
+  const auto opts = c.options_for(layer, abs_only, {"rank=12"});
+  EXPECT_NEAR(opts[0].error, curve[12], 1e-12);
+  EXPECT_THROW(error_curve_diagonal(d, fx.w, fx.mean_abs.head(5)), Error);
+}
+
+// ASVD's rank search (sensitivity-based truncation rank searching) written out: every (layer, keep,
+// sensitivity) sorted, a threshold t, each layer at the smallest keep whose sensitivity is <= t (kept
+// dense when none is), the smallest t whose parameters fit the target. On a table of ASVD's curves
+// plus a dense option per layer, budget::Solver::minimax under a params budget picks the same plan.
+TEST(LowRankAsvd, RankSearchIsMinimaxOverTheSensitivityTable) {
+  const WeightCompressor& c = find_compressor("lowrank.asvd");
+  budget::Table table;
+  std::vector<RowMatrix<float>> ws;
+  std::vector<Matrix<double>> hs;
+  std::vector<Vector<double>> abs_means;
+  const int64_t shapes[][2] = {{48, 64}, {64, 64}, {96, 64}, {64, 96}, {32, 96}};
+  for (int i = 0; i < 5; ++i) {
+    ws.push_back(random_weight(shapes[i][0], shapes[i][1], 70 + static_cast<uint64_t>(i)));
+    const Matrix<double> x = correlated_inputs(800, shapes[i][1], 8 + 6 * i, 80 + static_cast<uint64_t>(i));
+    hs.push_back(x.transpose() * x / 800.0);
+    abs_means.push_back(x.cwiseAbs().colwise().mean().transpose());
+  }
+  for (int i = 0; i < 5; ++i) {
+    const std::string name = "blk." + std::to_string(i) + ".w";
+    const Layer layer{name, &ws[static_cast<size_t>(i)]};
+    budget::LayerCandidates lc{name, ws[static_cast<size_t>(i)].size(), {}};
+    lc.options.push_back({"dense", "f32", {4.0 * static_cast<double>(lc.params), static_cast<double>(lc.params), 0}, 0.0});
+    for (const Option& o : c.options(layer, {&hs[static_cast<size_t>(i)], nullptr, &abs_means[static_cast<size_t>(i)], 800}))
+      lc.options.push_back({"lowrank.asvd", o.knob, o.cost, o.error});
+    table.layers.push_back(std::move(lc));
+  }
+  const double total = static_cast<double>(table.params());
+  for (double target : {0.3, 0.5, 0.7, 0.85}) {
+    SCOPED_TRACE("target " + std::to_string(target));
+    // The search by enumeration over every threshold.
+    std::vector<double> thresholds = {0.0};
+    for (const auto& l : table.layers)
+      for (const auto& o : l.options) thresholds.push_back(o.error);
+    std::sort(thresholds.begin(), thresholds.end());
+    std::vector<std::string> want;
+    for (double t : thresholds) {
+      double params = 0;
+      std::vector<std::string> plan;
+      for (const auto& l : table.layers) {
+        const budget::Candidate* pick = nullptr;
+        for (const auto& o : l.options)
+          if (o.error <= t && (pick == nullptr || o.cost.params < pick->cost.params)) pick = &o;
+        params += pick->cost.params;
+        plan.push_back(pick->knob);
+      }
+      if (params <= target * total) {
+        want = plan;
+        break;
+      }
+    }
+    ASSERT_FALSE(want.empty());
+    const budget::Plan got = budget::solve(table, {budget::Metric::params, target * total}, budget::Solver::minimax);
+    ASSERT_EQ(got.choices.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got.choices[i].knob, want[i]) << table.layers[i].tensor;
   }
 }
 

@@ -90,6 +90,14 @@ Decomposition svd_llm(const RowMatrix<float>& w, const Matrix<double>& h, const 
 // a decomposition that is not complete (randomized).
 std::vector<double> error_curve(const Decomposition& d, const RowMatrix<float>& w, const Matrix<double>* h);
 
+// The same curve with the output error's diagonal proxy, sum_j m_j ||dW[:, j]||^2 / sum_j m_j ||W[:, j]||^2
+// for channel weights m_j >= 0 (E[x_j^2], the diagonal of H), for callers with per-channel statistics
+// only: activation-aware where the plain weight error is not. Exact for the decomposition's truncations
+// (cross terms between components vanish, as above). Throws like error_curve and for a weight vector
+// of the wrong size or with a negative or non-finite entry.
+std::vector<double> error_curve_diagonal(const Decomposition& d, const RowMatrix<float>& w,
+                                         const Vector<double>& channel_weight);
+
 // SVD-LLM's parameter ratio: the rank whose factors hold `keep` of the layer's out * in numbers,
 // r = floor(out * in * keep / (out + in)), at least 1 (tiny layers) and at most min(out, in).
 // Throws unless 0 < keep <= 1.
@@ -122,7 +130,10 @@ class LowRankLinear final : public nn::Linear {
 // options.solver.solver == Solver::randomized each of them carries ",rsvd".
 // Storage: A [out, r] and B [r, in] as float32 tensors "a" and "b": 4 r (out + in) bytes, the
 // figure cost() reports. options() takes every knob's error from one full SVD (error_curve); with
-// the randomized solver it compresses and measures each knob instead.
+// the randomized solver it compresses and measures each knob instead. Without a Hessian, ASVD's errors are
+// the diagonal proxy above with mean_sq (or mean |x|^2), so its curve stays activation-aware: that
+// curve, (params, error) at keep=0.1 .. 0.9, is the per-layer sensitivity ASVD's rank search ranks
+// (docs/lowrank.md: budget::Solver::minimax over a params budget is the search's global part).
 enum class Method { svd, asvd, svd_llm };
 struct CompressorOptions {
   SolverOptions solver;
