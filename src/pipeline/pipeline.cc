@@ -279,17 +279,29 @@ std::vector<double> weigh_by_kl(budget::Table& table, LayerBank& bank, const nn:
     report(progress, "measuring sensitivities", static_cast<int64_t>(i), total);
     auto& layer = table.layers[i];
     if (layer.options.size() < 2) continue;  // pinned: a constant, nothing to weigh
-    const auto worst = std::max_element(layer.options.begin(), layer.options.end(),
-                                        [](const budget::Candidate& a, const budget::Candidate& b) { return a.error < b.error; });
-    if (!(worst->error > 0)) continue;
-    budget::Plan one;
-    one.choices.push_back(budget::Choice::of(layer.tensor, *worst));
     const bool tied_head = layer.tensor == "token_embd.weight" && bank.model().tied_output();
     const int from = tied_head ? 0 : first_changed_block(layer.tensor, n_layers);
-    const double kl = probe.mean_kl(apply(one, bank), from);
-    const double s = std::max(kl, 0.0) / worst->error;
-    sensitivity[i] = s;
-    for (auto& o : layer.options) o.error *= s;
+    auto kl_of = [&](const budget::Candidate& o) {
+      budget::Plan one;
+      one.choices.push_back(budget::Choice::of(layer.tensor, o));
+      return std::max(probe.mean_kl(apply(one, bank), from), 0.0);
+    };
+    // Each kind its own factor, from its own worst option: the errors of a rank cut, a sparsity
+    // pattern and a rounding grid map to KL differently, and one factor measured at one kind's worst
+    // point misprices the others. A kind's factor does not depend on which other kinds the menu has,
+    // so the table of one kind alone is exactly that kind's part of a mixed table.
+    std::map<std::string, std::vector<budget::Candidate*>> by_method;
+    for (auto& o : layer.options) by_method[o.method].push_back(&o);
+    double worst_ratio = 0;
+    for (auto& [method, opts] : by_method) {
+      const budget::Candidate& worst =
+          **std::max_element(opts.begin(), opts.end(), [](const auto* a, const auto* b) { return a->error < b->error; });
+      if (!(worst.error > 0)) continue;
+      const double ratio = kl_of(worst) / worst.error;
+      for (auto* o : opts) o->error *= ratio;
+      worst_ratio = std::max(worst_ratio, ratio);
+    }
+    sensitivity[i] = worst_ratio;
   }
   report(progress, "measuring sensitivities", total, total);
   return sensitivity;
@@ -375,6 +387,29 @@ void PlanOptions::check() const {
           "evolutionary search: generations, offspring and max_swaps must be >= 1");
 }
 
+std::vector<std::pair<std::string, budget::Table>> single_kind_menus(const budget::Table& table,
+                                                                     const budget::Constraint& constraint) {
+  std::set<std::string> methods;
+  for (const auto& layer : table.layers)
+    if (layer.options.size() > 1)
+      for (const auto& o : layer.options) methods.insert(o.method);
+  std::vector<std::pair<std::string, budget::Table>> out;
+  if (methods.size() < 2) return out;
+  for (const auto& m : methods) {
+    budget::Table sub;
+    for (const auto& layer : table.layers) {
+      budget::LayerCandidates l = layer;
+      l.options.clear();
+      for (const auto& o : layer.options)
+        if (o.method == m) l.options.push_back(o);
+      if (l.options.empty()) l.options = layer.options;  // a layer the kind cannot serve keeps its menu
+      sub.layers.push_back(std::move(l));
+    }
+    if (sub.min_cost(constraint.metric) <= constraint.budget) out.emplace_back(m, std::move(sub));
+  }
+  return out;
+}
+
 PlanResult plan(const budget::Table& table, const budget::Constraint& constraint, const PlanOptions& options,
                 LayerBank& bank, const nn::KlEvaluator* probe, const Progress& progress) {
   options.check();
@@ -385,22 +420,35 @@ PlanResult plan(const budget::Table& table, const budget::Constraint& constraint
     return r;
   }
   r.plan = budget::solve(front, constraint, budget::parse_solver(options.solver));
-  if (!options.evolve) return r;
-  require(probe != nullptr, "the evolutionary search needs a probe to measure KL on");
+  const std::vector<std::pair<std::string, budget::Table>> menus = single_kind_menus(table, constraint);
+  if (probe == nullptr || (!options.evolve && (!options.guard || menus.empty()))) return r;
   auto fitness = [&](const budget::Plan& p) { return probe->mean_kl(apply(p, bank)); };
-  // Start from the best of the per-layer-error solvers, as measured.
+  // Candidates for the start, as measured: the plan, the other per-layer-error solvers' plans (with
+  // the search), and the plans of each single kind's menu (the guard: a wider menu is never worse on
+  // the probe than any one kind alone, whatever the per-layer estimates got wrong).
   budget::Plan start = r.plan;
   double start_fit = fitness(start);
   r.probe_kl.emplace_back(start.solver, start_fit);
-  for (const char* s : {"greedy", "dp", "minimax"}) {
-    if (s == options.solver) continue;
-    budget::Plan alt = budget::solve(front, constraint, budget::parse_solver(s));
+  auto consider = [&](budget::Plan alt, std::string label) {
     const double f = fitness(alt);
-    r.probe_kl.emplace_back(alt.solver, f);
+    r.probe_kl.emplace_back(std::move(label), f);
     if (f < start_fit) {
       start = std::move(alt);
       start_fit = f;
     }
+  };
+  if (options.evolve)
+    for (const char* s : {"greedy", "dp", "minimax"})
+      if (s != options.solver) consider(budget::solve(front, constraint, budget::parse_solver(s)), s);
+  if (options.guard)
+    for (const auto& [method, sub] : menus) {
+      budget::Plan alt = budget::solve(sub.pareto(constraint.metric), constraint, budget::parse_solver(options.solver));
+      alt.solver = options.solver + " on " + method + " alone";
+      consider(std::move(alt), options.solver + " on " + method + " alone");
+    }
+  if (!options.evolve) {
+    r.plan = std::move(start);
+    return r;
   }
   budget::EvolveOptions eo = options.evolve_options;
   const auto user_progress = eo.progress;

@@ -214,12 +214,21 @@ void run(const Options& o, bool compress_model) {
     report.budget = describe(*constraint, table);
     std::printf("budget: %s\n", report.budget.c_str());
     t = Clock::now();
-    if (plan_options.evolve) make_probe();
+    // The guard measures candidate plans on the probe when the menu mixes kinds.
+    if (plan_options.evolve || (plan_options.guard && !pipeline::single_kind_menus(table, *constraint).empty()))
+      make_probe();
     pipeline::PlanResult solved = pipeline::plan(table, *constraint, plan_options, bank, probe.get(), progress);
     plan = std::move(solved.plan);
     report.solver = plan.solver;
     report.seconds.emplace_back(solved.evolved ? "solving and evolutionary search" : "solving", since(t));
-    for (const auto& [s, kl] : solved.probe_kl) std::printf("probe KL: %s %.5f\n", s.c_str(), kl);
+    for (const auto& [s, kl] : solved.probe_kl) {
+      std::printf("probe KL: %s %.5f\n", s.c_str(), kl);
+      if (solved.probe_kl.size() > 1)
+        report.notes.push_back("candidate plan '" + s + "': probe KL " + std::to_string(kl));
+    }
+    if (solved.probe_kl.size() > 1 && !solved.evolved)
+      report.notes.push_back("kept '" + plan.solver + "', the candidate with the lowest probe KL (the guard against "
+                             "a wider menu doing worse than one kind alone)");
     if (solved.evolved) {
       const budget::EvolveResult& er = *solved.evolved;
       report.evolve = {{"start_solver", solved.start_solver}, {"start_fitness", er.start_fitness},

@@ -151,9 +151,11 @@ budget::Table measure(const Model& model, const budget::Recipe& recipe, LayerBan
 double cheapest_cost(const Model& model, const budget::Recipe& recipe, budget::Metric metric);
 
 // Turns each layer's relative output errors into estimates of the KL divergence the layer alone adds
-// to the whole model: the layer is set to its worst option, the KL on `probe` measured (running only
-// the blocks from the changed one onward, on cached hidden states), and all its options' errors
-// scaled by KL / error. Returns the per-layer sensitivities (in table order).
+// to the whole model, measured on `probe` (running only the blocks from the changed one onward, on
+// cached hidden states): per layer and per kind of option (compressor), the worst option's KL, and
+// every option of that kind scaled by KL / error. Per kind, because the errors of a rank cut, a
+// sparsity pattern and a rounding grid map to KL differently; and a kind's factors do not depend on
+// which other kinds the menu holds. Returns per layer the largest KL / error.
 std::vector<double> weigh_by_kl(budget::Table& table, LayerBank& bank, const nn::KlEvaluator& probe,
                                 const Progress& progress = {});
 
@@ -179,10 +181,18 @@ struct PlanOptions {
   std::string solver = "greedy";         // uniform, greedy, dp, minimax, error
   std::optional<double> max_error;       // solver "error": the cap on the total predicted error
   bool evolve = false;                   // refine on measured KL (needs a probe)
+  // With a probe and a menu of several kinds (bits, sparsity, rank): also solve each kind's menu
+  // alone and keep whichever plan measures best, so a wider menu never loses to a narrower one.
+  bool guard = true;
   budget::EvolveOptions evolve_options;  // from Recipe::evolve_options()
   static PlanOptions from(const budget::Recipe& recipe);
   void check() const;  // throws for an unknown solver, or "error" without max_error
 };
+
+// For a table whose menu mixes compressors: per compressor, the table with only that compressor's
+// options (layers it cannot serve keep theirs), when a plan of it can meet the constraint.
+std::vector<std::pair<std::string, budget::Table>> single_kind_menus(const budget::Table& table,
+                                                                     const budget::Constraint& constraint);
 
 struct PlanResult {
   budget::Plan plan;
@@ -191,8 +201,9 @@ struct PlanResult {
   std::vector<std::pair<std::string, double>> probe_kl;  // the solvers' plans as measured on the probe
 };
 
-// Solves the table's Pareto front for the constraint; with options.evolve, the best of the
-// per-layer-error solvers on the probe is refined by the evolutionary search.
+// Solves the table's Pareto front for the constraint. With a probe: the guard (options.guard) measures
+// the plan against the plans of each single kind's menu and keeps the best; with options.evolve, the
+// best of those and of the other per-layer-error solvers is refined by the evolutionary search.
 PlanResult plan(const budget::Table& table, const budget::Constraint& constraint, const PlanOptions& options,
                 LayerBank& bank, const nn::KlEvaluator* probe = nullptr, const Progress& progress = {});
 

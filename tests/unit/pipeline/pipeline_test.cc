@@ -207,5 +207,43 @@ TEST_F(PipelineTest, ApplyingAPlanChangesExactlyItsLayers) {
   EXPECT_TRUE(m.linear("output.weight").dense_weight().isApprox(model_->dense->linear("output.weight").dense_weight()));
 }
 
+TEST_F(PipelineTest, AWiderMenuIsNeverWorseOnHeldOutText) {
+  // quant alone vs quant + 2:4 + low rank, every solver, the same budget: the guard measures the plan
+  // of each kind's menu alone on the probe, so the wider menu keeps the narrower one's plan unless
+  // its own measures better.
+  auto recipe_of = [](bool mixed) {
+    nlohmann::json j = nlohmann::json::parse(R"({"name": "menu", "rules": [{"match": "blk.*.weight", "methods": [
+      {"compressor": "quant.rtn", "knobs": ["bits=2,group=32", "bits=3,group=32", "bits=4,group=32", "bits=8,group=32"]}]}],
+      "bits_per_weight": 4.6, "error_mode": "kl"})");
+    if (mixed) {
+      j["rules"][0]["methods"].push_back({{"compressor", "prune.sparsegpt"}, {"knobs", {"pattern=2:4"}}});
+      j["rules"][0]["methods"].push_back({{"compressor", "lowrank.svdllm"}});
+    }
+    return budget::Recipe::from_json(j, "menu");
+  };
+  const auto held_out_seqs = nn::sample_sequences(*model_->dense, 8, 48, 1, 99);
+  const nn::KlEvaluator held_out(*model_->dense, held_out_seqs);
+  const nn::KlEvaluator probe(*model_->dense, calib_seqs_, /*keep_hidden=*/true);
+  LayerBank bank(*model_, &calib_->stats);
+  budget::Table narrow = measure(*model_, recipe_of(false), bank);
+  budget::Table wide = measure(*model_, recipe_of(true), bank);
+  weigh_by_kl(narrow, bank, probe);
+  weigh_by_kl(wide, bank, probe);
+  const auto constraint = resolve_budget(*model_, recipe_of(true), wide, {});
+  ASSERT_EQ(constraint.budget, resolve_budget(*model_, recipe_of(false), narrow, {}).budget);
+  ASSERT_GE(single_kind_menus(wide, constraint).size(), 2u);
+  for (const char* solver : {"greedy", "dp", "minimax"}) {
+    PlanOptions o;
+    o.solver = solver;
+    const PlanResult a = plan(narrow, constraint, o, bank, &probe);
+    const PlanResult b = plan(wide, constraint, o, bank, &probe);
+    EXPECT_LE(b.plan.total_cost().bytes, constraint.budget) << solver;
+    const double kl_narrow = held_out(apply(a.plan, bank)).mean_kl, kl_wide = held_out(apply(b.plan, bank)).mean_kl;
+    EXPECT_LE(kl_wide, kl_narrow * (1 + 1e-9)) << solver << ": wide " << kl_wide << " (" << b.plan.solver
+                                               << ") vs narrow " << kl_narrow;
+    EXPECT_LE(probe.mean_kl(apply(b.plan, bank)), probe.mean_kl(apply(a.plan, bank)) * (1 + 1e-9)) << solver;
+  }
+}
+
 }  // namespace
 }  // namespace strata::pipeline
