@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 
 #include "strata/core/error.hpp"
 #include "test_util.hpp"
@@ -125,16 +126,28 @@ TEST_F(PipelineTest, SensitivitiesAreKlOverTheWorstOptionsError) {
   ASSERT_EQ(s.size(), table.layers.size());
   for (size_t i : {size_t{0}, size_t{9}, table.layers.size() - 1}) {
     const auto& layer = before.layers[i];
-    const auto worst = std::max_element(layer.options.begin(), layer.options.end(),
-                                        [](const auto& a, const auto& b) { return a.error < b.error; });
-    // Independently: the whole model with that one layer compressed, judged from token 0.
-    nn::LlamaModel m = model_->dense->clone();
-    const auto c = bank.compressed(layer.tensor, worst->method, worst->knob);
-    m.set_linear(layer.tensor, compress::find_compressor(worst->method).to_linear(*c));
-    const double kl = probe(m, 0).mean_kl;
-    EXPECT_NEAR(s[i], kl / worst->error, 1e-4 * kl / worst->error) << layer.tensor;
-    for (size_t k = 0; k < layer.options.size(); ++k)
-      EXPECT_NEAR(table.layers[i].options[k].error, layer.options[k].error * s[i], 1e-9 + 1e-9 * s[i]);
+    // Independently, per kind: the whole model with the layer at that kind's worst option, judged
+    // from token 0; every option of the kind scaled by KL / error.
+    std::map<std::string, double> ratio;
+    for (const auto& o : layer.options) {
+      const budget::Candidate* worst = &o;
+      for (const auto& p : layer.options)
+        if (p.method == o.method && p.error > worst->error) worst = &p;
+      if (ratio.count(o.method)) continue;
+      nn::LlamaModel m = model_->dense->clone();
+      const auto c = bank.compressed(layer.tensor, worst->method, worst->knob);
+      m.set_linear(layer.tensor, compress::find_compressor(worst->method).to_linear(*c));
+      ratio[o.method] = probe(m, 0).mean_kl / worst->error;
+    }
+    ASSERT_EQ(ratio.size(), 3u) << layer.tensor;
+    double largest = 0;
+    for (const auto& [method, r] : ratio) largest = std::max(largest, r);
+    EXPECT_NEAR(s[i], largest, 1e-4 * largest) << layer.tensor;
+    for (size_t k = 0; k < layer.options.size(); ++k) {
+      const double expect = layer.options[k].error * ratio[layer.options[k].method];
+      EXPECT_NEAR(table.layers[i].options[k].error, expect, 1e-9 + 1e-4 * expect)
+          << layer.tensor << " " << layer.options[k].method << ":" << layer.options[k].knob;
+    }
   }
 }
 
