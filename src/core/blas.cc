@@ -68,6 +68,8 @@ std::string BlasInfo::describe() const {
     if (coretype_from_env) out << " OPENBLAS_CORETYPE=" << std::getenv("OPENBLAS_CORETYPE");
     if (slow_kernels()) out << " [SLOW KERNELS]";
   }
+  for (const char* var : {"OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT"})
+    if (const char* v = std::getenv(var)) out << " " << var << "=" << v;
   return out.str();
 }
 
@@ -96,8 +98,24 @@ void ensure_fast_blas(int argc, char** argv) {
   if (autofix && std::string_view(autofix) == "0") return;
   if (std::getenv("STRATA_BLAS_REEXEC")) return;  // already re-executed once: never loop
   const BlasInfo info = blas_info();
-  if (!info.slow_kernels() || info.coretype_from_env) return;
-  setenv("OPENBLAS_CORETYPE", info.best_core.c_str(), 1);
+  bool reexec = false;
+  if (info.slow_kernels() && !info.coretype_from_env) {
+    setenv("OPENBLAS_CORETYPE", info.best_core.c_str(), 1);
+    reexec = true;
+  }
+  // strata's loops (OpenMP) and OpenBLAS's own thread pool take turns on the same cores. By default
+  // each pool's idle threads spin after their work (libgomp for a while, OpenBLAS for about 2^28
+  // cycles) and steal the cores the other pool needs next; on a 2-core machine with other work a
+  // forward pass of SmolLM2 ran 2x slower. Both read these only at start-up.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    reexec = true;
+  }
+  if (std::getenv("OPENBLAS_THREAD_TIMEOUT") == nullptr) {
+    setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1);  // 2^4 cycles: idle threads sleep at once
+    reexec = true;
+  }
+  if (!reexec) return;
   setenv("STRATA_BLAS_REEXEC", "1", 1);
   std::fflush(nullptr);
   execv("/proc/self/exe", argv);

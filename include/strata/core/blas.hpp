@@ -22,9 +22,12 @@ struct BlasInfo {
 
 BlasInfo blas_info();
 
-// Call first in main(). If OpenBLAS chose kernels weaker than this CPU runs and OPENBLAS_CORETYPE is
-// unset, sets it to the best kernel set and re-executes the program with the same arguments (once;
-// STRATA_BLAS_AUTOFIX=0 disables this). Returns normally when nothing needs fixing or exec fails.
+// Call first in main(). Re-executes the program once with the same arguments (STRATA_BLAS_AUTOFIX=0
+// disables this) when the environment lacks what fast BLAS-heavy work needs, each only when unset:
+// OPENBLAS_CORETYPE, when OpenBLAS chose kernels weaker than this CPU runs; OMP_WAIT_POLICY=passive
+// and OPENBLAS_THREAD_TIMEOUT=4, so that idle threads of strata's OpenMP loops and of OpenBLAS's pool
+// sleep instead of spinning against each other. Returns normally when nothing needs fixing or exec
+// fails.
 void ensure_fast_blas(int argc, char** argv);
 
 // Prints, once per process, a warning with the fix when the BLAS kernels are slow for this CPU.
