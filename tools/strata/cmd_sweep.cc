@@ -74,7 +74,7 @@ void register_sweep(CLI::App& app) {
                 static_cast<long long>(length), es.describe().c_str(), static_cast<long long>(eval_tokens),
                 static_cast<long long>(context));
     const pipeline::Calibration calibration = pipeline::calibrate(m, cs, {sequences, length, {}}, stage_bars());
-    const nn::Calibration& calib = calibration.stats;
+    pipeline::LayerBank bank(m, &calibration.stats, 0);  // nothing cached: each form is used once
     const auto eval = nn::tokenize_slice(tok, es, eval_tokens);
     const nn::WindowOptions w{context, context, 0};
 
@@ -110,17 +110,11 @@ void register_sweep(CLI::App& app) {
       Progress bar(spec.compressor + ":" + spec.knob, static_cast<int64_t>(targets.size()));
       for (const auto& name : targets) {
         const RowMatrix<float> wt = dense.linear(name).dense_weight();
-        const auto& st = calib.stats(name);
-        const Matrix<double> h = st.hessian();
-        const Vector<double> ms = st.mean_sq(), ma = st.mean_abs();
-        const compress::LayerCalibration lc{&h, &ms, &ma, st.tokens};
-        const compress::Layer layer{name, &wt};
-        const compress::Compressed comp = c.apply(layer, lc, spec.knob);
-        const RowMatrix<float> w_hat = c.reconstruct(comp);
-        const double err = compress::output_error(wt, w_hat, &h);
-        variant.set_linear(name, c.to_linear(comp));
-        layers.push_back({name, err, static_cast<double>(comp.stored_bytes()), static_cast<double>(wt.size())});
-        bytes += static_cast<double>(comp.stored_bytes());
+        const auto comp = bank.compressed(name, spec.compressor, spec.knob);
+        const double err = compress::output_error(wt, c.reconstruct(*comp), bank.calibration(name).hessian);
+        variant.set_linear(name, c.to_linear(*comp));
+        layers.push_back({name, err, static_cast<double>(comp->stored_bytes()), static_cast<double>(wt.size())});
+        bytes += static_cast<double>(comp->stored_bytes());
         bar.update(static_cast<int64_t>(layers.size()));
       }
       const auto kl = nn::kl_divergence(dense, variant, eval, w);
