@@ -207,7 +207,7 @@ void run(const Options& o, bool compress_model) {
       make_probe();
       pipeline::weigh_by_kl(table, bank, *probe, progress);
       report.seconds.emplace_back("measuring sensitivities", since(t));
-      report.notes.push_back("errors are relative output errors scaled per layer by a measured KL sensitivity (" +
+      report.notes.push_back("errors are relative output errors scaled per layer and kind of option by a measured KL sensitivity (" +
                              std::to_string(probe->tokens()) + " probe tokens)");
     }
     constraint = pipeline::resolve_budget(model, recipe, table, request);
