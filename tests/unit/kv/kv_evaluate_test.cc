@@ -182,11 +182,13 @@ TEST(KvEvaluate, DecodeEqualsASessionThatReadTheWindowItself) {
     const std::string label = row.config.label();
     EXPECT_EQ(row.tokens, std::llround(row.budget * 30));
     EXPECT_GT(row.kl, 0) << label;
-    EXPECT_NEAR(row.kl, kl, 1e-9 + 1e-9 * kl) << label;
-    EXPECT_NEAR(row.nll, nll, 1e-9 * nll) << label;
+    // The same logits, summed in another order (and with FMA contractions under -march=native): equal to
+    // a few parts in 1e9, far below any difference between two eviction policies.
+    EXPECT_NEAR(row.kl, kl, 1e-9 + 1e-7 * kl) << label;
+    EXPECT_NEAR(row.nll, nll, 1e-7 * nll) << label;
     EXPECT_EQ(row.top1, top1) << label;
     ASSERT_EQ(row.window_kl.size(), 2u);
-    for (size_t i = 0; i < 2; ++i) EXPECT_NEAR(row.window_kl[i], window_kl[i], 1e-9 + 1e-9 * window_kl[i]);
+    for (size_t i = 0; i < 2; ++i) EXPECT_NEAR(row.window_kl[i], window_kl[i], 1e-9 + 1e-7 * window_kl[i]);
     EXPECT_EQ(&r.row(label, row.budget), &row);
   }
   EXPECT_THROW(r.row("tova/uniform", 0.4), Error);
