@@ -6,7 +6,8 @@
 //
 //   prune_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
 //              [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--patterns 0.5,2:4,4:8]
-//              [--methods magnitude,wanda,sparsegpt] [--ffn 0.1,0.25] [--blocks 1,2,4] [--threads N]
+//              [--methods magnitude,wanda,sparsegpt] [--ffn 0.1,0.25] [--ffn-damp 0.2] [--blocks 1,2,4]
+//              [--threads N]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -43,6 +44,7 @@ struct Args : strata::examples::RealDataArgs {
   std::vector<std::string> patterns = {"0.5", "2:4", "4:8"};
   std::vector<std::string> methods = {"magnitude", "wanda", "sparsegpt"};
   std::vector<double> ffn = {0.1, 0.25};
+  std::vector<double> ffn_damps = {prune::NeuronPruningOptions{}.damp};
   std::vector<int> blocks = {1, 2, 4};
 
   void add_options(CLI::App& app) {
@@ -58,6 +60,7 @@ struct Args : strata::examples::RealDataArgs {
             },
             "METHOD,..."));
     examples::add_list(app, "--ffn", ffn, "fractions of FFN neurons removed");
+    examples::add_list(app, "--ffn-damp", ffn_damps, "dampings of the least-squares refit, each its own row");
     examples::add_list(app, "--blocks", blocks, "numbers of blocks removed");
   }
 };
@@ -167,18 +170,25 @@ void run(const Args& a) {
 
   if (!a.ffn.empty()) std::printf("\nstructured: FFN neurons removed per block (importance ||down[:, i]|| * rms(h_i))\n");
   for (double f : a.ffn) {
-    for (bool compensate : {false, true}) {
+    // A negative damping stands for the row without a refit.
+    std::vector<double> damps = {-1.0};
+    damps.insert(damps.end(), a.ffn_damps.begin(), a.ffn_damps.end());
+    for (double damp : damps) {
+      const bool compensate = damp >= 0;
       prune::NeuronPruningReport rep;
       const auto tp = std::chrono::steady_clock::now();
       prune::NeuronPruningOptions o;
       o.fraction = f;
       o.compensate = compensate;
+      if (compensate) o.damp = damp;
       const nn::LlamaModel m = prune::prune_ffn_neurons(dense, calib, o, &rep);
       const double s = seconds_since(tp);
       Row row;
       evaluate(dense, m, toks, w, row);
+      char variant[48] = "no refit";
+      if (compensate) std::snprintf(variant, sizeof variant, "refit damp %g", damp);
       std::printf("ffn %4.0f%% %-16s perplexity %8.3f  d ppl %8.3f  KL %.4f  top-1 %.1f%%  FFN MiB %.1f -> %.1f  (%.1f s)\n",
-                  100 * f, compensate ? "least-squares" : "no refit", row.ppl, row.ppl - base.perplexity, row.kl,
+                  100 * f, variant, row.ppl, row.ppl - base.perplexity, row.kl,
                   100 * row.top1, static_cast<double>(rep.bytes_before) / (1 << 20),
                   static_cast<double>(rep.bytes_after) / (1 << 20), s);
       std::fflush(stdout);

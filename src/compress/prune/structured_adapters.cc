@@ -55,7 +55,7 @@ class ChannelCompressor final : public WeightCompressor {
   std::string_view name() const override { return "prune.channels"; }
   std::string_view description() const override {
     return "structured: drop the input channels with the smallest ||W[:, j]|| * sqrt(E[x_j^2]) and refit the kept "
-           "columns on H (damp 0.1); f16 sub-matrix + i32 channel indices; on ffn_down, FFN neuron pruning";
+           "columns on H (damp 0.2); f16 sub-matrix + i32 channel indices; on ffn_down, FFN neuron pruning";
   }
 
   // Cheapest first; a fraction that keeps as many channels as the one before it (narrow layers) is

@@ -105,14 +105,14 @@ TEST(PruneChannels, KeepsTheLoudestChannelsAndRefitsThem) {
   ASSERT_EQ(kept, top_channels(s.w, s.x, k));
 
   // The damped least-squares refit written out: W'_K = (W H[:, K] + l W_K) (H_KK + l I)^-1 with
-  // l = 0.1 mean(diag H_KK), which equals W_K + W_P H_PK (H_KK + l I)^-1.
+  // l = 0.2 mean(diag H_KK), which equals W_K + W_P H_PK (H_KK + l I)^-1.
   Matrix<double> hk(16, k), hkk(k, k), wk(6, k);
   for (int64_t a = 0; a < k; ++a) {
     hk.col(a) = s.h.col(kept[static_cast<size_t>(a)]);
     wk.col(a) = s.w.col(kept[static_cast<size_t>(a)]).cast<double>();
     for (int64_t b = 0; b < k; ++b) hkk(a, b) = s.h(kept[static_cast<size_t>(a)], kept[static_cast<size_t>(b)]);
   }
-  const double lambda = 0.1 * hkk.diagonal().mean();
+  const double lambda = 0.2 * hkk.diagonal().mean();
   const Matrix<double> lhs = hkk + lambda * Matrix<double>::Identity(k, k);
   const Matrix<double> rhs = s.w.cast<double>() * hk + lambda * wk;
   const Matrix<double> want = lhs.transpose().fullPivLu().solve(rhs.transpose()).transpose();
@@ -291,7 +291,7 @@ class StoriesStructured : public ::testing::Test {
 TEST_F(StoriesStructured, ChannelsOnFfnDownArePruneFfnNeurons) {
   // keep=0.75 per tensor is the whole-model FFN pruning of a quarter of the neurons, as far as
   // ffn_down goes (gate and up then compute rows that nothing reads).
-  const nn::LlamaModel pruned = prune::prune_ffn_neurons(*model_, calib_, {0.25, true, 0.1});
+  const nn::LlamaModel pruned = prune::prune_ffn_neurons(*model_, calib_, {0.25, true, 0.2});
   for (int l = 0; l < model_->config().n_layers; ++l) {
     const std::string name = "blk." + std::to_string(l) + ".ffn_down.weight";
     const Compressed c = compress(name, "prune.channels", "keep=0.75,values=f32");
