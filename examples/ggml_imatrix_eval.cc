@@ -11,7 +11,7 @@
 // dense. Every layer gets the one type (as `llama-quantize --pure` does), not llama.cpp's mixes.
 //
 //   ggml_imatrix_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
-//                     [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--types q2_k,q3_k]
+//                     [--eval TXT] [--eval-slice 0.7:0.8] [--eval-tokens 4096] [--types q2_k,q3_k]
 #include <chrono>
 #include <cstdio>
 #include <filesystem>

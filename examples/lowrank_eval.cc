@@ -5,7 +5,7 @@
 // model on text disjoint from the calibration text.
 //
 //   lowrank_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
-//                [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--keep 0.8[,0.6...]]
+//                [--eval TXT] [--eval-slice 0.7:0.8] [--eval-tokens 4096] [--keep 0.8[,0.6...]]
 //                [--methods svd,asvd,svdllm] [--rsvd]
 // --rsvd computes each layer's factors with the randomized SVD instead of the full one.
 #include <cblas.h>

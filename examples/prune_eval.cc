@@ -5,7 +5,7 @@
 // calibration text.
 //
 //   prune_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
-//              [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--patterns 0.5,2:4,4:8]
+//              [--eval TXT] [--eval-slice 0.7:0.8] [--eval-tokens 4096] [--patterns 0.5,2:4,4:8]
 //              [--methods magnitude,wanda,sparsegpt] [--ffn 0.1,0.25] [--ffn-damp 0.2] [--blocks 1,2,4]
 //              [--threads N]
 #include <algorithm>

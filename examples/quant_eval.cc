@@ -4,7 +4,7 @@
 // all-MiniLM-L6-v2 (float32 weights), judged by embedding cosine to the dense encoder.
 //
 //   quant_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
-//              [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--configs 4:128,3:128]
+//              [--eval TXT] [--eval-slice 0.7:0.8] [--eval-tokens 4096] [--configs 4:128,3:128]
 //              [--methods rtn,rtn_clip,rtn_clip_w,gptq,gptq_minmax,gptq_natural,awq,COMPRESSOR:KEY+KEY,METHOD@seqK]
 //              [--minilm DIR] [--paraphrases TSV] [--no-minilm] [--no-smollm]
 //              [--no-grid-check] [--calib-cache FILE]
