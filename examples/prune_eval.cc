@@ -10,10 +10,12 @@
 //              [--threads N]
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -122,6 +124,7 @@ std::string pattern_knob(const std::string& p) {
 
 void run(const Args& a) {
   const auto [cs, es] = a.disjoint_slices();
+  for (double d : a.ffn_damps) require(std::isfinite(d) && d >= 0, "--ffn-damp: ", d, " is not a damping >= 0");
   if (a.threads > 0) set_num_threads(static_cast<int>(a.threads));
   std::printf("%s; %d threads\n", blas_info().describe().c_str(), num_threads());
   const auto file = io::open_model(a.model);
@@ -170,23 +173,23 @@ void run(const Args& a) {
 
   if (!a.ffn.empty()) std::printf("\nstructured: FFN neurons removed per block (importance ||down[:, i]|| * rms(h_i))\n");
   for (double f : a.ffn) {
-    // A negative damping stands for the row without a refit.
-    std::vector<double> damps = {-1.0};
+    // The row without a refit, then one per damping.
+    std::vector<std::optional<double>> damps = {std::nullopt};
     damps.insert(damps.end(), a.ffn_damps.begin(), a.ffn_damps.end());
-    for (double damp : damps) {
-      const bool compensate = damp >= 0;
+    for (const auto& damp : damps) {
+      const bool compensate = damp.has_value();
       prune::NeuronPruningReport rep;
       const auto tp = std::chrono::steady_clock::now();
       prune::NeuronPruningOptions o;
       o.fraction = f;
       o.compensate = compensate;
-      if (compensate) o.damp = damp;
+      if (compensate) o.damp = *damp;
       const nn::LlamaModel m = prune::prune_ffn_neurons(dense, calib, o, &rep);
       const double s = seconds_since(tp);
       Row row;
       evaluate(dense, m, toks, w, row);
       char variant[48] = "no refit";
-      if (compensate) std::snprintf(variant, sizeof variant, "refit damp %g", damp);
+      if (compensate) std::snprintf(variant, sizeof variant, "refit damp %g", *damp);
       std::printf("ffn %4.0f%% %-16s perplexity %8.3f  d ppl %8.3f  KL %.4f  top-1 %.1f%%  FFN MiB %.1f -> %.1f  (%.1f s)\n",
                   100 * f, variant, row.ppl, row.ppl - base.perplexity, row.kl,
                   100 * row.top1, static_cast<double>(rep.bytes_before) / (1 << 20),

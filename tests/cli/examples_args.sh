@@ -80,6 +80,16 @@ expect_parsed docs_ggml_imatrix_eval ggml_imatrix_eval
 expect_parsed docs_kv_quant_eval kv_quant_eval
 expect_parsed docs_quant_eval quant_eval --no-minilm --no-grid-check --calib-cache "$work/cache.bin" --configs 3:128 \
   --methods rtn,rtn_clip,quant.gptq:act_order+clip=0+damp=0.1,gptq_natural,gptq@seq5
+# The tuning- and report-slice commands of docs/quantization.md, pruning.md and lowrank.md.
+expect_parsed docs_quant_eval_report quant_eval --no-minilm --no-grid-check --calib-cache "$work/cache.bin" \
+  --eval-slice 0.7:0.8 --eval-tokens 4096 --configs 4:128,3:128 --methods rtn,rtn_clip_w,gptq
+expect_parsed docs_prune_eval_tuning prune_eval --eval-slice 0.8:0.9 --eval-tokens 2048 --patterns "" --blocks "" \
+  --ffn 0.1,0.25 --ffn-damp 0.01,0.03,0.1,0.3,1
+expect_parsed docs_prune_eval_report prune_eval --eval-slice 0.7:0.8 --eval-tokens 4096 --patterns 0.5,2:4 \
+  --methods magnitude,wanda,sparsegpt --ffn 0.1,0.25 --ffn-damp 0.2 --blocks ""
+expect_parsed docs_lowrank_eval_report lowrank_eval --eval-slice 0.7:0.8 --eval-tokens 4096 --keep 0.9,0.95
+expect_refusal prune_eval_bad_ffn_damp "--ffn-damp" prune_eval --ffn-damp 0.1,much
+expect_refusal prune_eval_negative_ffn_damp "--ffn-damp" prune_eval --ffn-damp 0.1,-1
 # A malformed list item is refused by the parser.
 expect_refusal prune_eval_bad_blocks "--blocks" prune_eval --blocks 1,two
 expect_refusal quant_eval_bad_configs "--configs" quant_eval --configs 4-128
