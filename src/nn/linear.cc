@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <cstdint>
 #include <sstream>
 
 namespace strata::nn {
@@ -36,6 +37,25 @@ void DenseLinear::forward(const float* x, int64_t tokens, float* y) const {
 std::string DenseLinear::describe() const {
   std::ostringstream out;
   out << "dense f32 [" << weight_.rows() << ", " << weight_.cols() << "]";
+  return out.str();
+}
+
+MappedLinear::MappedLinear(const float* weight, int64_t rows, int64_t cols)
+    : weight_(weight), rows_(rows), cols_(cols) {
+  require(weight != nullptr && rows > 0 && cols > 0, "MappedLinear: no weights, or an empty shape [", rows, ", ",
+          cols, "]");
+  require(reinterpret_cast<uintptr_t>(weight) % alignof(float) == 0, "MappedLinear: weights not 4-byte aligned");
+}
+
+void MappedLinear::forward(const float* x, int64_t tokens, float* y) const {
+  matmul_wt(x, tokens, weight_, rows_, cols_, y);
+}
+
+RowMatrix<float> MappedLinear::dense_weight() const { return Eigen::Map<const RowMatrix<float>>(weight_, rows_, cols_); }
+
+std::string MappedLinear::describe() const {
+  std::ostringstream out;
+  out << "mapped f32 [" << rows_ << ", " << cols_ << "]";
   return out.str();
 }
 

@@ -226,7 +226,7 @@ void LlamaSession::forward(std::span<const int32_t> tokens, float* logits, Logit
     require(t >= 0 && t < c.vocab_size, "LlamaSession: token id ", t, " outside the vocabulary of ", c.vocab_size);
   RowMatrix<float> x(n, c.dim);
   for (int64_t t = 0; t < n; ++t) x.row(t) = model_.token_embedding().row(tokens[static_cast<size_t>(t)]);
-  run_blocks(x, 0, logits, which, hooks);
+  run_blocks(x, 0, static_cast<int>(c.n_layers), logits, which, hooks);
 }
 
 void LlamaSession::forward_hidden(int first_block, const float* hidden, int64_t n, float* logits, Logits which,
@@ -239,10 +239,24 @@ void LlamaSession::forward_hidden(int first_block, const float* hidden, int64_t 
           max_tokens_);
   require(which == Logits::none || logits != nullptr, "LlamaSession::forward_hidden: logits requested into a null buffer");
   RowMatrix<float> x = Eigen::Map<const RowMatrix<float>>(hidden, n, c.dim);
-  run_blocks(x, first_block, logits, which, hooks);
+  run_blocks(x, first_block, static_cast<int>(c.n_layers), logits, which, hooks);
 }
 
-void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, float* logits, Logits which, ForwardHooks* hooks) {
+void LlamaSession::forward_blocks(int first_block, int last_block, float* hidden, int64_t n, ForwardHooks* hooks) {
+  const LlamaConfig& c = model_.config();
+  if (n == 0) return;
+  require(first_block >= 0 && first_block <= last_block && last_block <= c.n_layers,
+          "LlamaSession::forward_blocks: blocks [", first_block, ", ", last_block, ") outside [0, ", c.n_layers, "]");
+  require(pos_ + n <= max_tokens_, "LlamaSession: ", pos_, " cached + ", n, " new tokens exceed the capacity of ",
+          max_tokens_);
+  Eigen::Map<RowMatrix<float>> io(hidden, n, c.dim);
+  RowMatrix<float> x = io;
+  run_blocks(x, first_block, last_block, nullptr, Logits::none, hooks);
+  io = x;
+}
+
+void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_block, float* logits, Logits which,
+                              ForwardHooks* hooks) {
   const LlamaConfig& c = model_.config();
   const int64_t n = x.rows();
   const int64_t dim = c.dim, hd = c.head_dim, n_heads = c.n_heads, n_kv = c.n_kv_heads;
@@ -257,7 +271,7 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, float* logit
     k_rows.resize(n, kv_dim);
     v_rows.resize(n, kv_dim);
   }
-  for (int64_t l = first_block; l < c.n_layers; ++l) {
+  for (int64_t l = first_block; l < last_block; ++l) {
     const int li = static_cast<int>(l);
     const auto& blk = model_.blocks()[static_cast<size_t>(l)];
     const std::string prefix = hooks ? "blk." + std::to_string(l) + "." : std::string();
@@ -334,7 +348,7 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, float* logit
   }
   pos_ = total;
 
-  if (which == Logits::none) return;
+  if (which == Logits::none || last_block < c.n_layers) return;
   if (which == Logits::last) {
     rms_norm(x.data() + (n - 1) * dim, model_.output_norm(), c.norm_eps, 1, dim, xn.data());
     if (hooks) {

@@ -56,11 +56,38 @@ compress::Compressed deep_copy(const compress::Compressed& c) {
 
 // ---- Model ----
 
-Model Model::load(const std::filesystem::path& path, bool need_tokenizer) {
+namespace {
+
+// blk.N.attn_q.weight ... blk.N.ffn_down.weight and output.weight: the tensors the engine runs as
+// linear layers.
+bool is_linear_tensor(std::string_view name) {
+  if (name == "output.weight") return true;
+  if (name.rfind("blk.", 0) != 0) return false;
+  for (const char* suffix : {".attn_q.weight", ".attn_k.weight", ".attn_v.weight", ".attn_output.weight",
+                             ".ffn_gate.weight", ".ffn_up.weight", ".ffn_down.weight"}) {
+    const std::string_view s(suffix);
+    if (name.size() > s.size() && name.substr(name.size() - s.size()) == s) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+Model Model::load(const std::filesystem::path& path, bool need_tokenizer, bool map_weights) {
   Model m;
   m.path = path;
   m.file = io::open_model(path);
-  m.dense = std::make_unique<nn::LlamaModel>(nn::LlamaModel::load(*m.file));
+  nn::LlamaModel::Overrides mapped;
+  if (map_weights)
+    for (const auto& t : m.file->tensors()) {
+      if (t.type != "F32" || t.shape.rank() != 2 || !is_linear_tensor(t.name)) continue;
+      const auto bytes = m.file->raw(t);
+      require(bytes.size() == static_cast<size_t>(t.numel()) * sizeof(float), path.string(), ": tensor '", t.name,
+              "' holds ", bytes.size(), " bytes for ", t.numel(), " floats");
+      mapped.linears.emplace(t.name, std::make_shared<nn::MappedLinear>(reinterpret_cast<const float*>(bytes.data()),
+                                                                        t.shape[0], t.shape[1]));
+    }
+  m.dense = std::make_unique<nn::LlamaModel>(nn::LlamaModel::load(*m.file, mapped));
   if (m.file->metadata().contains("tokenizer.ggml.tokens"))
     m.tokenizer = std::make_unique<nn::BpeTokenizer>(nn::BpeTokenizer::from_model(*m.file));
   else
@@ -206,13 +233,13 @@ std::shared_ptr<const compress::Compressed> LayerBank::compressed(const std::str
 
 // ---- measure ----
 
-budget::Table measure(const Model& model, const budget::Recipe& recipe, LayerBank& bank, const MeasureOptions& options,
-                      const Progress& progress) {
-  const std::string mode = options.error_mode.empty() ? recipe.error_mode : options.error_mode;
+namespace {
+
+budget::Table measure_tensors(const Model& model, const budget::Recipe& recipe,
+                              const std::vector<std::pair<std::string, int64_t>>& tensors, LayerBank& bank,
+                              const std::string& mode, const Progress& progress) {
   require(mode == "output" || mode == "weight" || mode == "kl", "error mode '", mode,
           "': known modes are output, weight and kl");
-  const auto tensors = covered_tensors(model, recipe);
-  require(!tensors.empty(), "recipe '", recipe.name, "' covers no tensor of the model");
   const auto total = static_cast<int64_t>(tensors.size());
   int64_t done = 0;
   std::string last;
@@ -246,6 +273,16 @@ budget::Table measure(const Model& model, const budget::Recipe& recipe, LayerBan
   budget::Table table = budget::build_table(recipe, tensors, options_for);
   report(progress, "measuring options", total, total);
   return table;
+}
+
+}  // namespace
+
+budget::Table measure(const Model& model, const budget::Recipe& recipe, LayerBank& bank, const MeasureOptions& options,
+                      const Progress& progress) {
+  const auto tensors = covered_tensors(model, recipe);
+  require(!tensors.empty(), "recipe '", recipe.name, "' covers no tensor of the model");
+  return measure_tensors(model, recipe, tensors, bank, options.error_mode.empty() ? recipe.error_mode : options.error_mode,
+                         progress);
 }
 
 double cheapest_cost(const Model& model, const budget::Recipe& recipe, budget::Metric metric) {
@@ -537,6 +574,136 @@ Written write(const Model& model, const compress::LayerMap& layers, const std::f
   for (const auto& [name, c] : layers) w.tensor_bytes += c.stored_bytes();
   w.overhead_bytes = w.file_bytes - std::min(w.file_bytes, w.tensor_bytes);
   return w;
+}
+
+// ---- bounded memory: block by block ----
+
+namespace {
+
+// The hidden states entering block 0 of every window: its tokens' embeddings.
+std::vector<RowMatrix<float>> embed(const Model& model, const std::vector<std::vector<int32_t>>& sequences) {
+  const auto& c = model.dense->config();
+  std::vector<RowMatrix<float>> hidden;
+  for (const auto& seq : sequences) {
+    require(!seq.empty(), "calibration: an empty token window");
+    RowMatrix<float> x(static_cast<int64_t>(seq.size()), c.dim);
+    for (size_t t = 0; t < seq.size(); ++t) {
+      require(seq[t] >= 0 && seq[t] < c.vocab_size, "calibration: token id ", seq[t], " outside the vocabulary of ",
+              c.vocab_size);
+      x.row(static_cast<int64_t>(t)) = model.dense->token_embedding().row(seq[t]);
+    }
+    hidden.push_back(std::move(x));
+  }
+  return hidden;
+}
+
+// Runs blocks [b0, b1) of `runner` on every window's hidden states, in place, collecting statistics
+// into `stats` (may be null); with the head too (and its input's statistics) when b1 is the end.
+void run_step(const nn::LlamaModel& runner, std::vector<RowMatrix<float>>& hidden, int b0, int b1,
+              nn::Calibration* stats) {
+  const auto& c = runner.config();
+  std::vector<float> logits;
+  for (auto& x : hidden) {
+    nn::LlamaSession session(runner, x.rows());
+    if (b1 == c.n_layers && stats != nullptr) {
+      // The head's input statistics come with a pass through the head, from block b0 on; the
+      // states themselves are not needed after the last step.
+      logits.resize(static_cast<size_t>(x.rows() * c.vocab_size));
+      session.forward_hidden(b0, x.data(), x.rows(), logits.data(), nn::Logits::all, stats);
+    } else {
+      session.forward_blocks(b0, b1, x.data(), x.rows(), stats);
+    }
+  }
+  if (stats != nullptr) stats->sequences += static_cast<int64_t>(hidden.size());
+}
+
+// The tensors of `all` that live in blocks [b0, b1) (the embedding with the first step, tensors
+// outside the blocks with the last).
+std::vector<std::pair<std::string, int64_t>> step_tensors(const std::vector<std::pair<std::string, int64_t>>& all,
+                                                          int b0, int b1, int64_t n_layers) {
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (const auto& t : all) {
+    int b = -1;
+    if (t.first.rfind("blk.", 0) == 0) b = first_changed_block(t.first, n_layers);
+    const bool inside = b >= b0 && b < b1;
+    const bool embedding_first = t.first == "token_embd.weight" && b0 == 0;
+    const bool other_last = b < 0 && t.first != "token_embd.weight" && b1 == n_layers;
+    if (inside || embedding_first || other_last) out.push_back(t);
+  }
+  return out;
+}
+
+void check_stream(const StreamOptions& o, const nn::LlamaModel& m) {
+  require(o.blocks_per_step >= 1, "block-by-block: blocks_per_step must be >= 1, got ", o.blocks_per_step);
+  require(m.config().n_layers >= 1, "block-by-block: the model has no blocks");
+}
+
+}  // namespace
+
+budget::Table measure_by_blocks(const Model& model, const budget::Recipe& recipe,
+                                const std::vector<std::vector<int32_t>>& sequences, const StreamOptions& options,
+                                const Progress& progress) {
+  check_stream(options, *model.dense);
+  const std::string mode = options.measure.error_mode.empty() ? recipe.error_mode : options.measure.error_mode;
+  require(mode != "kl", "block-by-block measurement gives output or weight errors; weigh them by KL afterwards with "
+                        "weigh_by_kl (error mode 'kl' needs the whole model's statistics)");
+  const auto all = covered_tensors(model, recipe);
+  require(!all.empty(), "recipe '", recipe.name, "' covers no tensor of the model");
+  const auto n_layers = static_cast<int>(model.dense->config().n_layers);
+  std::vector<RowMatrix<float>> hidden = embed(model, sequences);
+  budget::Table table;
+  for (int b0 = 0; b0 < n_layers; b0 += options.blocks_per_step) {
+    const int b1 = std::min(n_layers, b0 + options.blocks_per_step);
+    report(progress, "measuring by blocks", b0, n_layers);
+    nn::Calibration stats;
+    run_step(*model.dense, hidden, b0, b1, &stats);
+    const auto tensors = step_tensors(all, b0, b1, n_layers);
+    if (tensors.empty()) continue;
+    // The step's part of the recipe's table, measured exactly as measure() does.
+    LayerBank bank(model, &stats, 0);
+    const budget::Table step = measure_tensors(model, recipe, tensors, bank, mode, {});
+    for (const auto& layer : step.layers) table.layers.push_back(layer);
+  }
+  report(progress, "measuring by blocks", n_layers, n_layers);
+  table.validate();
+  return table;
+}
+
+compress::LayerMap compressed_layers_by_blocks(const Model& model, const budget::Plan& plan,
+                                               const std::vector<std::vector<int32_t>>& sequences,
+                                               const StreamOptions& options, const Progress& progress) {
+  check_stream(options, *model.dense);
+  const auto n_layers = static_cast<int>(model.dense->config().n_layers);
+  std::vector<std::pair<std::string, int64_t>> all;
+  for (const auto& ch : plan.choices) all.emplace_back(ch.tensor, 0);
+  std::vector<RowMatrix<float>> hidden = embed(model, sequences);
+  compress::LayerMap layers;
+  for (int b0 = 0; b0 < n_layers; b0 += options.blocks_per_step) {
+    const int b1 = std::min(n_layers, b0 + options.blocks_per_step);
+    report(progress, "compressing by blocks", b0, n_layers);
+    const auto tensors = step_tensors(all, b0, b1, n_layers);
+    // The statistics of the step's inputs, on the states the (dense or compressed) earlier blocks
+    // give; then the states carried on through the dense or the compressed step.
+    std::vector<RowMatrix<float>> entering;
+    if (options.sequential) entering = hidden;
+    nn::Calibration stats;
+    run_step(*model.dense, hidden, b0, b1, &stats);
+    LayerBank bank(model, &stats, 0);
+    nn::LlamaModel compressed_step = model.dense->clone();
+    for (const auto& [tensor, unused] : tensors) {
+      const budget::Choice& ch = *plan.find(tensor);
+      const auto c = bank.compressed(ch.tensor, ch.method, ch.knob);
+      if (options.sequential && tensor != "token_embd.weight")
+        compressed_step.set_linear(tensor, compress::find_compressor(ch.method).to_linear(*c));
+      layers.emplace(tensor, deep_copy(*c));
+    }
+    if (options.sequential && b1 < n_layers) {
+      hidden = std::move(entering);
+      run_step(compressed_step, hidden, b0, b1, nullptr);
+    }
+  }
+  report(progress, "compressing by blocks", n_layers, n_layers);
+  return layers;
 }
 
 // ---- evaluate ----

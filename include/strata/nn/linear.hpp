@@ -41,6 +41,25 @@ class DenseLinear final : public Linear {
   RowMatrix<float> weight_;
 };
 
+// Dense float32 weights borrowed from memory the layer does not own (a memory-mapped model file):
+// nothing is copied, so a model larger than memory runs from the page cache. The bytes must outlive
+// the layer.
+class MappedLinear final : public Linear {
+ public:
+  // `weight` points at rows x cols floats, row-major, 4-byte aligned.
+  MappedLinear(const float* weight, int64_t rows, int64_t cols);
+  int64_t in_features() const override { return cols_; }
+  int64_t out_features() const override { return rows_; }
+  void forward(const float* x, int64_t tokens, float* y) const override;
+  RowMatrix<float> dense_weight() const override;
+  uint64_t weight_bytes() const override { return static_cast<uint64_t>(rows_ * cols_) * sizeof(float); }
+  std::string describe() const override;
+
+ private:
+  const float* weight_;
+  int64_t rows_, cols_;
+};
+
 // y = x W^T for row-major x [tokens, in] and W [out, in], through cblas_sgemm / sgemv.
 void matmul_wt(const float* x, int64_t tokens, const float* w, int64_t out, int64_t in, float* y);
 

@@ -115,6 +115,11 @@ class LlamaSession {
   // Evaluating a model whose first blocks are unchanged this way skips their work.
   void forward_hidden(int first_block, const float* hidden, int64_t n, float* logits, Logits which,
                       ForwardHooks* hooks = nullptr);
+  // Runs blocks [first_block, last_block) on `hidden` [n, dim] in place: the states entering
+  // first_block become those entering last_block (no head, no logits), with hooks seeing only those
+  // blocks. Calibrating block by block on cached hidden states keeps the statistics of one block at
+  // a time; the same limits on continuing the session apply as for forward_hidden().
+  void forward_blocks(int first_block, int last_block, float* hidden, int64_t n, ForwardHooks* hooks = nullptr);
   int64_t position() const { return pos_; }
   int64_t capacity() const { return max_tokens_; }
   // Back to position 0. A KvStore is its owner's to clear.
@@ -126,7 +131,8 @@ class LlamaSession {
   uint64_t cache_bytes() const;
 
  private:
-  void run_blocks(RowMatrix<float>& x, int first_block, float* logits, Logits which, ForwardHooks* hooks);
+  void run_blocks(RowMatrix<float>& x, int first_block, int last_block, float* logits, Logits which,
+                  ForwardHooks* hooks);
 
   const LlamaModel& model_;
   int64_t max_tokens_;

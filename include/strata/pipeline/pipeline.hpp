@@ -46,8 +46,9 @@ struct Model {
   std::unique_ptr<nn::BpeTokenizer> tokenizer;
 
   // Throws strata::Error naming the file when it is not a llama model, or has no tokenizer and
-  // `need_tokenizer` is set.
-  static Model load(const std::filesystem::path& path, bool need_tokenizer = false);
+  // `need_tokenizer` is set. With map_weights, linear layers stored as F32 run straight from the
+  // memory-mapped file (nn::MappedLinear) instead of being copied: a model larger than memory loads.
+  static Model load(const std::filesystem::path& path, bool need_tokenizer = false, bool map_weights = false);
   // The output head is the token embedding itself (no output.weight tensor in the file).
   bool tied_output() const;
   // [rows, cols] of a tensor the pipeline compresses: a linear layer's weight or the token embedding.
@@ -227,6 +228,30 @@ Written write(const Model& model, const compress::LayerMap& layers, const std::f
 // Throws when `out`'s extension is neither, or the layers cannot be held by that format, naming
 // the tensor and method: callers check before any work with check_output().
 void check_output(const Model& model, const budget::Recipe& recipe, const std::filesystem::path& out);
+
+// ---- bounded memory: block by block ----
+
+// measure() and compressed_layers() for a model whose statistics do not fit in memory together: the
+// calibration windows' hidden states are carried from block to block (one [tokens, dim] matrix per
+// window), and each step collects the statistics of `blocks_per_step` blocks only, measures or
+// compresses their tensors, and drops them. Peak memory: the hidden states, one step's statistics,
+// the table or the compressed layers, and the model (which Model::load(..., map_weights) keeps in
+// the page cache when its weights are F32). Tensors outside the blocks (the token embedding, an
+// untied output head) are measured on their own statistics in the first and last steps.
+struct StreamOptions {
+  int blocks_per_step = 1;
+  // compressed_layers_by_blocks: carry the hidden states through the compressed blocks (GPTQ's
+  // sequential mode: each block is compressed for the inputs the compressed model gives it) instead
+  // of the dense ones.
+  bool sequential = false;
+  MeasureOptions measure;
+};
+budget::Table measure_by_blocks(const Model& model, const budget::Recipe& recipe,
+                                const std::vector<std::vector<int32_t>>& sequences, const StreamOptions& options = {},
+                                const Progress& progress = {});
+compress::LayerMap compressed_layers_by_blocks(const Model& model, const budget::Plan& plan,
+                                               const std::vector<std::vector<int32_t>>& sequences,
+                                               const StreamOptions& options = {}, const Progress& progress = {});
 
 // ---- evaluate ----
 

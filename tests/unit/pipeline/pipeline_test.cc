@@ -220,6 +220,61 @@ TEST_F(PipelineTest, ApplyingAPlanChangesExactlyItsLayers) {
   EXPECT_TRUE(m.linear("output.weight").dense_weight().isApprox(model_->dense->linear("output.weight").dense_weight()));
 }
 
+TEST_F(PipelineTest, BlockByBlockMeasuresAndCompressesAsTheWholeModel) {
+  // Statistics collected one block (or two) at a time on carried hidden states are those of a whole
+  // forward pass: the same table and, in the dense (non-sequential) mode, the same compressed bytes.
+  const budget::Recipe recipe = mixed_recipe();
+  LayerBank bank(*model_, &calib_->stats);
+  const budget::Table whole = measure(*model_, recipe, bank);
+  for (int step : {1, 2}) {
+    StreamOptions o;
+    o.blocks_per_step = step;
+    const budget::Table by_blocks = measure_by_blocks(*model_, recipe, calib_seqs_, o);
+    ASSERT_EQ(by_blocks.layers.size(), whole.layers.size());
+    for (size_t i = 0; i < whole.layers.size(); ++i) {
+      ASSERT_EQ(by_blocks.layers[i].tensor, whole.layers[i].tensor);
+      ASSERT_EQ(by_blocks.layers[i].options.size(), whole.layers[i].options.size());
+      for (size_t k = 0; k < whole.layers[i].options.size(); ++k) {
+        const double a = by_blocks.layers[i].options[k].error, b = whole.layers[i].options[k].error;
+        EXPECT_NEAR(a, b, 1e-9 + 1e-5 * b) << whole.layers[i].tensor << " " << whole.layers[i].options[k].knob;
+      }
+    }
+  }
+  const auto constraint = resolve_budget(*model_, recipe, whole, {});
+  const budget::Plan p = budget::solve(whole.pareto(constraint.metric), constraint, budget::Solver::greedy);
+  const compress::LayerMap a = compressed_layers(p, bank);
+  const compress::LayerMap b = compressed_layers_by_blocks(*model_, p, calib_seqs_);
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, form] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_EQ(b.at(name).stored_bytes(), form.stored_bytes()) << name;
+    const RowMatrix<float> wa = compress::find_compressor(form.method).reconstruct(form);
+    const RowMatrix<float> wb = compress::find_compressor(form.method).reconstruct(b.at(name));
+    EXPECT_LE((wa - wb).norm(), 1e-4 * wa.norm()) << name;
+  }
+  // Sequential mode compresses later blocks for the compressed earlier blocks' outputs: SparseGPT's
+  // updates (which depend on the inputs) differ from block 1 on, block 0's not at all.
+  const budget::Plan sparse = uniform_plan(*model_, whole, "prune.sparsegpt:pattern=2:4");
+  const compress::LayerMap dense_inputs = compressed_layers_by_blocks(*model_, sparse, calib_seqs_);
+  StreamOptions seq;
+  seq.sequential = true;
+  const compress::LayerMap c = compressed_layers_by_blocks(*model_, sparse, calib_seqs_, seq);
+  for (const auto& [name, form] : dense_inputs)
+    if (name.rfind("blk.0.", 0) == 0) EXPECT_EQ(compress::find_compressor(form.method).reconstruct(form),
+                                                compress::find_compressor(form.method).reconstruct(c.at(name)))
+                                          << name;
+  double moved = 0;
+  for (const auto& [name, form] : dense_inputs)
+    if (name.rfind("blk.0.", 0) != 0)
+      moved += (compress::find_compressor(form.method).reconstruct(form) -
+                compress::find_compressor(form.method).reconstruct(c.at(name)))
+                   .norm();
+  EXPECT_GT(moved, 0.0);
+  budget::Recipe kl = recipe;
+  kl.error_mode = "kl";
+  EXPECT_THROW(measure_by_blocks(*model_, kl, calib_seqs_), Error);
+}
+
 TEST_F(PipelineTest, AWiderMenuIsNeverWorseOnHeldOutText) {
   // quant alone vs quant + 2:4 + low rank, every solver, the same budget: the guard measures the plan
   // of each kind's menu alone on the probe, so the wider menu keeps the narrower one's plan unless
