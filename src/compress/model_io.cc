@@ -91,15 +91,16 @@ GgufPlan plan_gguf(const io::GgufFile& source, const LayerMap& layers, const Ext
             "write_strata_safetensors");
     require(t->ne.size() == 2 && t->ne[0] == c.cols && t->ne[1] == c.rows, where, ": tensor '", name,
             "': the compressed layer is [", c.rows, ", ", c.cols, "] but the tensor is ", t->shape().str());
-    ggml::GgufTensorData data = [&] {
+    // Borrowed, not copied: `layers` outlives the writer, and a copy would hold the whole output twice.
+    const ggml::GgufTensorView data = [&] {
       try {
-        return ggml::gguf_tensor_data(c);
+        return ggml::gguf_tensor_view(c);
       } catch (const Error& e) {
         fail(where, ": tensor '", name, "': ", e.what());
       }
     }();
     replaced[name] = {data.type, data.bytes.size()};
-    plan.writer.replace_tensor(name, data.type, std::move(data.bytes));
+    plan.writer.replace_tensor_view(name, data.type, data.bytes);
   }
 
   // The type holding the most weights names the file, llama_ftype-style.

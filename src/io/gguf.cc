@@ -731,6 +731,14 @@ void GgufWriter::replace_tensor(std::string_view name, GgmlType type, std::vecto
   e->keep = std::move(owned);
 }
 
+void GgufWriter::replace_tensor_view(std::string_view name, GgmlType type, std::span<const std::byte> data) {
+  Entry* e = find_entry(name);
+  require(e != nullptr, "GgufWriter: no tensor named '", name, "' to replace");
+  e->type = type;
+  e->data = data;
+  e->keep.reset();
+}
+
 bool GgufWriter::remove_tensor(std::string_view name) {
   const auto it = std::find_if(tensors_.begin(), tensors_.end(), [&](const Entry& t) { return t.name == name; });
   if (it == tensors_.end()) return false;

@@ -686,7 +686,15 @@ compress::LayerMap compressed_layers_by_blocks(const Model& model, const budget:
     // give; then the states carried on through the dense or the compressed step.
     std::vector<RowMatrix<float>> entering;
     if (options.sequential) entering = hidden;
-    nn::Calibration stats;
+    // Gram matrices only when a compressor of the step needs them (GPTQ, SparseGPT, SVD-LLM...): the
+    // ggml types need the per-channel imatrix alone, a few kilobytes instead of in x in doubles.
+    bool need_gram = false;
+    for (const auto& [tensor, unused] : tensors)
+      need_gram = need_gram || compress::find_compressor(plan.find(tensor)->method).needs_hessian();
+    nn::CalibrationOptions what;
+    what.gram = need_gram;
+    what.block_influence = false;
+    nn::Calibration stats(what);
     run_step(*model.dense, hidden, b0, b1, &stats);
     LayerBank bank(model, &stats, 0);
     nn::LlamaModel compressed_step = model.dense->clone();

@@ -150,6 +150,8 @@ class GgufWriter {
   void add_tensor(std::string name, GgmlType type, std::vector<int64_t> ne, std::vector<std::byte> data);
   // Gives an existing tensor a new type and bytes (the same ne), keeping its place in the order.
   void replace_tensor(std::string_view name, GgmlType type, std::vector<std::byte> data);
+  // The same with borrowed bytes: the caller keeps them alive until write() returns.
+  void replace_tensor_view(std::string_view name, GgmlType type, std::span<const std::byte> data);
   bool remove_tensor(std::string_view name);
   std::size_t tensor_count() const { return tensors_.size(); }
 

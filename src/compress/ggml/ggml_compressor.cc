@@ -166,6 +166,11 @@ class GgmlCompressor final : public WeightCompressor {
 
 namespace ggml {
 
+GgufTensorView gguf_tensor_view(const Compressed& c) {
+  const auto [t, blocks] = stored_blocks(c);
+  return {t, std::span<const std::byte>(static_cast<const std::byte*>(blocks->raw()), blocks->nbytes())};
+}
+
 GgufTensorData gguf_tensor_data(const Compressed& c) {
   const auto [t, blocks] = stored_blocks(c);
   GgufTensorData out{t, std::vector<std::byte>(blocks->nbytes())};

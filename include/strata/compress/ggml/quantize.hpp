@@ -66,5 +66,11 @@ struct GgufTensorData {
   std::vector<std::byte> bytes;
 };
 GgufTensorData gguf_tensor_data(const Compressed& c);
+// The same blocks borrowed from `c` (no copy), for writers that keep `c` alive.
+struct GgufTensorView {
+  GgmlType type;
+  std::span<const std::byte> bytes;
+};
+GgufTensorView gguf_tensor_view(const Compressed& c);
 
 }  // namespace strata::compress::ggml
