@@ -166,16 +166,14 @@ class BlockInputs final : public ForwardHooks {
   std::vector<RowMatrix<float>>& out_;
 };
 
-// log-softmax of `rows` rows in place, in float storage with double sums (as log_softmax).
+// log-softmax of `rows` rows in place through log_softmax (double sums), stored back as floats.
 void log_softmax_rows(float* logits, int64_t rows, int64_t vocab) {
   parallel_for(rows, 8, [&](int64_t r0, int64_t r1) {
+    std::vector<double> lp;
     for (int64_t r = r0; r < r1; ++r) {
       float* x = logits + r * vocab;
-      const float mx = *std::max_element(x, x + vocab);
-      double sum = 0;
-      for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
-      const double lse = static_cast<double>(mx) + std::log(sum);
-      for (int64_t i = 0; i < vocab; ++i) x[i] = static_cast<float>(static_cast<double>(x[i]) - lse);
+      log_softmax(x, vocab, lp);
+      for (int64_t i = 0; i < vocab; ++i) x[i] = static_cast<float>(lp[static_cast<size_t>(i)]);
     }
   });
 }

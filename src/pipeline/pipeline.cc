@@ -598,16 +598,15 @@ std::vector<RowMatrix<float>> embed(const Model& model, const std::vector<std::v
 }
 
 // Runs blocks [b0, b1) of `runner` on every window's hidden states, in place, collecting statistics
-// into `stats` (may be null); with the head too (and its input's statistics) when b1 is the end.
+// into `stats` (may be null); with_head: through the head too, for its input's statistics (the
+// states themselves are not needed after the last step).
 void run_step(const nn::LlamaModel& runner, std::vector<RowMatrix<float>>& hidden, int b0, int b1,
-              nn::Calibration* stats) {
+              nn::Calibration* stats, bool with_head = false) {
   const auto& c = runner.config();
   std::vector<float> logits;
   for (auto& x : hidden) {
     nn::LlamaSession session(runner, x.rows());
-    if (b1 == c.n_layers && stats != nullptr) {
-      // The head's input statistics come with a pass through the head, from block b0 on; the
-      // states themselves are not needed after the last step.
+    if (with_head && b1 == c.n_layers && stats != nullptr) {
       logits.resize(static_cast<size_t>(x.rows() * c.vocab_size));
       session.forward_hidden(b0, x.data(), x.rows(), logits.data(), nn::Logits::all, stats);
     } else {
@@ -633,6 +632,10 @@ std::vector<std::pair<std::string, int64_t>> step_tensors(const std::vector<std:
   return out;
 }
 
+bool needs_head(const std::vector<std::pair<std::string, int64_t>>& tensors) {
+  return std::any_of(tensors.begin(), tensors.end(), [](const auto& t) { return t.first == "output.weight"; });
+}
+
 void check_stream(const StreamOptions& o, const nn::LlamaModel& m) {
   require(o.blocks_per_step >= 1, "block-by-block: blocks_per_step must be >= 1, got ", o.blocks_per_step);
   require(m.config().n_layers >= 1, "block-by-block: the model has no blocks");
@@ -655,9 +658,9 @@ budget::Table measure_by_blocks(const Model& model, const budget::Recipe& recipe
   for (int b0 = 0; b0 < n_layers; b0 += options.blocks_per_step) {
     const int b1 = std::min(n_layers, b0 + options.blocks_per_step);
     report(progress, "measuring by blocks", b0, n_layers);
-    nn::Calibration stats;
-    run_step(*model.dense, hidden, b0, b1, &stats);
     const auto tensors = step_tensors(all, b0, b1, n_layers);
+    nn::Calibration stats;
+    run_step(*model.dense, hidden, b0, b1, &stats, needs_head(tensors));
     if (tensors.empty()) continue;
     // The step's part of the recipe's table, measured exactly as measure() does.
     LayerBank bank(model, &stats, 0);
@@ -695,7 +698,7 @@ compress::LayerMap compressed_layers_by_blocks(const Model& model, const budget:
     what.gram = need_gram;
     what.block_influence = false;
     nn::Calibration stats(what);
-    run_step(*model.dense, hidden, b0, b1, &stats);
+    run_step(*model.dense, hidden, b0, b1, &stats, needs_head(tensors));
     LayerBank bank(model, &stats, 0);
     nn::LlamaModel compressed_step = model.dense->clone();
     for (const auto& [tensor, unused] : tensors) {
