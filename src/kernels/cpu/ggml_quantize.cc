@@ -764,36 +764,19 @@ void quantize_q3_k(const float* x, BlockQ3_K* y, int64_t n, const float* importa
 void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance) {
   const int64_t nb = n / kQK_K;
   uint8_t L[kQK_K], Laux[32];
-  float weights[32], mins[kQK_K / 32], scales[kQK_K / 32];
+  float weights[32], mins[kQK_K / 32], scales[kQK_K / 32], sw[kQK_K / 32];
   for (int64_t i = 0; i < nb; ++i, x += kQK_K) {
-    std::memset(y[i].scales, 0, sizeof y[i].scales);
     if (!importance) {
-      // quantize_row_q4_K_ref: weights av|x| + |x_l| per sub-block of 32, 6-bit scales and mins.
-      float max_scale = 0, max_min = 0;
+      // quantize_row_q4_K_ref: weights av|x| + |x_l| per sub-block of 32.
       for (int j = 0; j < kQK_K / 32; ++j) {
         const float av_x = std::sqrt(sum_sq(x + 32 * j, 32) / 32);
         for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
         scales[j] = make_qkx_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, false);
-        if (scales[j] > max_scale) max_scale = scales[j];
-        if (mins[j] > max_min) max_min = mins[j];
       }
-      const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-      const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
-      for (int j = 0; j < kQK_K / 32; ++j) {
-        uint8_t ls = static_cast<uint8_t>(nearest_int(prod(inv_scale, scales[j])));
-        uint8_t lm = static_cast<uint8_t>(nearest_int(prod(inv_min, mins[j])));
-        ls = std::min<uint8_t>(63, ls);
-        lm = std::min<uint8_t>(63, lm);
-        pack_scale_min_k4(j, ls, lm, y[i].scales);
-      }
-      y[i].d = to_half(max_scale / 63.f);
-      y[i].dmin = to_half(max_min / 63.f);
     } else {
-      // quantize_row_q4_K_impl: importance weights, scales and mins fitted by make_qp_quants.
+      // quantize_row_q4_K_impl: importance weights.
       const float* qw_row = importance + kQK_K * i;
       const float sigma2 = 2 * sum_sq(x, kQK_K) / kQK_K;
-      float sw[kQK_K / 32];
-      uint8_t Ls[kQK_K / 32], Lm[kQK_K / 32];
       for (int j = 0; j < kQK_K / 32; ++j) {
         imatrix_weights(x + 32 * j, qw_row + 32 * j, 32, sigma2, weights);
         float s = 0;
@@ -801,12 +784,8 @@ void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importa
         sw[j] = s;
         scales[j] = make_qkx_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
       }
-      const float d_block = make_qp_quants(kQK_K / 32, 63, scales, Ls, sw);
-      const float m_block = make_qp_quants(kQK_K / 32, 63, mins, Lm, sw);
-      for (int j = 0; j < kQK_K / 32; ++j) pack_scale_min_k4(j, Ls[j], Lm[j], y[i].scales);
-      y[i].d = to_half(d_block);
-      y[i].dmin = to_half(m_block);
     }
+    encode_q4_k_scales(scales, mins, importance ? sw : nullptr, y[i]);
     requantize_k4(x, y[i].d, y[i].dmin, y[i].scales, 15, L);
     uint8_t* q = y[i].qs;
     for (int j = 0; j < kQK_K; j += 64, q += 32)
@@ -872,26 +851,11 @@ void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importa
   float scales[kQK_K / 16];
   for (int64_t i = 0; i < nb; ++i, x += kQK_K) {
     // The ref and impl paths differ only in the weights of make_qx_quants (x^2 or the importance).
-    float max_scale = 0, max_abs_scale = 0;
     for (int ib = 0; ib < kQK_K / 16; ++ib) {
       const float* qw = importance ? importance + kQK_K * i + 16 * ib : nullptr;
-      const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, qw);
-      scales[ib] = scale;
-      const float abs_scale = std::fabs(scale);
-      if (abs_scale > max_abs_scale) {
-        max_abs_scale = abs_scale;
-        max_scale = scale;
-      }
+      scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, qw);
     }
-    if (max_abs_scale < kGroupMaxEps) {
-      std::memset(&y[i], 0, sizeof(BlockQ6_K));
-      y[i].d = to_half(0.f);
-      continue;
-    }
-    const float iscale = -128.f / max_scale;
-    y[i].d = to_half(1 / iscale);
-    for (int ib = 0; ib < kQK_K / 16; ++ib)
-      y[i].scales[ib] = static_cast<int8_t>(std::min(127, nearest_int(prod(iscale, scales[ib]))));
+    if (!encode_q6_k_scales(scales, y[i])) continue;
     for (int j = 0; j < kQK_K / 16; ++j) {
       const float d = from_half(y[i].d) * fl(y[i].scales[j]);
       if (!d) continue;
@@ -917,6 +881,65 @@ void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importa
     }
   }
 }
+
+}  // namespace
+
+// The super-block half of Q4_K: the eight sub-block scales and mins to 6 bits, against d and dmin.
+// Without weights (quantize_row_q4_K_ref) the largest maps to 63; with the sub-blocks' total
+// importance weights sw (quantize_row_q4_K_impl) make_qp_quants fits them.
+void encode_q4_k_scales(const float* scales, const float* mins, const float* sw, BlockQ4_K& y) {
+  std::memset(y.scales, 0, sizeof y.scales);
+  if (!sw) {
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < kQK_K / 32; ++j) {
+      if (scales[j] > max_scale) max_scale = scales[j];
+      if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    for (int j = 0; j < kQK_K / 32; ++j) {
+      uint8_t ls = static_cast<uint8_t>(nearest_int(prod(inv_scale, scales[j])));
+      uint8_t lm = static_cast<uint8_t>(nearest_int(prod(inv_min, mins[j])));
+      ls = std::min<uint8_t>(63, ls);
+      lm = std::min<uint8_t>(63, lm);
+      pack_scale_min_k4(j, ls, lm, y.scales);
+    }
+    y.d = to_half(max_scale / 63.f);
+    y.dmin = to_half(max_min / 63.f);
+    return;
+  }
+  uint8_t Ls[kQK_K / 32], Lm[kQK_K / 32];
+  const float d_block = make_qp_quants(kQK_K / 32, 63, scales, Ls, sw);
+  const float m_block = make_qp_quants(kQK_K / 32, 63, mins, Lm, sw);
+  for (int j = 0; j < kQK_K / 32; ++j) pack_scale_min_k4(j, Ls[j], Lm[j], y.scales);
+  y.d = to_half(d_block);
+  y.dmin = to_half(m_block);
+}
+
+// The super-block half of Q6_K: the sixteen sub-block scales to signed 8 bits, the largest in
+// magnitude at -128. Returns false, with the block zeroed, when every scale vanishes.
+bool encode_q6_k_scales(const float* scales, BlockQ6_K& y) {
+  float max_scale = 0, max_abs_scale = 0;
+  for (int ib = 0; ib < kQK_K / 16; ++ib) {
+    const float abs_scale = std::fabs(scales[ib]);
+    if (abs_scale > max_abs_scale) {
+      max_abs_scale = abs_scale;
+      max_scale = scales[ib];
+    }
+  }
+  if (max_abs_scale < kGroupMaxEps) {
+    std::memset(&y, 0, sizeof(BlockQ6_K));
+    y.d = to_half(0.f);
+    return false;
+  }
+  const float iscale = -128.f / max_scale;
+  y.d = to_half(1 / iscale);
+  for (int ib = 0; ib < kQK_K / 16; ++ib)
+    y.scales[ib] = static_cast<int8_t>(std::min(127, nearest_int(prod(iscale, scales[ib]))));
+  return true;
+}
+
+namespace {
 
 // ---- IQ4_NL -------------------------------------------------------------------------------------
 

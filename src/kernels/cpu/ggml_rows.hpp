@@ -41,6 +41,19 @@ void quantize_row_q5_k(const float* x, int64_t n, void* out, const float* import
 void quantize_row_q6_k(const float* x, int64_t n, void* out, const float* importance);
 void quantize_row_iq4_nl(const float* x, int64_t n, void* out, const float* importance);
 
+// Q4_K and Q6_K through the SIMD quantizers of ggml_quantize_k.cc, which the codec table routes to:
+// the same bytes as quantize_row_q4_k and quantize_row_q6_k above (the scalar references), faster.
+void quantize_row_q4_k_simd(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q6_k_simd(const float* x, int64_t n, void* out, const float* importance);
+
+// The per-super-block steps the SIMD quantizers share with the references. encode_q4_k_scales sets
+// d, dmin and the packed 6-bit scales and mins of y from the eight sub-blocks' fitted scales and
+// mins (sw: the sub-blocks' summed importance weights, or nullptr without importance).
+// encode_q6_k_scales sets d and the sixteen 8-bit scales, or zeroes y and returns false when every
+// scale vanishes.
+void encode_q4_k_scales(const float* scales, const float* mins, const float* sw, BlockQ4_K& y);
+bool encode_q6_k_scales(const float* scales, BlockQ6_K& y);
+
 // ---- alignment --------------------------------------------------------------------------------------
 // The kernels read and write typed blocks. Tensor data in a GGUF file and the buffers strata
 // allocates are aligned, but bytes handed in from elsewhere (a fuzzer, a network buffer, a packed

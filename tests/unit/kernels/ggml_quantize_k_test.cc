@@ -1,0 +1,143 @@
+// The SIMD Q4_K and Q6_K quantizers, on every Highway target this CPU supports, against the scalar
+// references of ggml_quantize.cc: the same bytes for every row, with and without importance.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/ggml_quantize_k_test.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+#include <hwy/tests/hwy_gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/ggml_quantize_k-inl.h"
+#include "kernels/cpu/ggml_rows.hpp"
+#include "strata/kernels/ggml_codec.hpp"
+
+#ifndef STRATA_GGML_QUANTIZE_K_TEST_ROWS_ONCE
+#define STRATA_GGML_QUANTIZE_K_TEST_ROWS_ONCE
+namespace strata::ggml_k_test {
+
+struct Row {
+  std::string name;
+  std::vector<float> x;
+};
+
+// Rows that exercise the searches' corners: ordinary and heavy-tailed weights, flat and all-zero
+// sub-blocks, values near the float limits (tiny ranges overflow iscale, huge ones overflow x^2),
+// lone outliers that squash every other scale to 0, sign-only data.
+inline std::vector<Row> rows() {
+  std::vector<Row> out;
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::cauchy_distribution<float> cauchy(0.f, 0.01f);
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  const int64_t lengths[] = {256, 512, 768, 1280, 2048, 4096, 8192};
+  for (int64_t n : lengths) {
+    auto make = [&](const std::string& what, const std::function<float(int64_t)>& f) {
+      Row r{what + "/" + std::to_string(n), std::vector<float>(static_cast<std::size_t>(n))};
+      for (int64_t j = 0; j < n; ++j) r.x[static_cast<std::size_t>(j)] = f(j);
+      out.push_back(std::move(r));
+    };
+    make("normal", [&](int64_t) { return 0.02f * normal(rng); });
+    make("heavy", [&](int64_t) { return std::clamp(cauchy(rng), -1e4f, 1e4f); });
+    make("zero", [&](int64_t) { return 0.f; });
+    make("constant", [&](int64_t) { return 0.375f; });
+    make("negative_constant", [&](int64_t) { return -1.5f; });
+    make("tiny", [&](int64_t) { return 1e-39f * normal(rng); });
+    make("subnormal_range", [&](int64_t j) { return 1.0f + static_cast<float>(j % 3) * 1e-7f; });
+    make("huge", [&](int64_t) { return 1e37f * normal(rng); });
+    make("outlier", [&](int64_t j) { return j == n / 3 ? 50.f : 0.01f * normal(rng); });
+    make("negative_outlier", [&](int64_t j) { return j % 256 == 7 ? -80.f : 0.01f * normal(rng); });
+    make("positive", [&](int64_t) { return 0.5f + unit(rng); });
+    make("sparse", [&](int64_t) { return unit(rng) < 0.9f ? 0.f : normal(rng); });
+    make("signs", [&](int64_t) { return unit(rng) < 0.5f ? -1.f : 1.f; });
+    make("mixed_scales", [&](int64_t j) { return std::ldexp(normal(rng), static_cast<int>(j / 16 % 40) - 20); });
+  }
+  return out;
+}
+
+// Importance vectors for a row of n: absent, positive, with zeros (some whole sub-blocks), all zero.
+inline std::vector<std::vector<float>> importances(int64_t n) {
+  std::mt19937 rng(static_cast<uint32_t>(n));
+  std::exponential_distribution<float> e(1.f);
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  std::vector<std::vector<float>> out(4, std::vector<float>(static_cast<std::size_t>(n)));
+  out[0].clear();
+  for (int64_t j = 0; j < n; ++j) {
+    const auto k = static_cast<std::size_t>(j);
+    out[1][k] = e(rng);
+    out[2][k] = (j / 32) % 5 == 1 || unit(rng) < 0.3f ? 0.f : e(rng);
+    out[3][k] = 0.f;
+  }
+  return out;
+}
+
+}  // namespace strata::ggml_k_test
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace strata {
+namespace HWY_NAMESPACE {
+
+template <class Block, class Fast>
+void ExpectSameBytes(kernels::QuantizeRowFn reference, Fast fast, const char* type) {
+  for (const auto& row : ggml_k_test::rows()) {
+    const auto n = static_cast<int64_t>(row.x.size());
+    const auto qws = ggml_k_test::importances(n);
+    for (std::size_t v = 0; v < qws.size(); ++v) {
+      const float* qw = qws[v].empty() ? nullptr : qws[v].data();
+      std::vector<Block> want(static_cast<std::size_t>(n / kernels::kQK_K)), got(want.size());
+      std::memset(static_cast<void*>(got.data()), 0xA5, got.size() * sizeof(Block));
+      reference(row.x.data(), n, want.data(), qw);
+      fast(row.x.data(), n, got.data(), qw);
+      for (std::size_t b = 0; b < want.size(); ++b)
+        ASSERT_EQ(0, std::memcmp(&want[b], &got[b], sizeof(Block)))
+            << type << " row " << row.name << ", importance " << v << ", block " << b;
+    }
+  }
+}
+
+void TestQ4KMatchesReference() {
+  ExpectSameBytes<kernels::BlockQ4_K>(&kernels::detail::quantize_row_q4_k, &QuantizeRowQ4K, "q4_k");
+}
+
+void TestQ6KMatchesReference() {
+  ExpectSameBytes<kernels::BlockQ6_K>(&kernels::detail::quantize_row_q6_k, &QuantizeRowQ6K, "q6_k");
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace strata
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace strata {
+HWY_BEFORE_TEST(GgmlQuantizeKTest);
+HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ4KMatchesReference);
+HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ6KMatchesReference);
+
+// The codec table routes Q4_K and Q6_K to the dispatched SIMD quantizers, misaligned output included.
+TEST(GgmlQuantizeK, CodecRowsMatchReference) {
+  using kernels::GgmlType;
+  const auto rows = ggml_k_test::rows();
+  for (auto [t, reference] : {std::pair{GgmlType::Q4_K, &kernels::detail::quantize_row_q4_k},
+                              std::pair{GgmlType::Q6_K, &kernels::detail::quantize_row_q6_k}}) {
+    const kernels::GgmlCodec& c = kernels::ggml_codec(t);
+    for (std::size_t r = 0; r < rows.size(); r += 5) {
+      const auto& x = rows[r].x;
+      const auto n = static_cast<int64_t>(x.size());
+      for (const auto& qv : ggml_k_test::importances(n)) {
+        const float* qw = qv.empty() ? nullptr : qv.data();
+        std::vector<std::byte> want(c.row_bytes(n)), got(want.size() + 1);
+        reference(x.data(), n, want.data(), qw);
+        c.quantize_row(x.data(), n, got.data() + 1, qw);
+        ASSERT_EQ(0, std::memcmp(want.data(), got.data() + 1, want.size())) << c.name << " " << rows[r].name;
+      }
+    }
+  }
+}
+}  // namespace strata
+#endif
