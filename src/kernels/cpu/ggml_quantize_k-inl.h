@@ -25,6 +25,7 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -46,6 +47,7 @@ using VI = hn::Vec<DI>;
 
 constexpr float kMagic = 12582912.f;  // 1.5 * 2^23, ggml's nearest_int constant
 constexpr float kGroupMaxEps = 1e-15f;
+constexpr int kQkxGroups = 2;  // lane groups the Q4_K search interleaves
 
 // The vector as computed, opaque to the optimiser (see the file comment).
 template <class V>
@@ -82,14 +84,49 @@ HWY_INLINE VF NearestClamped(VF v, VF lo, VF hi) {
 }
 
 // dst[l * N + k] = src[k * stride + l] for l < len, k < N: element l of sub-block k. Lanes past
-// `valid` sub-blocks read sub-block valid - 1 again (their results are discarded).
+// `valid` sub-blocks read sub-block valid - 1 again (their results are discarded). len is a
+// multiple of 16. AVX-512 transposes 16 x 16 tiles in registers (gathers are several times slower
+// on CPUs with the gather-data-sampling microcode fix); other targets copy element by element.
 HWY_INLINE void Transpose(const float* HWY_RESTRICT src, int stride, int len, size_t valid, float* HWY_RESTRICT dst) {
-  const DF df;
-  const DI di;
-  const size_t N = hn::Lanes(df);
-  const VI idx = hn::Mul(hn::Min(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(valid) - 1)),
-                         hn::Set(di, stride));
-  for (int l = 0; l < len; ++l) hn::Store(hn::GatherIndex(df, src + l, idx), df, dst + static_cast<size_t>(l) * N);
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  static_assert(hn::MaxLanes(DF()) == 16, "AVX-512 tiles are 16 x 16");
+  const float* rows[16];
+  for (size_t k = 0; k < 16; ++k) rows[k] = src + static_cast<std::ptrdiff_t>(std::min(k, valid - 1)) * stride;
+  for (int c = 0; c < len; c += 16, dst += 16 * 16) {
+    __m512 r[16], t[16];
+    for (int k = 0; k < 16; ++k) r[k] = _mm512_loadu_ps(rows[k] + c);
+    // Pairs of rows interleaved by element, then by element pair: u[4j + m] holds, in 128-bit block
+    // b, element 4b + m of rows 4j .. 4j + 3.
+    for (int k = 0; k < 16; k += 2) {
+      t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
+      t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int j = 0; j < 16; j += 4) {
+      const __m512d a0 = _mm512_castps_pd(t[j]), a1 = _mm512_castps_pd(t[j + 1]);
+      const __m512d a2 = _mm512_castps_pd(t[j + 2]), a3 = _mm512_castps_pd(t[j + 3]);
+      r[j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+      r[j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+      r[j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+      r[j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+    }
+    // Then 128-bit blocks: even blocks of rows 0-7 beside those of 8-15 give columns m and 8 + m.
+    for (int m = 0; m < 4; ++m) {
+      const __m512 v0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x88), w0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xDD);
+      const __m512 v1 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x88);
+      const __m512 w1 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xDD);
+      _mm512_store_ps(dst + 16 * m, _mm512_shuffle_f32x4(v0, v1, 0x88));
+      _mm512_store_ps(dst + 16 * (8 + m), _mm512_shuffle_f32x4(v0, v1, 0xDD));
+      _mm512_store_ps(dst + 16 * (4 + m), _mm512_shuffle_f32x4(w0, w1, 0x88));
+      _mm512_store_ps(dst + 16 * (12 + m), _mm512_shuffle_f32x4(w0, w1, 0xDD));
+    }
+  }
+#else
+  const size_t N = hn::Lanes(DF());
+  for (size_t k = 0; k < N; ++k) {
+    const float* row = src + static_cast<std::ptrdiff_t>(std::min(k, valid - 1)) * stride;
+    for (int l = 0; l < len; ++l) dst[static_cast<size_t>(l) * N + k] = row[l];
+  }
+#endif
 }
 
 // ---- Q4_K -------------------------------------------------------------------------------------------
@@ -104,101 +141,130 @@ struct KxOut {
   float* l_min;
 };
 
-// make_qkx_quants of ggml_quantize.cc (nmax 15, n 32), lane k on sub-block k of xt / wt (transposed,
-// 32 x N). lq: scratch of 32 x N.
+// make_qkx_quants of ggml_quantize.cc (nmax 15, n 32), lane k of group g on sub-block g * N + k of
+// xt / wt (K groups, each transposed, 32 x N). lq: scratch of K x 32 x N. K independent groups
+// interleaved keep both vector pipes busy through the searches' chains of dependent adds.
+template <int K>
 HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt, float* HWY_RESTRICT lq,
                           float rmin, float rdelta, int nstep, const KxOut& out) {
   const DF df;
   const size_t N = hn::Lanes(df);
   constexpr int n = 32, nmax = 15;
+  using M = hn::Mask<DF>;
   const VF zero = hn::Zero(df), vnmax = hn::Set(df, static_cast<float>(nmax));
-  auto X = [&](int l) { return hn::Load(df, xt + static_cast<size_t>(l) * N); };
-  auto W = [&](int l) { return hn::Load(df, wt + static_cast<size_t>(l) * N); };
+  auto at = [&](int k, int l) { return (static_cast<size_t>(k) * n + static_cast<size_t>(l)) * N; };
+  auto X = [&](int k, int l) { return hn::Load(df, xt + at(k, l)); };
+  auto W = [&](int k, int l) { return hn::Load(df, wt + at(k, l)); };
 
-  VF min = X(0), max = X(0);
-  VF sum_w = W(0);
-  VF sum_x = MulR(sum_w, X(0));
-  for (int l = 1; l < n; ++l) {
-    const VF x = X(l), w = W(l);
-    min = hn::IfThenElse(hn::Lt(x, min), x, min);
-    max = hn::IfThenElse(hn::Gt(x, max), x, max);
-    sum_w = hn::Add(sum_w, w);
-    sum_x = hn::Add(sum_x, MulR(w, x));
+  VF min[K], max[K], sum_w[K], sum_x[K], iscale[K], scale[K], best_error[K], l_iscale[K], l_min[K];
+  M flat[K];
+  for (int k = 0; k < K; ++k) {
+    min[k] = max[k] = X(k, 0);
+    sum_w[k] = W(k, 0);
+    sum_x[k] = MulR(sum_w[k], X(k, 0));
   }
-  min = hn::IfThenElse(hn::Gt(min, zero), zero, min);
-  const auto flat = hn::Eq(max, min);
-  VF iscale = hn::Div(vnmax, hn::Sub(max, min));
-  VF scale = hn::Div(hn::Set(df, 1.f), iscale);
-  VF best_error = zero;
-  for (int l = 0; l < n; ++l) {
-    const VF x = X(l);
-    const VF q = NearestClamped(MulR(iscale, hn::Sub(x, min)), zero, vnmax);
-    VF diff = hn::Sub(hn::Add(MulR(scale, q), min), x);
-    diff = MulR(diff, diff);
-    best_error = hn::Add(best_error, MulR(W(l), diff));
-  }
-  VF l_iscale = iscale, l_min = min;
-  for (int is = 0; is <= nstep; ++is) {
-    const float num = (rmin + ProdS(rdelta, static_cast<float>(is))) + static_cast<float>(nmax);
-    iscale = hn::Div(hn::Set(df, num), hn::Sub(max, min));  // min as updated by the candidates so far
-    VF sum_l = zero, sum_l2 = zero, sum_xl = zero;
-    for (int l = 0; l < n; ++l) {
-      const VF x = X(l);
-      const VF q = NearestClamped(MulR(iscale, hn::Sub(x, min)), zero, vnmax);
-      hn::Store(q, df, lq + static_cast<size_t>(l) * N);
-      const VF wl = MulR(W(l), q);
-      sum_l = hn::Add(sum_l, wl);
-      sum_l2 = hn::Add(sum_l2, MulR(wl, q));
-      sum_xl = hn::Add(sum_xl, MulR(wl, x));
+  for (int l = 1; l < n; ++l)
+    for (int k = 0; k < K; ++k) {
+      const VF x = X(k, l), w = W(k, l);
+      min[k] = hn::IfThenElse(hn::Lt(x, min[k]), x, min[k]);
+      max[k] = hn::IfThenElse(hn::Gt(x, max[k]), x, max[k]);
+      sum_w[k] = hn::Add(sum_w[k], w);
+      sum_x[k] = hn::Add(sum_x[k], MulR(w, x));
     }
-    const VF D = hn::Sub(MulR(sum_w, sum_l2), MulR(sum_l, sum_l));
-    const auto solvable = hn::Gt(D, zero);
-    if (hn::AllFalse(df, solvable)) continue;
-    VF this_scale = hn::Div(hn::Sub(MulR(sum_w, sum_xl), MulR(sum_x, sum_l)), D);
-    VF this_min = hn::Div(hn::Sub(MulR(sum_l2, sum_x), MulR(sum_l, sum_xl)), D);
-    const auto clip = hn::Gt(this_min, zero);
-    this_min = hn::IfThenElse(clip, zero, this_min);
-    this_scale = hn::IfThenElse(clip, hn::Div(sum_xl, sum_l2), this_scale);
-    VF cur_error = zero;
-    for (int l = 0; l < n; ++l) {
-      const VF q = hn::Load(df, lq + static_cast<size_t>(l) * N);
-      VF diff = hn::Sub(hn::Add(MulR(this_scale, q), this_min), X(l));
+  for (int k = 0; k < K; ++k) {
+    min[k] = hn::IfThenElse(hn::Gt(min[k], zero), zero, min[k]);
+    flat[k] = hn::Eq(max[k], min[k]);
+    iscale[k] = hn::Div(vnmax, hn::Sub(max[k], min[k]));
+    scale[k] = hn::Div(hn::Set(df, 1.f), iscale[k]);
+    best_error[k] = zero;
+  }
+  for (int l = 0; l < n; ++l)
+    for (int k = 0; k < K; ++k) {
+      const VF x = X(k, l);
+      const VF q = NearestClamped(MulR(iscale[k], hn::Sub(x, min[k])), zero, vnmax);
+      VF diff = hn::Sub(hn::Add(MulR(scale[k], q), min[k]), x);
       diff = MulR(diff, diff);
-      cur_error = hn::Add(cur_error, MulR(W(l), diff));
+      best_error[k] = hn::Add(best_error[k], MulR(W(k, l), diff));
     }
-    const auto better = hn::And(solvable, hn::Lt(cur_error, best_error));
-    best_error = hn::IfThenElse(better, cur_error, best_error);
-    scale = hn::IfThenElse(better, this_scale, scale);
-    l_iscale = hn::IfThenElse(better, iscale, l_iscale);
-    l_min = hn::IfThenElse(better, min, l_min);
-    min = hn::IfThenElse(better, this_min, min);
+  for (int k = 0; k < K; ++k) {
+    l_iscale[k] = iscale[k];
+    l_min[k] = min[k];
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    const VF num = hn::Set(df, (rmin + ProdS(rdelta, static_cast<float>(is))) + static_cast<float>(nmax));
+    VF sum_l[K], sum_l2[K], sum_xl[K];
+    for (int k = 0; k < K; ++k) {
+      iscale[k] = hn::Div(num, hn::Sub(max[k], min[k]));  // min as updated by the candidates so far
+      sum_l[k] = sum_l2[k] = sum_xl[k] = zero;
+    }
+    for (int l = 0; l < n; ++l)
+      for (int k = 0; k < K; ++k) {
+        const VF x = X(k, l);
+        const VF q = NearestClamped(MulR(iscale[k], hn::Sub(x, min[k])), zero, vnmax);
+        hn::Store(q, df, lq + at(k, l));
+        const VF wl = MulR(W(k, l), q);
+        sum_l[k] = hn::Add(sum_l[k], wl);
+        sum_l2[k] = hn::Add(sum_l2[k], MulR(wl, q));
+        sum_xl[k] = hn::Add(sum_xl[k], MulR(wl, x));
+      }
+    VF this_scale[K], this_min[K], cur_error[K];
+    M solvable[K];
+    bool any = false;
+    for (int k = 0; k < K; ++k) {
+      const VF D = hn::Sub(MulR(sum_w[k], sum_l2[k]), MulR(sum_l[k], sum_l[k]));
+      solvable[k] = hn::Gt(D, zero);
+      any = any || !hn::AllFalse(df, solvable[k]);
+      this_scale[k] = hn::Div(hn::Sub(MulR(sum_w[k], sum_xl[k]), MulR(sum_x[k], sum_l[k])), D);
+      this_min[k] = hn::Div(hn::Sub(MulR(sum_l2[k], sum_x[k]), MulR(sum_l[k], sum_xl[k])), D);
+      const M clip = hn::Gt(this_min[k], zero);
+      this_min[k] = hn::IfThenElse(clip, zero, this_min[k]);
+      this_scale[k] = hn::IfThenElse(clip, hn::Div(sum_xl[k], sum_l2[k]), this_scale[k]);
+      cur_error[k] = zero;
+    }
+    if (!any) continue;
+    for (int l = 0; l < n; ++l)
+      for (int k = 0; k < K; ++k) {
+        const VF q = hn::Load(df, lq + at(k, l));
+        VF diff = hn::Sub(hn::Add(MulR(this_scale[k], q), this_min[k]), X(k, l));
+        diff = MulR(diff, diff);
+        cur_error[k] = hn::Add(cur_error[k], MulR(W(k, l), diff));
+      }
+    for (int k = 0; k < K; ++k) {
+      const M better = hn::And(solvable[k], hn::Lt(cur_error[k], best_error[k]));
+      best_error[k] = hn::IfThenElse(better, cur_error[k], best_error[k]);
+      scale[k] = hn::IfThenElse(better, this_scale[k], scale[k]);
+      l_iscale[k] = hn::IfThenElse(better, iscale[k], l_iscale[k]);
+      l_min[k] = hn::IfThenElse(better, min[k], l_min[k]);
+      min[k] = hn::IfThenElse(better, this_min[k], min[k]);
+    }
   }
   // A flat sub-block keeps quants 0 (iscale 0 rebuilds them), scale 0 and its min.
-  hn::Store(hn::IfThenZeroElse(flat, scale), df, out.scale);
-  hn::Store(hn::Neg(min), df, out.the_min);
-  hn::Store(hn::IfThenZeroElse(flat, l_iscale), df, out.l_iscale);
-  hn::Store(hn::IfThenZeroElse(flat, l_min), df, out.l_min);
+  for (int k = 0; k < K; ++k) {
+    const size_t o = static_cast<size_t>(k) * N;
+    hn::Store(hn::IfThenZeroElse(flat[k], scale[k]), df, out.scale + o);
+    hn::Store(hn::Neg(min[k]), df, out.the_min + o);
+    hn::Store(hn::IfThenZeroElse(flat[k], l_iscale[k]), df, out.l_iscale + o);
+    hn::Store(hn::IfThenZeroElse(flat[k], l_min[k]), df, out.l_min + o);
+  }
 }
 
 // 2 * sum(x^2) / 256 over each super-block (quantize_row_q*_K_impl's sigma2), the sum in element
 // order, N super-blocks at a time.
 HWY_INLINE void SuperBlockSigma2(const float* HWY_RESTRICT x, int64_t nsb, float* HWY_RESTRICT sigma2) {
   const DF df;
-  const DI di;
   const size_t N = hn::Lanes(df);
+  auto t = hwy::AllocateAligned<float>(kernels::kQK_K * N);
   for (int64_t s0 = 0; s0 < nsb; s0 += static_cast<int64_t>(N)) {
-    const int64_t valid = std::min<int64_t>(static_cast<int64_t>(N), nsb - s0);
-    const VI idx = hn::Mul(hn::Min(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(valid - 1))),
-                           hn::Set(di, kernels::kQK_K));
-    const float* base = x + s0 * kernels::kQK_K;
+    const auto valid = static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(N), nsb - s0));
+    Transpose(x + s0 * kernels::kQK_K, kernels::kQK_K, kernels::kQK_K, valid, t.get());
     VF s = hn::Zero(df);
     for (int e = 0; e < kernels::kQK_K; ++e) {
-      const VF v = hn::GatherIndex(df, base + e, idx);
+      const VF v = hn::Load(df, t.get() + static_cast<size_t>(e) * N);
       s = hn::Add(s, MulR(v, v));
     }
     HWY_ALIGN float lanes[hn::MaxLanes(df)];
     hn::Store(hn::Div(MulR(hn::Set(df, 2.f), s), hn::Set(df, static_cast<float>(kernels::kQK_K))), df, lanes);
-    for (int64_t k = 0; k < valid; ++k) sigma2[s0 + k] = lanes[k];
+    for (size_t k = 0; k < valid; ++k) sigma2[s0 + static_cast<int64_t>(k)] = lanes[k];
   }
 }
 
@@ -232,13 +298,15 @@ inline void QuantizeRowQ4K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
   const DI di;
   const size_t N = hn::Lanes(df);
   const int64_t nsb = n / kQK_K, nsub = n / 32;
-  const int64_t padded = (nsub + static_cast<int64_t>(N) - 1) / static_cast<int64_t>(N) * static_cast<int64_t>(N);
-  // Scratch: xt, wt, lq (32 x N each), then per sub-block scale, -min, sw, l_iscale, l_min, then sigma2.
-  auto buf = hwy::AllocateAligned<float>(3 * 32 * N + 5 * static_cast<size_t>(padded) + static_cast<size_t>(nsb));
+  // Scratch: xt, wt, lq (32 x G each), then per sub-block scale, -min, sw, l_iscale, l_min, then sigma2.
+  constexpr int K = kQkxGroups;
+  const size_t G = K * N;
+  const int64_t padded = (nsub + static_cast<int64_t>(G) - 1) / static_cast<int64_t>(G) * static_cast<int64_t>(G);
+  auto buf = hwy::AllocateAligned<float>(3 * 32 * G + 5 * static_cast<size_t>(padded) + static_cast<size_t>(nsb));
   float* xt = buf.get();
-  float* wt = xt + 32 * N;
-  float* lq = wt + 32 * N;
-  float* scales = lq + 32 * N;
+  float* wt = xt + 32 * G;
+  float* lq = wt + 32 * G;
+  float* scales = lq + 32 * G;
   float* mins = scales + padded;
   float* sw = mins + padded;
   float* l_iscale = sw + padded;
@@ -246,37 +314,46 @@ inline void QuantizeRowQ4K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
   float* sigma2 = l_min + padded;
   if (importance) SuperBlockSigma2(x, nsb, sigma2);
 
-  for (int64_t g = 0; g < nsub; g += static_cast<int64_t>(N)) {
-    const size_t valid = static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(N), nsub - g));
-    Transpose(x + 32 * g, 32, 32, valid, xt);
-    if (!importance) {
-      // quantize_row_q4_K_ref's weights: av_x + |x|, av_x = sqrt(sum(x^2) / 32).
-      VF s = hn::Zero(df);
-      for (int l = 0; l < 32; ++l) {
-        const VF v = hn::Load(df, xt + static_cast<size_t>(l) * N);
-        s = hn::Add(s, MulR(v, v));
+  for (int64_t g = 0; g < nsub; g += static_cast<int64_t>(G)) {
+    for (int k = 0; k < K; ++k) {
+      // Past the row's end a group re-reads its last sub-block; those results are never read.
+      const int64_t first = std::min(g + k * static_cast<int64_t>(N), nsub - 1);
+      const size_t valid = static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(N), nsub - first));
+      float* xk = xt + 32 * N * static_cast<size_t>(k);
+      float* wk = wt + 32 * N * static_cast<size_t>(k);
+      Transpose(x + 32 * first, 32, 32, valid, xk);
+      if (!importance) {
+        // quantize_row_q4_K_ref's weights: av_x + |x|, av_x = sqrt(sum(x^2) / 32).
+        VF s = hn::Zero(df);
+        for (int l = 0; l < 32; ++l) {
+          const VF v = hn::Load(df, xk + static_cast<size_t>(l) * N);
+          s = hn::Add(s, MulR(v, v));
+        }
+        const VF av_x = hn::Sqrt(hn::Div(s, hn::Set(df, 32.f)));
+        for (int l = 0; l < 32; ++l)
+          hn::Store(hn::Add(av_x, hn::Abs(hn::Load(df, xk + static_cast<size_t>(l) * N))), df,
+                    wk + static_cast<size_t>(l) * N);
+      } else {
+        // quantize_row_q4_K_impl's weights: qw * sqrt(sigma2 + x^2), sigma2 of the lane's super-block.
+        Transpose(importance + 32 * first, 32, 32, valid, wk);
+        HWY_ALIGN float s2[hn::MaxLanes(df)];
+        for (size_t j = 0; j < N; ++j) s2[j] = sigma2[(first + static_cast<int64_t>(std::min(j, valid - 1))) / 8];
+        const VF vs2 = hn::Load(df, s2);
+        VF s = hn::Zero(df);
+        for (int l = 0; l < 32; ++l) {
+          const VF v = hn::Load(df, xk + static_cast<size_t>(l) * N);
+          const VF w = MulR(hn::Load(df, wk + static_cast<size_t>(l) * N), hn::Sqrt(hn::Add(vs2, MulR(v, v))));
+          hn::Store(w, df, wk + static_cast<size_t>(l) * N);
+          s = hn::Add(s, w);
+        }
+        hn::Store(s, df, sw + g + k * static_cast<int64_t>(N));
       }
-      const VF av_x = hn::Sqrt(hn::Div(s, hn::Set(df, 32.f)));
-      for (int l = 0; l < 32; ++l)
-        hn::Store(hn::Add(av_x, hn::Abs(hn::Load(df, xt + static_cast<size_t>(l) * N))), df,
-                  wt + static_cast<size_t>(l) * N);
-      SearchQkx(xt, wt, lq, -1.f, 0.1f, 20, {scales + g, mins + g, l_iscale + g, l_min + g});
-    } else {
-      // quantize_row_q4_K_impl's weights: qw * sqrt(sigma2 + x^2), sigma2 of the lane's super-block.
-      Transpose(importance + 32 * g, 32, 32, valid, wt);
-      HWY_ALIGN float s2[hn::MaxLanes(df)];
-      for (size_t k = 0; k < N; ++k) s2[k] = sigma2[(g + static_cast<int64_t>(std::min(k, valid - 1))) / 8];
-      const VF vs2 = hn::Load(df, s2);
-      VF s = hn::Zero(df);
-      for (int l = 0; l < 32; ++l) {
-        const VF v = hn::Load(df, xt + static_cast<size_t>(l) * N);
-        const VF w = MulR(hn::Load(df, wt + static_cast<size_t>(l) * N), hn::Sqrt(hn::Add(vs2, MulR(v, v))));
-        hn::Store(w, df, wt + static_cast<size_t>(l) * N);
-        s = hn::Add(s, w);
-      }
-      hn::Store(s, df, sw + g);
-      SearchQkx(xt, wt, lq, -0.9f, 0.05f, 36, {scales + g, mins + g, l_iscale + g, l_min + g});
     }
+    const KxOut out{scales + g, mins + g, l_iscale + g, l_min + g};
+    if (!importance)
+      SearchQkx<K>(xt, wt, lq, -1.f, 0.1f, 20, out);
+    else
+      SearchQkx<K>(xt, wt, lq, -0.9f, 0.05f, 36, out);
   }
 
   HWY_ALIGN int32_t q[kQK_K];
