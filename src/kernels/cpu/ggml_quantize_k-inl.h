@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cpu/ggml_rows.hpp"
 #include "strata/core/dtype.hpp"
@@ -151,7 +152,7 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
   const size_t N = hn::Lanes(df);
   constexpr int n = 32, nmax = 15;
   using M = hn::Mask<DF>;
-  const VF zero = hn::Zero(df), vnmax = hn::Set(df, static_cast<float>(nmax));
+  const VF zero = hn::Zero(df), vnmax = hn::Set(df, static_cast<float>(nmax)), magic = hn::Set(df, kMagic);
   auto at = [&](int k, int l) { return (static_cast<size_t>(k) * n + static_cast<size_t>(l)) * N; };
   auto X = [&](int k, int l) { return hn::Load(df, xt + at(k, l)); };
   auto W = [&](int k, int l) { return hn::Load(df, wt + at(k, l)); };
@@ -171,7 +172,9 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
       sum_w[k] = hn::Add(sum_w[k], w);
       sum_x[k] = hn::Add(sum_x[k], MulR(w, x));
     }
+  VF low[K];  // the smallest x
   for (int k = 0; k < K; ++k) {
+    low[k] = min[k];
     min[k] = hn::IfThenElse(hn::Gt(min[k], zero), zero, min[k]);
     flat[k] = hn::Eq(max[k], min[k]);
     iscale[k] = hn::Div(vnmax, hn::Sub(max[k], min[k]));
@@ -197,16 +200,43 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
       iscale[k] = hn::Div(num, hn::Sub(max[k], min[k]));  // min as updated by the candidates so far
       sum_l[k] = sum_l2[k] = sum_xl[k] = zero;
     }
-    for (int l = 0; l < n; ++l)
-      for (int k = 0; k < K; ++k) {
-        const VF x = X(k, l);
-        const VF q = NearestClamped(MulR(iscale[k], hn::Sub(x, min[k])), zero, vnmax);
-        hn::Store(q, df, lq + at(k, l));
-        const VF wl = MulR(W(k, l), q);
-        sum_l[k] = hn::Add(sum_l[k], wl);
-        sum_l2[k] = hn::Add(sum_l2[k], MulR(wl, q));
-        sum_xl[k] = hn::Add(sum_xl[k], MulR(wl, x));
-      }
+    // Where every product iscale * (x - min) of the candidate is finite and far below 2^22 (the
+    // common case; bounded through the extreme x, rounding being monotonic), clamping before
+    // rounding by 1.5 * 2^23 gives nearest_int's clamped value in fewer steps, and where no x lies
+    // below min the lower clamp is idle.
+    bool bounded = true, above = true;
+    for (int k = 0; k < K; ++k) {
+      const VF hi_v = MulR(iscale[k], hn::Sub(max[k], min[k])), lo_v = MulR(iscale[k], hn::Sub(low[k], min[k]));
+      const VF limit = hn::Set(df, 2097152.f);
+      bounded = bounded && hn::AllTrue(df, hn::Or(flat[k], hn::And(hn::Lt(hi_v, limit), hn::Gt(lo_v, hn::Neg(limit)))));
+      above = above && hn::AllTrue(df, hn::Or(flat[k], hn::Ge(lo_v, zero)));
+    }
+    auto pass1 = [&](auto mode) {
+      for (int l = 0; l < n; ++l)
+        for (int k = 0; k < K; ++k) {
+          const VF x = X(k, l);
+          const VF v = MulR(iscale[k], hn::Sub(x, min[k]));
+          VF q;
+          if constexpr (decltype(mode)::value == 0) {
+            q = NearestClamped(v, zero, vnmax);
+          } else if constexpr (decltype(mode)::value == 1) {
+            q = hn::Sub(hn::Add(hn::Min(hn::Max(v, zero), vnmax), magic), magic);
+          } else {
+            q = hn::Sub(hn::Add(hn::Min(v, vnmax), magic), magic);
+          }
+          hn::Store(q, df, lq + at(k, l));
+          const VF wl = MulR(W(k, l), q);
+          sum_l[k] = hn::Add(sum_l[k], wl);
+          sum_l2[k] = hn::Add(sum_l2[k], MulR(wl, q));
+          sum_xl[k] = hn::Add(sum_xl[k], MulR(wl, x));
+        }
+    };
+    if (!bounded)
+      pass1(std::integral_constant<int, 0>());
+    else if (!above)
+      pass1(std::integral_constant<int, 1>());
+    else
+      pass1(std::integral_constant<int, 2>());
     VF this_scale[K], this_min[K], cur_error[K];
     M solvable[K];
     bool any = false;
