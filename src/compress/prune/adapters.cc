@@ -4,6 +4,7 @@
 
 #include "strata/compress/prune/prune.hpp"
 #include "strata/compress/registry.hpp"
+#include "strata/nn/sparse_linear.hpp"
 
 namespace strata::compress {
 
@@ -40,6 +41,15 @@ class PruneCompressor : public WeightCompressor {
   RowMatrix<float> reconstruct(const Compressed& c) const override {
     require(c.method == name(), name(), ": cannot reconstruct a layer compressed by '", c.method, "'");
     return decode(c);
+  }
+
+  // The sparse form itself, not dense float32: a product then streams only the kept weights.
+  std::shared_ptr<const nn::Linear> to_linear(const Compressed& c) const override {
+    const Setting s = parse_setting(c.knob, c.method);
+    const bool two_four = s.pattern.semi_structured() && s.pattern.n == 2 && s.pattern.m == 4;
+    return std::make_shared<nn::SparseLinear>(reconstruct(c), s.values == ValueType::f16,
+                                              two_four ? nn::SparseLinear::Layout::two_four
+                                                       : nn::SparseLinear::Layout::automatic);
   }
 
  protected:
