@@ -9,6 +9,7 @@
 #include "strata/compress/quant/quant.hpp"
 #include "strata/compress/registry.hpp"
 #include "strata/core/error.hpp"
+#include "strata/nn/group_quant_linear.hpp"
 
 namespace strata::compress {
 
@@ -219,7 +220,42 @@ class QuantCompressor final : public WeightCompressor {
   }
 
   RowMatrix<float> reconstruct(const Compressed& c) const override {
-    const std::string where = "reconstruct " + c.method + " '" + c.knob + "'";
+    const QuantizedMatrix q = unpack(c, "reconstruct");
+    try {
+      return quant::dequantize(q);
+    } catch (const Error& e) {
+      fail("reconstruct ", c.method, " '", c.knob, "': ", e.what());
+    }
+  }
+
+  // The codes themselves, not dense float32: a product then streams a few bits per weight.
+  std::shared_ptr<const nn::Linear> to_linear(const Compressed& c) const override {
+    QuantizedMatrix q = unpack(c, "to_linear");
+    nn::GroupQuantWeights w;
+    w.rows = q.rows;
+    w.cols = q.cols;
+    w.bits = q.spec.bits;
+    w.group = q.spec.group_size(q.cols);
+    w.codes = std::move(q.codes);
+    const auto widen = [](const std::vector<f16>& h) {
+      std::vector<float> out(h.size());
+      for (size_t i = 0; i < h.size(); ++i) out[i] = f16_to_f32(h[i]);
+      return out;
+    };
+    w.scales = widen(q.scales);
+    w.zeros = std::move(q.zeros);
+    w.channel_scales = widen(q.channel_scales);
+    try {
+      return std::make_shared<nn::GroupQuantLinear>(w);
+    } catch (const Error& e) {
+      fail("to_linear ", c.method, " '", c.knob, "': ", e.what());
+    }
+  }
+
+ private:
+  // The stored tensors checked against the meta and unpacked; `what` starts every error message.
+  QuantizedMatrix unpack(const Compressed& c, std::string_view what) const {
+    const std::string where = std::string(what) + " " + c.method + " '" + c.knob + "'";
     try {
       require(c.rows > 0 && c.cols > 0, "empty shape (", c.rows, " x ", c.cols, ")");
       for (const char* key : {"bits", "group", "symmetric"})
@@ -252,13 +288,12 @@ class QuantCompressor final : public WeightCompressor {
       if (!q.spec.symmetric)
         q.zeros = quant::unpack_bits(tensor_bytes(tensor("zeros", DType::i8, size.zeros)), ng, q.spec.bits);
       if (has_channel) q.channel_scales = tensor_f16(tensor("channel_scales", DType::f16, size.channel_scales));
-      return quant::dequantize(q);
+      return q;
     } catch (const Error& e) {
       fail(where, ": ", e.what());
     }
   }
 
- private:
   void check_layer(const Layer& layer) const {
     require(layer.weight != nullptr, layer_prefix(layer.name), ": no weight");
   }
