@@ -105,21 +105,34 @@ HWY_NOINLINE void Sparse24Tile(const Sparse24& w, const float* HWY_RESTRICT x, f
     const V* HWY_RESTRICT vr = values + r * kept;
     const uint8_t* HWY_RESTRICT pr = w.positions + r * w.position_stride;
     auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
-    for (int64_t k = 0; k < full; k += N) {
+    const auto indices = [&](int64_t k) {
       PrefetchAhead(vr + k);
       if (k % 256 == 0) hwy::Prefetch(pr + k / 4 + kSparsePrefetchBytes / 8);
       uint32_t word;
       std::memcpy(&word, pr + k / 4, sizeof(word));
       const auto lane = hn::Add(hn::And(hn::Set(du, word) >> shifts, three), base);
-      const auto idx = hn::IndicesFromVec(d, hn::BitCast(di, lane));
-      const auto wv = LoadWidened(d, vr + k);
-      const int64_t j = 2 * k;
-      const auto gather = [&](const float* HWY_RESTRICT xr) {
-        return hn::ConcatUpperLower(d, hn::TableLookupLanes(hn::LoadU(d, xr + j + N), idx),
-                                    hn::TableLookupLanes(hn::LoadU(d, xr + j), idx));
-      };
-      STRATA_SPARSE_ACCUMULATE(wv, gather);
+      return hn::IndicesFromVec(d, hn::BitCast(di, lane));
+    };
+    const auto gather = [&](const float* HWY_RESTRICT xr, int64_t k, const auto& idx) {
+      return hn::ConcatUpperLower(d, hn::TableLookupLanes(hn::LoadU(d, xr + 2 * k + N), idx),
+                                  hn::TableLookupLanes(hn::LoadU(d, xr + 2 * k), idx));
+    };
+    int64_t k = 0;
+    if constexpr (T == 1) {
+      // Two chunks a step into two sums: one chain of multiply-adds would wait on its own latency.
+      for (; k + 2 * N <= full; k += 2 * N) {
+        const auto i0 = indices(k), i1 = indices(k + N);
+        a0 = hn::MulAdd(LoadWidened(d, vr + k), gather(x0, k, i0), a0);
+        a1 = hn::MulAdd(LoadWidened(d, vr + k + N), gather(x0, k + N, i1), a1);
+      }
     }
+    for (; k < full; k += N) {
+      const auto idx = indices(k);
+      const auto wv = LoadWidened(d, vr + k);
+      const auto load = [&](const float* HWY_RESTRICT xr) { return gather(xr, k, idx); };
+      STRATA_SPARSE_ACCUMULATE(wv, load);
+    }
+    if constexpr (T == 1) a0 = hn::Add(a0, a1);
     float s[4] = {0, 0, 0, 0};
     for (int64_t k = full; k < kept; ++k) {
       const int64_t bit = 2 * k;
