@@ -46,6 +46,10 @@ std::shared_ptr<const nn::Linear> WeightCompressor::to_linear(const Compressed& 
   return std::make_shared<nn::DenseLinear>(reconstruct(c));
 }
 
+std::shared_ptr<const nn::Embedding> WeightCompressor::to_embedding(const Compressed& c) const {
+  return std::make_shared<nn::DenseEmbedding>(std::make_shared<const RowMatrix<float>>(reconstruct(c)));
+}
+
 std::map<std::string, std::string> parse_knob(std::string_view knob) {
   std::map<std::string, std::string> kv;
   size_t pos = 0;

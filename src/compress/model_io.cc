@@ -217,12 +217,15 @@ std::string json_text(const nlohmann::json& obj, const char* key, const std::str
   return v.get<std::string>();
 }
 
-// The tensors of a strata safetensors under their source names, for LlamaModel::load: plain tensors
-// as stored, ggml blocks (stored as U8) with their type and shape back and dequantized by to_f32.
-// Compressed layers are not listed; they reach the model as overrides.
+// The tensors of a strata safetensors under their source names, for LlamaModel::load_stored: plain
+// tensors as stored, ggml blocks (stored as U8) with their type and shape back, so they run as blocks
+// (and to_f32 dequantizes them). Compressed layers are not listed; they reach the model as overrides.
+// The view owns the file it reads, so layers borrowing its bytes can keep both alive.
 class StrataView final : public io::Model {
  public:
-  StrataView(const io::Model& file, const nlohmann::json& meta, const std::set<std::string>& parts) : file_(file) {
+  StrataView(std::shared_ptr<const io::Model> owned, const nlohmann::json& meta, const std::set<std::string>& parts)
+      : owned_(std::move(owned)), file_(*owned_) {
+    const io::Model& file = file_;
     path_ = file.path();
     config_ = file.config();
     metadata_ = file.metadata();
@@ -282,6 +285,7 @@ class StrataView final : public io::Model {
     return *it->second;
   }
 
+  std::shared_ptr<const io::Model> owned_;
   const io::Model& file_;
   std::map<std::string, GgmlType, std::less<>> ggml_types_;
   std::map<std::string, Shape, std::less<>> shapes_;
@@ -458,7 +462,7 @@ LoadedModel load_llama(const std::filesystem::path& path) {
   out.file = io::open_model(path);
   const io::Model& file = *out.file;
   if (!is_strata_safetensors(file)) {
-    out.model = nn::LlamaModel::load(file);
+    out.model = nn::LlamaModel::load_stored(out.file);
     return out;
   }
   const std::string where = file.path().string();
@@ -469,7 +473,8 @@ LoadedModel load_llama(const std::filesystem::path& path) {
 
   std::set<std::string> parts;
   out.layers = decode_layers(file, meta, parts);
-  const StrataView view(file, meta, parts);
+  const auto view_ptr = std::make_shared<const StrataView>(out.file, meta, parts);
+  const StrataView& view = *view_ptr;
 
   nn::LlamaModel::Overrides overrides;
   const WeightCompressor* embedding_compressor = nullptr;
@@ -478,7 +483,7 @@ LoadedModel load_llama(const std::filesystem::path& path) {
       const WeightCompressor& compressor = find_compressor(c.method);
       require(c.rows > 0 && c.cols > 0, "shape [", c.rows, ", ", c.cols, "] is empty");
       if (name == "token_embd.weight") {
-        auto embedding = std::make_shared<const RowMatrix<float>>(compressor.reconstruct(c));
+        auto embedding = compressor.to_embedding(c);
         require(embedding->rows() == c.rows && embedding->cols() == c.cols, "the compressed form holds [",
                 embedding->rows(), ", ", embedding->cols(), "], the layer is [", c.rows, ", ", c.cols, "]");
         overrides.token_embedding = std::move(embedding);
@@ -496,12 +501,12 @@ LoadedModel load_llama(const std::filesystem::path& path) {
   // A head tied to a compressed embedding computes with the compressed form too.
   if (embedding_compressor && !view.find("output.weight") && !overrides.linears.count("output.weight")) {
     try {
-      overrides.linears["output.weight"] = embedding_compressor->to_linear(out.layers.at("token_embd.weight"));
+      overrides.linears["output.weight"] = overrides.token_embedding->as_linear();
     } catch (const Error& e) {
       fail(where, ": layer 'token_embd.weight' as the output head: ", e.what());
     }
   }
-  out.model = nn::LlamaModel::load(view, overrides);
+  out.model = nn::LlamaModel::load_stored(view_ptr, overrides);
   return out;
 }
 

@@ -40,8 +40,8 @@ std::string DenseLinear::describe() const {
   return out.str();
 }
 
-MappedLinear::MappedLinear(const float* weight, int64_t rows, int64_t cols)
-    : weight_(weight), rows_(rows), cols_(cols) {
+MappedLinear::MappedLinear(const float* weight, int64_t rows, int64_t cols, std::shared_ptr<const void> keep_alive)
+    : weight_(weight), rows_(rows), cols_(cols), keep_alive_(std::move(keep_alive)) {
   require(weight != nullptr && rows > 0 && cols > 0, "MappedLinear: no weights, or an empty shape [", rows, ", ",
           cols, "]");
   require(reinterpret_cast<uintptr_t>(weight) % alignof(float) == 0, "MappedLinear: weights not 4-byte aligned");

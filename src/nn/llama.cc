@@ -70,9 +70,19 @@ void apply_rope(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, int
   }
 }
 
-LlamaModel LlamaModel::load(const io::Model& file) { return load(file, Overrides{}); }
+LlamaModel LlamaModel::load(const io::Model& file) { return load_impl(file, Overrides{}, nullptr); }
 
 LlamaModel LlamaModel::load(const io::Model& file, const Overrides& overrides) {
+  return load_impl(file, overrides, nullptr);
+}
+
+LlamaModel LlamaModel::load_stored(std::shared_ptr<const io::Model> file, const Overrides& overrides) {
+  require(file != nullptr, "LlamaModel::load_stored: no model file");
+  return load_impl(*file, overrides, file);
+}
+
+LlamaModel LlamaModel::load_impl(const io::Model& file, const Overrides& overrides,
+                                 const std::shared_ptr<const io::Model>& stored) {
   warn_if_blas_slow();
   const io::ModelConfig& mc = file.config();
   const std::string where = file.path().string();
@@ -98,7 +108,7 @@ LlamaModel LlamaModel::load(const io::Model& file, const Overrides& overrides) {
   require(c.head_dim % 2 == 0, where, ": head dimension ", c.head_dim, " is odd; RoPE needs pairs");
 
   if (overrides.token_embedding) {
-    const RowMatrix<float>& e = *overrides.token_embedding;
+    const Embedding& e = *overrides.token_embedding;
     if (c.vocab_size == 0) c.vocab_size = e.rows();
     require(e.rows() == c.vocab_size && e.cols() == c.dim, where, ": token_embd.weight: the replacement is [",
             e.rows(), ", ", e.cols(), "], expected [", c.vocab_size, ", ", c.dim, "]");
@@ -108,13 +118,25 @@ LlamaModel LlamaModel::load(const io::Model& file, const Overrides& overrides) {
     require(embd.shape.rank() == 2 && embd.shape[1] == c.dim, where, ": token_embd.weight has shape ",
             embd.shape.str(), ", expected [vocab, ", c.dim, "]");
     if (c.vocab_size == 0) c.vocab_size = embd.shape[0];
-    m.token_embd_ = std::make_shared<RowMatrix<float>>(load_matrix(file, "token_embd.weight", c.vocab_size, c.dim));
+    require(embd.shape[0] == c.vocab_size, where, ": token_embd.weight has shape ", embd.shape.str(), ", expected [",
+            c.vocab_size, ", ", c.dim, "]");
+    if (stored)
+      m.token_embd_ = stored_embedding(stored, "token_embd.weight");
+    else
+      m.token_embd_ = std::make_shared<DenseEmbedding>(
+          std::make_shared<const RowMatrix<float>>(load_matrix(file, "token_embd.weight", c.vocab_size, c.dim)));
   }
   // Takes a linear layer from `overrides` (checking its shape) or loads it from the file.
   std::size_t used = 0;
   auto linear_layer = [&](const std::string& name, int64_t rows, int64_t cols) -> std::shared_ptr<const Linear> {
     auto it = overrides.linears.find(name);
-    if (it == overrides.linears.end()) return std::make_shared<DenseLinear>(load_matrix(file, name, rows, cols));
+    if (it == overrides.linears.end()) {
+      if (!stored) return std::make_shared<DenseLinear>(load_matrix(file, name, rows, cols));
+      const io::TensorInfo& info = file.tensor(name);
+      require(info.shape == Shape{rows, cols}, where, ": tensor '", name, "' has shape ", info.shape.str(),
+              ", expected [", rows, ", ", cols, "]");
+      return stored_linear(stored, name);
+    }
     ++used;
     require(it->second != nullptr, where, ": tensor '", name, "': null replacement layer");
     require(it->second->out_features() == rows && it->second->in_features() == cols, where, ": tensor '", name,
@@ -143,7 +165,7 @@ LlamaModel LlamaModel::load(const io::Model& file, const Overrides& overrides) {
   if (file.find("output.weight") || overrides.linears.count("output.weight")) {
     m.linears_.push_back(linear_layer("output.weight", c.vocab_size, c.dim));
   } else {
-    m.linears_.push_back(std::make_shared<DenseLinear>(*m.token_embd_));  // tied embeddings
+    m.linears_.push_back(m.token_embd_->as_linear());  // tied embeddings: the table's own bytes
   }
   if (used != overrides.linears.size()) {
     for (const auto& [name, layer] : overrides.linears)
@@ -171,6 +193,11 @@ void LlamaModel::set_linear(std::string_view name, std::shared_ptr<const Linear>
 
 void LlamaModel::set_token_embedding(std::shared_ptr<const RowMatrix<float>> embedding) {
   require(embedding != nullptr, "LlamaModel::set_token_embedding: null embedding");
+  set_token_embedding(std::make_shared<const DenseEmbedding>(std::move(embedding)));
+}
+
+void LlamaModel::set_token_embedding(std::shared_ptr<const Embedding> embedding) {
+  require(embedding != nullptr, "LlamaModel::set_token_embedding: null embedding");
   require(embedding->rows() == token_embd_->rows() && embedding->cols() == token_embd_->cols(),
           "LlamaModel::set_token_embedding: the embedding is [", token_embd_->rows(), ", ", token_embd_->cols(),
           "], the replacement is [", embedding->rows(), ", ", embedding->cols(), "]");
@@ -178,8 +205,9 @@ void LlamaModel::set_token_embedding(std::shared_ptr<const RowMatrix<float>> emb
 }
 
 uint64_t LlamaModel::weight_bytes() const {
-  uint64_t total = static_cast<uint64_t>(token_embd_->size()) * sizeof(float);
-  for (const auto& l : linears_) total += l->weight_bytes();
+  uint64_t total = token_embd_->bytes();
+  for (const auto& l : linears_)
+    if (!token_embd_->shares_bytes_with(*l)) total += l->weight_bytes();
   total += static_cast<uint64_t>(output_norm_.size() + 2 * config_.dim * config_.n_layers) * sizeof(float);
   return total;
 }
@@ -225,7 +253,7 @@ void LlamaSession::forward(std::span<const int32_t> tokens, float* logits, Logit
   for (int32_t t : tokens)
     require(t >= 0 && t < c.vocab_size, "LlamaSession: token id ", t, " outside the vocabulary of ", c.vocab_size);
   RowMatrix<float> x(n, c.dim);
-  for (int64_t t = 0; t < n; ++t) x.row(t) = model_.token_embedding().row(tokens[static_cast<size_t>(t)]);
+  for (int64_t t = 0; t < n; ++t) model_.token_embedding().lookup(tokens[static_cast<size_t>(t)], x.row(t).data());
   run_blocks(x, 0, static_cast<int>(c.n_layers), logits, which, hooks);
 }
 

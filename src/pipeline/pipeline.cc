@@ -58,36 +58,13 @@ compress::Compressed deep_copy(const compress::Compressed& c) {
 
 namespace {
 
-// blk.N.attn_q.weight ... blk.N.ffn_down.weight and output.weight: the tensors the engine runs as
-// linear layers.
-bool is_linear_tensor(std::string_view name) {
-  if (name == "output.weight") return true;
-  if (name.rfind("blk.", 0) != 0) return false;
-  for (const char* suffix : {".attn_q.weight", ".attn_k.weight", ".attn_v.weight", ".attn_output.weight",
-                             ".ffn_gate.weight", ".ffn_up.weight", ".ffn_down.weight"}) {
-    const std::string_view s(suffix);
-    if (name.size() > s.size() && name.substr(name.size() - s.size()) == s) return true;
-  }
-  return false;
-}
-
 }  // namespace
 
-Model Model::load(const std::filesystem::path& path, bool need_tokenizer, bool map_weights) {
+Model Model::load(const std::filesystem::path& path, bool need_tokenizer) {
   Model m;
   m.path = path;
   m.file = io::open_model(path);
-  nn::LlamaModel::Overrides mapped;
-  if (map_weights)
-    for (const auto& t : m.file->tensors()) {
-      if (t.type != "F32" || t.shape.rank() != 2 || !is_linear_tensor(t.name)) continue;
-      const auto bytes = m.file->raw(t);
-      require(bytes.size() == static_cast<size_t>(t.numel()) * sizeof(float), path.string(), ": tensor '", t.name,
-              "' holds ", bytes.size(), " bytes for ", t.numel(), " floats");
-      mapped.linears.emplace(t.name, std::make_shared<nn::MappedLinear>(reinterpret_cast<const float*>(bytes.data()),
-                                                                        t.shape[0], t.shape[1]));
-    }
-  m.dense = std::make_unique<nn::LlamaModel>(nn::LlamaModel::load(*m.file, mapped));
+  m.dense = std::make_unique<nn::LlamaModel>(nn::LlamaModel::load_stored(m.file));
   if (m.file->metadata().contains("tokenizer.ggml.tokens"))
     m.tokenizer = std::make_unique<nn::BpeTokenizer>(nn::BpeTokenizer::from_model(*m.file));
   else
@@ -104,7 +81,7 @@ std::pair<int64_t, int64_t> Model::weight_shape(std::string_view tensor) const {
 }
 
 RowMatrix<float> Model::weight(std::string_view tensor) const {
-  if (tensor == "token_embd.weight") return dense->token_embedding();
+  if (tensor == "token_embd.weight") return dense->token_embedding().dense();
   return dense->linear(tensor).dense_weight();
 }
 
@@ -509,8 +486,8 @@ nn::LlamaModel apply(const budget::Plan& plan, LayerBank& bank) {
     const auto c = bank.compressed(ch.tensor, ch.method, ch.knob);
     const compress::WeightCompressor& comp = compress::find_compressor(ch.method);
     if (ch.tensor == "token_embd.weight") {
-      auto e = std::make_shared<const RowMatrix<float>>(comp.reconstruct(*c));
-      if (model.tied_output()) m.set_linear("output.weight", std::make_shared<nn::DenseLinear>(*e));
+      auto e = comp.to_embedding(*c);
+      if (model.tied_output()) m.set_linear("output.weight", e->as_linear());
       m.set_token_embedding(std::move(e));
       continue;
     }
@@ -590,7 +567,7 @@ std::vector<RowMatrix<float>> embed(const Model& model, const std::vector<std::v
     for (size_t t = 0; t < seq.size(); ++t) {
       require(seq[t] >= 0 && seq[t] < c.vocab_size, "calibration: token id ", seq[t], " outside the vocabulary of ",
               c.vocab_size);
-      x.row(static_cast<int64_t>(t)) = model.dense->token_embedding().row(seq[t]);
+      model.dense->token_embedding().lookup(seq[t], x.row(static_cast<int64_t>(t)).data());
     }
     hidden.push_back(std::move(x));
   }

@@ -73,7 +73,7 @@ std::string status_mib(const char* field) {
 
 int compress_model(const std::string& in, const std::string& out) {
   namespace pl = strata::pipeline;
-  const pl::Model model = pl::Model::load(in, /*need_tokenizer=*/false, /*map_weights=*/true);
+  const pl::Model model = pl::Model::load(in, /*need_tokenizer=*/false);
   std::mt19937_64 rng(3);
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(model.dense->config().vocab_size) - 1);
   std::vector<std::vector<int32_t>> windows(2, std::vector<int32_t>(48));

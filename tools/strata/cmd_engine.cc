@@ -21,7 +21,7 @@ namespace strata::cli {
 namespace {
 
 struct Loaded {
-  std::unique_ptr<io::Model> file;
+  std::shared_ptr<const io::Model> file;
   std::unique_ptr<nn::LlamaModel> model;
   std::optional<nn::BpeTokenizer> tokenizer;  // absent for llama2.c checkpoints
 };

@@ -18,6 +18,7 @@
 
 #include "strata/core/eigen.hpp"
 #include "strata/core/tensor.hpp"
+#include "strata/nn/ggml_linear.hpp"
 #include "strata/nn/linear.hpp"
 
 namespace strata::compress {
@@ -98,6 +99,9 @@ class WeightCompressor {
   // A linear layer for the engine computing with the compressed form. The default reconstructs
   // dense float32 weights; forms with a faster product (low-rank factors) override it.
   virtual std::shared_ptr<const nn::Linear> to_linear(const Compressed& c) const;
+  // The compressed form as a token embedding table (looked up a row at a time). The default
+  // reconstructs float32; forms that can decode one row (ggml blocks) override it.
+  virtual std::shared_ptr<const nn::Embedding> to_embedding(const Compressed& c) const;
 };
 
 // tr(dW H dW^T) / tr(W H W^T) (the relative output error), or ||dW||^2 / ||W||^2 when H is null.

@@ -77,15 +77,15 @@ uint64_t gguf_overhead_bytes(const io::GgufFile& source, const LayerMap& layers,
 void write_strata_safetensors(const io::Model& source, const LayerMap& layers, const std::filesystem::path& out,
                               const nlohmann::json& extra = nlohmann::json::object());
 
-// A model ready for the reference engine: a GGUF or llama2.c file (LlamaModel::load; `layers` is
-// empty), or a strata safetensors written above (`layers` holds the decoded compressed layers; each
+// A model ready for the reference engine: a GGUF or llama2.c file run in its stored types
+// (LlamaModel::load_stored: ggml blocks as blocks, no float32 copy; `layers` is empty), or a strata safetensors written above (`layers` holds the decoded compressed layers; each
 // becomes its compressor's to_linear(); a compressed token_embd.weight is reconstructed for the
 // embedding and, when the output head is tied to it, its to_linear() is the head). `file` is the file
 // as io::open_model opens it: for a strata safetensors, metadata() and config() are the source's
 // (see io::SafetensorsModel), so nn::BpeTokenizer::from_model(*file) works for both. Throws
 // strata::Error naming the file and the tensor or field at fault.
 struct LoadedModel {
-  std::unique_ptr<io::Model> file;
+  std::shared_ptr<const io::Model> file;
   nn::LlamaModel model;
   LayerMap layers;
 };

@@ -46,18 +46,21 @@ class DenseLinear final : public Linear {
 // the layer.
 class MappedLinear final : public Linear {
  public:
-  // `weight` points at rows x cols floats, row-major, 4-byte aligned.
-  MappedLinear(const float* weight, int64_t rows, int64_t cols);
+  // `weight` points at rows x cols floats, row-major, 4-byte aligned. `keep_alive` (may be null) owns
+  // the bytes and is held as long as the layer lives.
+  MappedLinear(const float* weight, int64_t rows, int64_t cols, std::shared_ptr<const void> keep_alive = nullptr);
   int64_t in_features() const override { return cols_; }
   int64_t out_features() const override { return rows_; }
   void forward(const float* x, int64_t tokens, float* y) const override;
   RowMatrix<float> dense_weight() const override;
   uint64_t weight_bytes() const override { return static_cast<uint64_t>(rows_ * cols_) * sizeof(float); }
   std::string describe() const override;
+  const float* data() const { return weight_; }
 
  private:
   const float* weight_;
   int64_t rows_, cols_;
+  std::shared_ptr<const void> keep_alive_;
 };
 
 // y = x W^T for row-major x [tokens, in] and W [out, in], through cblas_sgemm / sgemv.

@@ -12,6 +12,7 @@
 
 #include "strata/core/eigen.hpp"
 #include "strata/io/model.hpp"
+#include "strata/nn/ggml_linear.hpp"
 #include "strata/nn/hooks.hpp"
 #include "strata/nn/linear.hpp"
 
@@ -34,11 +35,16 @@ class LlamaModel {
   // output head without an "output.weight" entry copies the embedding, as load(file) does.
   struct Overrides {
     std::map<std::string, std::shared_ptr<const Linear>, std::less<>> linears;
-    std::shared_ptr<const RowMatrix<float>> token_embedding;
+    std::shared_ptr<const Embedding> token_embedding;
   };
   // Throws strata::Error naming the file and the tensor when an override is not a linear layer of
   // the model, or its shape differs from the one the config implies.
   static LlamaModel load(const io::Model& file, const Overrides& overrides);
+  // Runs the file's tensors in their stored form, borrowing the memory-mapped bytes (no float32
+  // copy): ggml quantized types as GgmlLinear / GgmlEmbedding, F32 as mapped layers; other types
+  // (F16, BF16) are converted. A tied output head reads the embedding's own bytes. The model holds
+  // `file` for as long as any of its layers lives.
+  static LlamaModel load_stored(std::shared_ptr<const io::Model> file, const Overrides& overrides = {});
 
   const LlamaConfig& config() const { return config_; }
 
@@ -50,17 +56,21 @@ class LlamaModel {
   void set_linear(std::string_view name, std::shared_ptr<const Linear> layer);
   // Replaces the token embedding (same shape). A tied output head keeps its own layer: replace it
   // with set_linear("output.weight", ...) too when it should follow.
+  void set_token_embedding(std::shared_ptr<const Embedding> embedding);
   void set_token_embedding(std::shared_ptr<const RowMatrix<float>> embedding);
   // A copy that shares the (immutable) layers, so a compressed variant costs only what it replaces.
   LlamaModel clone() const { return *this; }
-  uint64_t weight_bytes() const;  // bytes of all linear weights plus embeddings and norms
+  // Bytes of all linear weights plus embeddings and norms; a tied head reading the embedding's own
+  // bytes counts once.
+  uint64_t weight_bytes() const;
 
   // Internals the session reads.
   struct Block {
     Vector<float> attn_norm, ffn_norm;
   };
   const std::vector<Block>& blocks() const { return blocks_; }
-  const RowMatrix<float>& token_embedding() const { return *token_embd_; }
+  const Embedding& token_embedding() const { return *token_embd_; }
+  const std::shared_ptr<const Embedding>& token_embedding_ptr() const { return token_embd_; }
   const Vector<float>& output_norm() const { return output_norm_; }
   const Linear& layer(int block, int slot) const { return *linears_[static_cast<size_t>(block * 7 + slot)]; }
   const Linear& output() const { return *linears_.back(); }
@@ -69,8 +79,11 @@ class LlamaModel {
   enum Slot { kQ = 0, kK, kV, kO, kGate, kUp, kDown };
 
  private:
+  static LlamaModel load_impl(const io::Model& file, const Overrides& overrides,
+                              const std::shared_ptr<const io::Model>& stored);
+
   LlamaConfig config_;
-  std::shared_ptr<const RowMatrix<float>> token_embd_;
+  std::shared_ptr<const Embedding> token_embd_;
   std::vector<Block> blocks_;
   Vector<float> output_norm_;
   std::vector<std::shared_ptr<const Linear>> linears_;  // n_layers * 7, then the output head

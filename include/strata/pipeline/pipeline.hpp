@@ -41,14 +41,15 @@ using Progress = std::function<void(std::string_view stage, int64_t done, int64_
 // tokenizer when the file has one (GGUF llama models do; llama2.c checkpoints do not).
 struct Model {
   std::filesystem::path path;
-  std::unique_ptr<io::Model> file;
+  std::shared_ptr<const io::Model> file;
   std::unique_ptr<nn::LlamaModel> dense;
   std::unique_ptr<nn::BpeTokenizer> tokenizer;
 
   // Throws strata::Error naming the file when it is not a llama model, or has no tokenizer and
-  // `need_tokenizer` is set. With map_weights, linear layers stored as F32 run straight from the
-  // memory-mapped file (nn::MappedLinear) instead of being copied: a model larger than memory loads.
-  static Model load(const std::filesystem::path& path, bool need_tokenizer = false, bool map_weights = false);
+  // `need_tokenizer` is set. The reference model runs the file's tensors in their stored form
+  // (nn::LlamaModel::load_stored): ggml blocks as blocks, F32 straight from the memory-mapped file, so
+  // the model costs about the memory of the file and one larger than memory loads.
+  static Model load(const std::filesystem::path& path, bool need_tokenizer = false);
   // The output head is the token embedding itself (no output.weight tensor in the file).
   bool tied_output() const;
   // [rows, cols] of a tensor the pipeline compresses: a linear layer's weight or the token embedding.
@@ -235,8 +236,8 @@ void check_output(const Model& model, const budget::Recipe& recipe, const std::f
 // calibration windows' hidden states are carried from block to block (one [tokens, dim] matrix per
 // window), and each step collects the statistics of `blocks_per_step` blocks only, measures or
 // compresses their tensors, and drops them. Peak memory: the hidden states, one step's statistics,
-// the table or the compressed layers, and the model (which Model::load(..., map_weights) keeps in
-// the page cache when its weights are F32). Tensors outside the blocks (the token embedding, an
+// the table or the compressed layers, and the model (which Model::load keeps in the page cache:
+// its layers read the memory-mapped file). Tensors outside the blocks (the token embedding, an
 // untied output head) are measured on their own statistics in the first and last steps.
 struct StreamOptions {
   int blocks_per_step = 1;

@@ -11,6 +11,7 @@
 #include "strata/compress/registry.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
+#include "strata/nn/ggml_linear.hpp"
 #include "strata/kernels/ggml_codec.hpp"
 
 namespace strata::compress {
@@ -158,7 +159,20 @@ class GgmlCompressor final : public WeightCompressor {
     return w;
   }
 
+  // The blocks themselves run: a copy of the stored bytes (the Compressed may go away), never a
+  // float32 expansion.
+  std::shared_ptr<const nn::Linear> to_linear(const Compressed& c) const override { return ggml_linear(c); }
+  std::shared_ptr<const nn::Embedding> to_embedding(const Compressed& c) const override {
+    return std::make_shared<nn::GgmlEmbedding>(ggml_linear(c));
+  }
+
  private:
+  static std::shared_ptr<const nn::GgmlLinear> ggml_linear(const Compressed& c) {
+    const auto [t, blocks] = stored_blocks(c);
+    const auto* p = static_cast<const std::byte*>(blocks->raw());
+    return std::make_shared<nn::GgmlLinear>(t, c.rows, c.cols, std::vector<std::byte>(p, p + blocks->nbytes()));
+  }
+
   bool use_imatrix_;
 };
 

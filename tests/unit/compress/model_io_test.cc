@@ -75,8 +75,9 @@ nn::LlamaModel with_layers(const nn::LlamaModel& base, const LayerMap& layers, b
   for (const auto& [name, c] : layers) {
     const WeightCompressor& comp = find_compressor(c.method);
     if (name == "token_embd.weight") {
-      m.set_token_embedding(std::make_shared<const RowMatrix<float>>(comp.reconstruct(c)));
-      if (tied) m.set_linear("output.weight", comp.to_linear(c));
+      auto embedding = comp.to_embedding(c);
+      if (tied) m.set_linear("output.weight", embedding->as_linear());
+      m.set_token_embedding(std::move(embedding));
     } else {
       m.set_linear(name, comp.to_linear(c));
     }
@@ -523,14 +524,14 @@ class SmolLM2 : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(smollm_path())) return;
-    file_ = io::open_gguf(smollm_path()).release();
-    base_ = new nn::LlamaModel(nn::LlamaModel::load(*file_));
+    file_ = io::open_gguf(smollm_path());
+    // In its stored types, as load_llama() runs a GGUF, so that logits can be compared bit for bit.
+    base_ = new nn::LlamaModel(nn::LlamaModel::load_stored(file_));
   }
   static void TearDownTestSuite() {
     delete base_;
-    delete file_;
     base_ = nullptr;
-    file_ = nullptr;
+    file_.reset();
   }
   void SetUp() override {
     STRATA_REQUIRE_FILE(smollm_path(), "run scripts/fetch-models.sh");
@@ -538,12 +539,12 @@ class SmolLM2 : public ::testing::Test {
     tokens_ = tok.encode("The old lighthouse keeper counted the ships that passed, one by one, until night fell.");
   }
 
-  static io::Model* file_;
+  static std::shared_ptr<io::Model> file_;
   static nn::LlamaModel* base_;
   TempDir dir_;
   std::vector<int32_t> tokens_;
 };
-io::Model* SmolLM2::file_ = nullptr;
+std::shared_ptr<io::Model> SmolLM2::file_;
 nn::LlamaModel* SmolLM2::base_ = nullptr;
 
 TEST_F(SmolLM2, GgufWithKQuantsAndFallbacks) {

@@ -558,7 +558,8 @@ TEST_F(Stories, BlockRemovalFollowsBlockInfluence) {
   std::vector<float> logits(static_cast<size_t>(3 * model_->config().vocab_size));
   s.forward(toks, logits.data(), nn::Logits::all);
   const auto& c = model_->config();
-  Vector<float> x = model_->token_embedding().row(40).transpose();
+  Vector<float> x(c.dim);
+  model_->token_embedding().lookup(40, x.data());
   const float scale = 1.0f / std::sqrt(x.squaredNorm() / static_cast<float>(c.dim) + c.norm_eps);
   const Vector<float> xn = (x * scale).cwiseProduct(model_->output_norm());
   const Vector<float> want = model_->output().dense_weight() * xn;
