@@ -1,11 +1,10 @@
 #include "strata/nn/ggml_linear.hpp"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cstring>
 #include <sstream>
 
+#include "nn/dense_blocks.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
 #include "strata/io/model.hpp"
@@ -15,13 +14,6 @@
 namespace strata::nn {
 
 namespace {
-
-// Floats of dequantized weights per tile on the prefill path: 1 MiB, about half an L2 on the machines
-// strata targets, so the tile stays cache-resident while the GEMM streams the activations past it.
-constexpr int64_t kTileFloats = int64_t{1} << 18;
-// Weight bytes per thread's share of a direct product: below this, starting threads costs more than
-// the rows they would take.
-constexpr uint64_t kRowsChunkBytes = uint64_t{1} << 16;
 
 void check_blocks(kernels::GgmlType type, int64_t rows, int64_t cols, size_t bytes) {
   const std::string_view name = kernels::ggml_type_name(type);
@@ -63,7 +55,7 @@ void GgmlLinear::forward(const float* x, int64_t tokens, float* y) const {
     forward_tiled(x, tokens, y);
     return;
   }
-  const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(kRowsChunkBytes / row_bytes_));
+  const int64_t chunk = detail::kernel_row_chunk(cols_);
   parallel_for(rows_, chunk, [&](int64_t b, int64_t e) {
     kernels::ggml_matmul(type_, blocks_.data() + static_cast<uint64_t>(b) * row_bytes_, e - b, cols_, x, tokens,
                          y + b, rows_);
@@ -71,19 +63,10 @@ void GgmlLinear::forward(const float* x, int64_t tokens, float* y) const {
 }
 
 void GgmlLinear::forward_tiled(const float* x, int64_t tokens, float* y) const {
-  const int64_t tile_rows = std::clamp<int64_t>(kTileFloats / cols_, 1, rows_);
-  std::vector<float> tile(static_cast<size_t>(tile_rows * cols_));
   const kernels::GgmlCodec& codec = kernels::ggml_codec(type_);
-  for (int64_t r0 = 0; r0 < rows_; r0 += tile_rows) {
-    const int64_t n = std::min(tile_rows, rows_ - r0);
-    for (int64_t r = 0; r < n; ++r)
-      codec.dequantize_row(blocks_.data() + static_cast<uint64_t>(r0 + r) * row_bytes_, cols_,
-                           tile.data() + r * cols_);
-    // y[:, r0:r0+n] = x tile^T, written in place through ldc = rows.
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(tokens), static_cast<int>(n),
-                static_cast<int>(cols_), 1.0f, x, static_cast<int>(cols_), tile.data(), static_cast<int>(cols_), 0.0f,
-                y + r0, static_cast<int>(rows_));
-  }
+  detail::dense_block_matmul(rows_, cols_, x, tokens, y, [&](int64_t r0, int64_t r1, float* out) {
+    codec.dequantize_row(blocks_.data() + static_cast<uint64_t>(r0) * row_bytes_, (r1 - r0) * cols_, out);
+  });
 }
 
 RowMatrix<float> GgmlLinear::dense_weight() const {
