@@ -696,6 +696,22 @@ compress::LayerMap compressed_layers_by_blocks(const Model& model, const budget:
 
 // ---- evaluate ----
 
+std::map<std::string, std::pair<int64_t, uint64_t>> layer_forms(const nn::LlamaModel& model) {
+  std::map<std::string, std::pair<int64_t, uint64_t>> forms;
+  auto add = [&](const std::string& describe, uint64_t bytes) {
+    auto& [count, total] = forms[describe.substr(0, describe.find(" ["))];
+    ++count;
+    total += bytes;
+  };
+  const nn::Embedding& e = model.token_embedding();
+  add(e.describe(), e.bytes());
+  for (const auto& name : model.linear_names()) {
+    const nn::Linear& l = model.linear(name);
+    if (!e.shares_bytes_with(l)) add(l.describe(), l.weight_bytes());
+  }
+  return forms;
+}
+
 Evaluation evaluate(const budget::Plan& plan, LayerBank& bank, const nn::KlEvaluator& judge, const budget::Table* table,
                     const EvaluateOptions& options, const Progress& progress) {
   if (options.solver != "error") budget::parse_solver(options.solver);
@@ -713,7 +729,9 @@ Evaluation evaluate(const budget::Plan& plan, LayerBank& bank, const nn::KlEvalu
     Variant v;
     v.label = std::move(label);
     v.plan = p;
-    v.result = judge(apply(p, bank));
+    const nn::LlamaModel m = apply(p, bank);
+    if (ev.variants.empty()) ev.plan_forms = layer_forms(m);
+    v.result = judge(m);
     v.bytes = p.total_cost().bytes;
     v.bits_per_weight = p.bits_per_weight(params);
     return v;
@@ -748,18 +766,66 @@ Evaluation evaluate(const budget::Plan& plan, LayerBank& bank, const nn::KlEvalu
   return ev;
 }
 
-std::vector<double> held_out_errors(const budget::Plan& plan, LayerBank& bank, const nn::Calibration& held_out) {
-  std::vector<double> out;
-  for (const auto& ch : plan.choices) {
-    if (!held_out.has(ch.tensor)) {
-      out.push_back(std::numeric_limits<double>::quiet_NaN());
-      continue;
+namespace {
+
+// ||y - y'||^2 and ||y||^2 per planned tensor, from the dense and the compressed layer applied to the
+// inputs the dense model hands its linear layers: the relative output error on those inputs, with no
+// statistics kept beyond two sums per tensor.
+class OutputErrorHook final : public nn::ForwardHooks {
+ public:
+  OutputErrorHook(const nn::LlamaModel& dense, std::map<std::string, std::shared_ptr<const nn::Linear>, std::less<>> compressed)
+      : dense_(dense), compressed_(std::move(compressed)) {}
+
+  void on_linear_input(int, std::span<const std::string> tensors, const float* x, int64_t tokens, int64_t) override {
+    for (const auto& name : tensors) {
+      auto it = compressed_.find(name);
+      if (it == compressed_.end()) continue;
+      const nn::Linear& d = dense_.linear(name);
+      const auto n = static_cast<size_t>(tokens * d.out_features());
+      y_.resize(n);
+      y_hat_.resize(n);
+      d.forward(x, tokens, y_.data());
+      it->second->forward(x, tokens, y_hat_.data());
+      auto& [num, den] = sums_[name];
+      for (size_t i = 0; i < n; ++i) {
+        const double e = static_cast<double>(y_[i]) - y_hat_[i];
+        num += e * e;
+        den += static_cast<double>(y_[i]) * y_[i];
+      }
     }
-    const Matrix<double> h = held_out.stats(ch.tensor).hessian();
-    const auto c = bank.compressed(ch.tensor, ch.method, ch.knob);
-    out.push_back(compress::output_error(bank.model().weight(ch.tensor),
-                                         compress::find_compressor(ch.method).reconstruct(*c), &h));
   }
+
+  double error(const std::string& tensor) const {
+    auto it = sums_.find(tensor);
+    if (it == sums_.end() || !(it->second.second > 0)) return std::numeric_limits<double>::quiet_NaN();
+    return it->second.first / it->second.second;
+  }
+
+ private:
+  const nn::LlamaModel& dense_;
+  std::map<std::string, std::shared_ptr<const nn::Linear>, std::less<>> compressed_;
+  std::map<std::string, std::pair<double, double>> sums_;
+  std::vector<float> y_, y_hat_;
+};
+
+}  // namespace
+
+std::vector<double> held_out_errors(const Model& model, const budget::Plan& plan, const compress::LayerMap& layers,
+                                    const std::vector<std::vector<int32_t>>& windows) {
+  std::map<std::string, std::shared_ptr<const nn::Linear>, std::less<>> compressed;
+  for (const auto& ch : plan.choices) {
+    if (ch.tensor == "token_embd.weight") continue;  // a lookup: no input to weigh its error by
+    auto it = layers.find(ch.tensor);
+    require(it != layers.end(), "held_out_errors: the plan's tensor '", ch.tensor, "' has no compressed layer");
+    compressed.emplace(ch.tensor, compress::find_compressor(it->second.method).to_linear(it->second));
+  }
+  OutputErrorHook hook(*model.dense, std::move(compressed));
+  for (const auto& w : windows) {
+    nn::LlamaSession s(*model.dense, static_cast<int64_t>(w.size()));
+    s.forward(w, nullptr, nn::Logits::none, &hook);
+  }
+  std::vector<double> out;
+  for (const auto& ch : plan.choices) out.push_back(hook.error(ch.tensor));
   return out;
 }
 

@@ -250,9 +250,11 @@ void run(const Options& o, bool compress_model) {
   std::printf("plan written to %s\n", plan_out.c_str());
 
   // ---- apply and write ----
+  compress::LayerMap planned_layers;  // kept for the held-out errors
   if (compress_model) {
     t = Clock::now();
-    const pipeline::Written w = pipeline::write(model, pipeline::compressed_layers(plan, bank, progress), o.out, plan);
+    planned_layers = pipeline::compressed_layers(plan, bank, progress);
+    const pipeline::Written w = pipeline::write(model, planned_layers, o.out, plan);
     report.output_bytes = w.file_bytes;
     report.output = o.out;
     std::printf("wrote %s: %.2f MiB (tensors %.2f MiB + %llu bytes of metadata)", o.out.c_str(),
@@ -285,6 +287,14 @@ void run(const Options& o, bool compress_model) {
       pipeline::evaluate(plan, bank, judge, given_plan ? nullptr : &table, eo, progress);
   report.dense_perplexity = ev.dense_perplexity;
   for (const auto& n : ev.notes) report.notes.push_back(n);
+  {
+    // The sensitivities, the search and this evaluation ran the compressed layers in their own forms.
+    std::string forms;
+    for (const auto& [form, count_bytes] : ev.plan_forms)
+      forms += (forms.empty() ? "" : ", ") + std::to_string(count_bytes.first) + " x " + form + " (" +
+               std::to_string(count_bytes.second / 1024) + " KiB)";
+    report.notes.push_back("the compressed models ran on their compressed layers, no float32 copy: " + forms);
+  }
   for (const auto& v : ev.variants)
     std::printf("  %-44s %8.3f bpw  ppl %8.3f  KL %.5f\n", v.label.c_str(), v.bits_per_weight,
                 v.result.model.perplexity, v.result.mean_kl);
@@ -310,8 +320,7 @@ void run(const Options& o, bool compress_model) {
 
   // Per tensor: the predicted error (calibration inputs) next to the error on held-out inputs.
   t = Clock::now();
-  const pipeline::Calibration held_out = pipeline::calibrate(model, windows);
-  const std::vector<double> measured = pipeline::held_out_errors(plan, bank, held_out.stats);
+  const std::vector<double> measured = pipeline::held_out_errors(model, plan, planned_layers, windows);
   for (size_t i = 0; i < plan.choices.size(); ++i) {
     const auto& ch = plan.choices[i];
     TensorRow row;

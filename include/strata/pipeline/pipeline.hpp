@@ -272,7 +272,14 @@ struct Evaluation {
   std::vector<Variant> variants;  // the plan first; then per compare request: uniform, allocated
   std::vector<std::string> notes;  // comparison points that could not be built, and why
   double dense_perplexity = 0;
+  // The plan's model as it ran: each form of layer (the start of nn::Linear::describe(), e.g.
+  // "ggml Q4_K", "sparse 2:4", "dense f32") with how many layers and weight bytes it has.
+  std::map<std::string, std::pair<int64_t, uint64_t>> plan_forms;
 };
+
+// Layers of a model by form (the start of describe(), up to the shape), with their count and bytes;
+// the embedding counts under its own describe().
+std::map<std::string, std::pair<int64_t, uint64_t>> layer_forms(const nn::LlamaModel& model);
 
 // The plan, and for each compare request the uniform plan and an allocated plan of its size (from
 // `table`, when given), each judged against the dense model by `judge`.
@@ -280,9 +287,12 @@ Evaluation evaluate(const budget::Plan& plan, LayerBank& bank, const nn::KlEvalu
                     const budget::Table* table = nullptr, const EvaluateOptions& options = {},
                     const Progress& progress = {});
 
-// Each plan layer's relative output error on other inputs than those it was calibrated on (e.g.
-// statistics collected on the evaluation text); NaN for tensors without statistics there.
-std::vector<double> held_out_errors(const budget::Plan& plan, LayerBank& bank, const nn::Calibration& held_out);
+// Each plan layer's relative output error ||(W - W') X||^2 / ||W X||^2 on other inputs than those
+// it was calibrated on (the dense model run over `windows`, e.g. the evaluation text), the compressed
+// layer running in its own form; NaN for the token embedding (a lookup). `layers` holds the plan's
+// compressed forms (compressed_layers()). Memory: two sums per layer, no statistics.
+std::vector<double> held_out_errors(const Model& model, const budget::Plan& plan, const compress::LayerMap& layers,
+                                    const std::vector<std::vector<int32_t>>& windows);
 
 // Peak resident memory of this process so far, in bytes (0 where the system does not say).
 uint64_t peak_resident_bytes();
