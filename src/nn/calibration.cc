@@ -17,6 +17,7 @@ InputStats::InputStats(int64_t n, bool keep_gram)
 void InputStats::add(const float* x, int64_t n_tokens, int64_t n_features) {
   require(n_features == features, "InputStats: input has ", n_features, " features, statistics were started with ",
           features);
+  require(packed_gram.size() == 0, "InputStats: statistics were packed (finished); no more inputs can be added");
   if (n_tokens == 0) return;
   RowMatrix<double> xd = Eigen::Map<const RowMatrix<float>>(x, n_tokens, n_features).cast<double>();
   sum_abs += xd.cwiseAbs().colwise().sum().transpose();
@@ -32,8 +33,25 @@ void InputStats::add(const float* x, int64_t n_tokens, int64_t n_features) {
 Matrix<double> InputStats::hessian() const {
   require(has_gram, "InputStats::hessian: the Gram matrix was not collected (CalibrationOptions::gram)");
   require(tokens > 0, "InputStats::hessian: no tokens were seen");
-  Matrix<double> h = gram.selfadjointView<Eigen::Lower>();
-  return h / static_cast<double>(tokens);
+  const double inv = 1.0 / static_cast<double>(tokens);
+  if (packed_gram.size() == 0) {
+    Matrix<double> h = gram.selfadjointView<Eigen::Lower>();
+    return h * inv;
+  }
+  Matrix<double> h(features, features);
+  const double* p = packed_gram.data();
+  for (int64_t j = 0; j < features; ++j)
+    for (int64_t i = j; i < features; ++i) h(i, j) = h(j, i) = *p++ * inv;
+  return h;
+}
+
+void InputStats::pack() {
+  if (!has_gram || packed_gram.size() != 0) return;
+  packed_gram.resize(features * (features + 1) / 2);
+  double* p = packed_gram.data();
+  for (int64_t j = 0; j < features; ++j)
+    for (int64_t i = j; i < features; ++i) *p++ = gram(i, j);
+  gram = Matrix<double>();
 }
 
 Vector<double> InputStats::mean_abs() const { return sum_abs / static_cast<double>(std::max<int64_t>(tokens, 1)); }
@@ -41,10 +59,14 @@ Vector<double> InputStats::mean_sq() const { return sum_sq / static_cast<double>
 Vector<double> InputStats::channel_norm() const { return sum_sq.cwiseSqrt(); }
 
 uint64_t InputStats::bytes() const {
-  return static_cast<uint64_t>(gram.size() + sum_abs.size() + sum_sq.size()) * sizeof(double);
+  return static_cast<uint64_t>(gram.size() + packed_gram.size() + sum_abs.size() + sum_sq.size()) * sizeof(double);
 }
 
 Calibration::Calibration(CalibrationOptions options) : options_(options) {}
+
+void Calibration::pack() {
+  for (auto& in : inputs_) in->pack();
+}
 
 void Calibration::on_linear_input(int layer, std::span<const std::string> tensors, const float* x, int64_t n_tokens,
                                   int64_t in) {

@@ -26,9 +26,14 @@ struct InputStats {
   int64_t tokens = 0;
   bool has_gram = false;
   Matrix<double> gram;  // sum of x x^T over tokens; lower triangle accumulated, see hessian()
+  Vector<double> packed_gram;  // after pack(): the lower triangle, column by column (gram is then empty)
   Vector<double> sum_abs, sum_sq;
 
+  // Throws strata::Error after pack().
   void add(const float* x, int64_t n_tokens, int64_t n_features);
+  // Keeps only the Gram matrix's lower triangle, the same numbers in half the memory (403 MB instead
+  // of 806 MB for SmolLM2's inputs): for statistics that are complete.
+  void pack();
   // H = X^T X / tokens, symmetric [in, in].
   Matrix<double> hessian() const;
   Vector<double> mean_abs() const;  // per-channel mean |x|
@@ -60,6 +65,8 @@ class Calibration final : public ForwardHooks {
   int64_t sequences = 0;
   int64_t tokens = 0;
   uint64_t bytes() const;  // memory held by the statistics
+  // InputStats::pack() for every input: no more inputs can be added afterwards.
+  void pack();
 
  private:
   CalibrationOptions options_;
