@@ -10,7 +10,13 @@ python=${PYTHON:-python3}
 llama_cpp_version=0.3.36
 gguf_version=0.19.0
 
-if [[ -x $venv/bin/python ]] &&
+# Native CPU kernels without AMX and without GPU backends. ggml's AMX matrix kernels crash (SIGSEGV
+# in ggml_backend_amx_mul_mat on the first product) on the AMX-capable Xeon KVM guests strata is
+# measured on, so the instruction sets stop at AVX-512 (VNNI, BF16), as on CPUs without AMX.
+cmake_args='-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_CURL=OFF -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"'
+stamp=$venv/strata-build-args
+
+if [[ -x $venv/bin/python && -f $stamp && $(cat "$stamp") == "$llama_cpp_version $cmake_args" ]] &&
    "$venv/bin/python" -c "import llama_cpp, gguf, sys; sys.exit(llama_cpp.__version__ != '$llama_cpp_version')" 2>/dev/null; then
   echo "$venv/bin/python"
   exit 0
@@ -18,10 +24,12 @@ fi
 mkdir -p "$(dirname "$venv")"
 "$python" -m venv "$venv" >&2
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-# Native CPU kernels, no GPU backends: the same instruction sets strata's native build uses.
-CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_CURL=OFF" \
-CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir \
-    "llama-cpp-python==$llama_cpp_version" "gguf==$gguf_version" >&2
+rm -f "$stamp"
+CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir --force-reinstall --no-deps \
+    "llama-cpp-python==$llama_cpp_version" >&2
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "llama-cpp-python==$llama_cpp_version" \
+  "gguf==$gguf_version" >&2
 "$venv/bin/python" -c "import llama_cpp, gguf" >&2
+echo "$llama_cpp_version $cmake_args" > "$stamp"
 echo "$venv/bin/python"

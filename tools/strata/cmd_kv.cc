@@ -186,8 +186,8 @@ void register_kv(CLI::App& app) {
     for (const auto* fractions : {&o.budgets, &o.needle_budgets})
       for (const double f : *fractions) require(f > 0 && f <= 1, "kv-eval: budget ", f, " is not in (0, 1]");
     for (const double d : o.depths) require(d >= 0 && d <= 1, "kv-eval: needle depth ", d, " is not in [0, 1]");
-    const auto file = io::open_model(o.model);
-    const nn::LlamaModel model = nn::LlamaModel::load(*file);
+    const std::shared_ptr<const io::Model> file = io::open_model(o.model);
+    const nn::LlamaModel model = nn::LlamaModel::load_stored(file);  // the file's own types, no float32 copy
     require(file->metadata().contains("tokenizer.ggml.tokens"), o.model, ": no tokenizer in the file");
     const nn::BpeTokenizer tok = nn::BpeTokenizer::from_model(*file);
     const nn::TextSlice es = nn::TextSlice::parse(o.text, o.eval_slice);
