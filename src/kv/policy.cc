@@ -5,6 +5,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "kernels/cpu/kv_score.hpp"
 #include "strata/core/error.hpp"
 
 namespace strata::kv {
@@ -155,20 +156,13 @@ std::vector<std::vector<int64_t>> select(const Policy& p, int64_t layer_budget, 
     cand_begin[static_cast<size_t>(h)] = s;
     cand_end[static_cast<size_t>(h)] = n - std::min(recent, n - s);
   }
-  auto by_score = [&](int64_t h) {
-    const auto& s = scores[static_cast<size_t>(h)];
-    return [&s](int64_t a, int64_t b) {
-      const float sa = s[static_cast<size_t>(a)], sb = s[static_cast<size_t>(b)];
-      return sa > sb || (sa == sb && a < b);
-    };
-  };
-  // Head h's own best `k` candidates, in score order (best first); the rest follow unsorted.
-  auto ranked = [&](int64_t h, int64_t k) {
-    std::vector<int64_t> c(static_cast<size_t>(cand_end[static_cast<size_t>(h)] - cand_begin[static_cast<size_t>(h)]));
-    std::iota(c.begin(), c.end(), cand_begin[static_cast<size_t>(h)]);
-    k = std::min<int64_t>(k, static_cast<int64_t>(c.size()));
-    std::partial_sort(c.begin(), c.begin() + k, c.end(), by_score(h));
-    return std::make_pair(c, k);
+  // Head h's best `k` candidates, in index order.
+  auto best = [&](int64_t h, int64_t k) {
+    const int64_t b = cand_begin[static_cast<size_t>(h)], m = cand_end[static_cast<size_t>(h)] - b;
+    std::vector<int64_t> c(static_cast<size_t>(std::clamp<int64_t>(k, 0, m)));
+    kernels::kv_top_k(scores[static_cast<size_t>(h)].data() + b, m, k, c.data());
+    for (int64_t& j : c) j += b;
+    return c;
   };
   auto finish = [&](int64_t h, std::vector<int64_t> chosen) {
     const int64_t n = lengths[static_cast<size_t>(h)];
@@ -194,8 +188,7 @@ std::vector<std::vector<int64_t>> select(const Policy& p, int64_t layer_budget, 
         finish(h, {});
         continue;
       }
-      auto [c, k] = ranked(h, free);
-      finish(h, std::vector<int64_t>(c.begin(), c.begin() + k));
+      finish(h, best(h, free));
     }
     return keep;
   }
@@ -210,25 +203,32 @@ std::vector<std::vector<int64_t>> select(const Policy& p, int64_t layer_budget, 
     free -= lengths[static_cast<size_t>(h)] - (cand_end[static_cast<size_t>(h)] - cand_begin[static_cast<size_t>(h)]);
   const auto floor = static_cast<int64_t>(std::floor(p.adakv_floor * static_cast<double>(layer_budget - prot)));
   std::vector<std::vector<int64_t>> chosen(static_cast<size_t>(heads));
-  struct Entry {
-    float score;
-    int64_t head, index;
-  };
-  std::vector<Entry> pool;
+  // The pool lists the candidates left after the floors by head, then index: the order ties are
+  // broken in, so its top entries by position are the layer's best.
+  std::vector<float> pool;
+  std::vector<std::pair<int64_t, int64_t>> where;  // (head, index) of each pool entry
   for (int64_t h = 0; h < heads; ++h) {
-    auto [c, k] = ranked(h, floor);
-    chosen[static_cast<size_t>(h)].assign(c.begin(), c.begin() + k);
-    free -= k;
-    for (size_t i = static_cast<size_t>(k); i < c.size(); ++i)
-      pool.push_back({scores[static_cast<size_t>(h)][static_cast<size_t>(c[i])], h, c[i]});
+    auto& c = chosen[static_cast<size_t>(h)];
+    c = best(h, floor);
+    free -= static_cast<int64_t>(c.size());
+    const auto& s = scores[static_cast<size_t>(h)];
+    auto next = c.begin();
+    for (int64_t j = cand_begin[static_cast<size_t>(h)]; j < cand_end[static_cast<size_t>(h)]; ++j) {
+      if (next != c.end() && *next == j) {
+        ++next;
+        continue;
+      }
+      pool.push_back(s[static_cast<size_t>(j)]);
+      where.emplace_back(h, j);
+    }
   }
   const int64_t take = std::clamp<int64_t>(free, 0, static_cast<int64_t>(pool.size()));
-  std::partial_sort(pool.begin(), pool.begin() + take, pool.end(), [](const Entry& a, const Entry& b) {
-    if (a.score != b.score) return a.score > b.score;
-    return a.head != b.head ? a.head < b.head : a.index < b.index;
-  });
-  for (size_t i = 0; i < static_cast<size_t>(take); ++i)
-    chosen[static_cast<size_t>(pool[i].head)].push_back(pool[i].index);
+  std::vector<int64_t> top(static_cast<size_t>(take));
+  kernels::kv_top_k(pool.data(), static_cast<int64_t>(pool.size()), take, top.data());
+  for (int64_t i : top) {
+    const auto [h, j] = where[static_cast<size_t>(i)];
+    chosen[static_cast<size_t>(h)].push_back(j);
+  }
   for (int64_t h = 0; h < heads; ++h) finish(h, std::move(chosen[static_cast<size_t>(h)]));
   return keep;
 }

@@ -5,7 +5,7 @@
 #include <limits>
 #include <map>
 
-#include "strata/core/eigen.hpp"
+#include "kernels/cpu/kv_score.hpp"
 #include "strata/core/error.hpp"
 
 namespace strata::kv {
@@ -78,8 +78,7 @@ void AttentionScorer::observe(int layer, int q_head, const float* probs, int64_t
   if (options_.window == 0) {
     // Rows of later queries cover more tokens: the sum grows with the cache.
     if (static_cast<int64_t>(s.sum.size()) < k_len) s.sum.resize(static_cast<size_t>(k_len), 0.0f);
-    Eigen::Map<const RowMatrix<float>> p(probs, q_len, k_len);
-    Eigen::Map<Eigen::RowVectorXf>(s.sum.data(), k_len) += p.colwise().sum();
+    kernels::kv_accumulate_rows(probs, q_len, k_len, k_len, s.sum.data());
     return;
   }
   for (int64_t i = std::max<int64_t>(0, q_len - options_.window); i < q_len; ++i) {
@@ -94,7 +93,8 @@ void AttentionScorer::raw(int layer, int q_head, int64_t length, std::vector<flo
     require(static_cast<int64_t>(v.size()) <= length, "kv scorer '", name_, "': layer ", layer, " query head ",
             q_head, " observed ", v.size(), " tokens but the cache holds ", length,
             " (was the cache compacted without telling the scorer?)");
-    for (size_t j = 0; j < v.size(); ++j) acc[j] += v[j];
+    const auto n = static_cast<int64_t>(v.size());
+    kernels::kv_accumulate_rows(v.data(), 1, n, n, acc.data());
   };
   if (options_.window == 0) add(s.sum);
   else
@@ -162,12 +162,8 @@ int64_t AttentionScorer::state_floats() const {
 void KeyNorm::score(const Cache& cache, int layer, int head, std::span<float> out) {
   const int64_t n = cache.length(layer, head), d = cache.head_dim();
   require(static_cast<int64_t>(out.size()) == n, "kv scorer 'keynorm': ", out.size(), " outputs for ", n, " tokens");
-  const float* k = cache.keys(layer, head);
-  for (int64_t j = 0; j < n; ++j) {
-    double ss = 0;
-    for (int64_t i = 0; i < d; ++i) ss += static_cast<double>(k[j * d + i]) * k[j * d + i];
-    out[static_cast<size_t>(j)] = -static_cast<float>(std::sqrt(ss));
-  }
+  kernels::kv_row_norms(cache.keys(layer, head), n, d, d, out.data());
+  for (float& x : out) x = -x;
 }
 
 void RandomScorer::score(const Cache& cache, int layer, int head, std::span<float> out) {
