@@ -3,6 +3,9 @@
 // belongs to, compressing every step and every 8 steps, with the dense decode step over the full
 // 2K cache measured in the same run as the baseline. Times are wall clock, medians over the
 // iterations (the step and its compression alternate, so both see the same machine load).
+// Before them, the SIMD scoring helpers (src/kernels/cpu/kv_score.hpp) are timed against their
+// scalar references, and top-k against the std::partial_sort the eviction policy used, at the
+// sizes a decode step gives them; they need no model.
 // Usage: bench_kv [--model PATH] [--budget 410] [benchmark flags].
 #include <benchmark/benchmark.h>
 
@@ -12,12 +15,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "../src/kernels/cpu/kv_score.hpp"  // the helpers and their scalar references
 #include "strata/core/blas.hpp"
 #include "strata/io/data_paths.hpp"
 #include "strata/io/model.hpp"
@@ -106,6 +112,101 @@ void BM_Compressed(benchmark::State& state, std::string name, std::string scorer
   state.counters["overhead_%"] = 100 * comp_ms / step;
 }
 
+
+// ---- the scoring helpers -------------------------------------------------------------------------
+
+std::map<std::string, double> g_helper_us;  // microseconds per call, per benchmark name
+
+void BM_Helper(benchmark::State& state, std::string name, std::function<void()> fn) {
+  int64_t calls = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    fn();
+    ++calls;
+  }
+  g_helper_us[name] = 1000 * ms_since(t0) / static_cast<double>(std::max<int64_t>(calls, 1));
+}
+
+struct HelperCase {
+  std::string what, size;  // what is timed and at which size
+  std::vector<std::string> runs;  // benchmark names: the SIMD helper first, then what it replaces
+};
+std::vector<HelperCase> g_helper_cases;
+
+// SmolLM2's shapes: head_dim 64, a 2K-token cache, a SnapKV window of 32 rows; top-k at the policy's
+// per-head size (410 candidates, AdaKV floor 20% of them), at 4K and at 128K.
+void register_helpers() {
+  constexpr int64_t d = 64, n = 2048, window = 32;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g;
+  auto random = [&](int64_t count) {
+    auto v = std::make_shared<std::vector<float>>(static_cast<size_t>(count));
+    for (auto& x : *v) x = g(rng);
+    return v;
+  };
+  auto q = random(d), keys = random(n * d), rows = random(window * n), out = random(n), acc = random(n);
+  auto add = [](const std::string& name, std::function<void()> fn) {
+    benchmark::RegisterBenchmark(name.c_str(), BM_Helper, name, std::move(fn))->Unit(benchmark::kMicrosecond);
+    return name;
+  };
+  using namespace strata::kernels;
+  g_helper_cases.push_back(
+      {"row dots q.K", "2048 x 64",
+       {add("KvHelper/row_dots/simd", [=] { kv_row_dots(q->data(), keys->data(), n, d, d, out->data()); }),
+        add("KvHelper/row_dots/reference",
+            [=] { kv_row_dots_reference(q->data(), keys->data(), n, d, d, out->data()); })}});
+  g_helper_cases.push_back(
+      {"row norms", "2048 x 64",
+       {add("KvHelper/row_norms/simd", [=] { kv_row_norms(keys->data(), n, d, d, out->data()); }),
+        add("KvHelper/row_norms/reference", [=] { kv_row_norms_reference(keys->data(), n, d, d, out->data()); })}});
+  for (const int64_t m : {int64_t{1}, window}) {
+    const std::string tag = std::to_string(m) + (m == 1 ? " row" : " rows") + " x 2048";
+    g_helper_cases.push_back(
+        {"accumulate rows", tag,
+         {add("KvHelper/accumulate/" + std::to_string(m) + "/simd",
+              [=] { kv_accumulate_rows(rows->data(), m, n, n, acc->data()); }),
+          add("KvHelper/accumulate/" + std::to_string(m) + "/reference",
+              [=] { kv_accumulate_rows_reference(rows->data(), m, n, n, acc->data()); })}});
+  }
+  for (const auto& [size, k] : std::vector<std::pair<int64_t, int64_t>>{{390, 78}, {4096, 820}, {131072, 26214}}) {
+    // Calls cycle through several score vectors, so that the branch predictor cannot learn one.
+    constexpr int64_t kInputs = 8;
+    auto s = random(kInputs * size);
+    auto next = std::make_shared<int64_t>(0);
+    auto input = [=] { return s->data() + (*next = (*next + 1) % kInputs) * size; };
+    auto idx = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(size));
+    const std::string tag = std::to_string(size) + ", k " + std::to_string(k);
+    // The policy's former selection: indices partially sorted by (score desc, index asc).
+    auto partial = [=] {
+      std::iota(idx->begin(), idx->end(), 0);
+      const float* v = input();
+      std::partial_sort(idx->begin(), idx->begin() + k, idx->end(),
+                        [v](int64_t a, int64_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
+      benchmark::DoNotOptimize(idx->data());
+    };
+    g_helper_cases.push_back(
+        {"top-k indices", tag,
+         {add("KvHelper/top_k/" + std::to_string(size) + "/simd", [=] { kv_top_k(input(), size, k, idx->data()); }),
+          add("KvHelper/top_k/" + std::to_string(size) + "/reference",
+              [=] { kv_top_k_reference(input(), size, k, idx->data()); }),
+          add("KvHelper/top_k/" + std::to_string(size) + "/partial_sort", partial)}});
+  }
+}
+
+void print_helpers() {
+  if (g_helper_us.empty()) return;
+  std::printf("\nScoring helpers (same run; microseconds per call; reference / SIMD)\n");
+  std::printf("%-18s %-18s %10s %12s %8s %14s %8s\n", "helper", "size", "SIMD us", "reference us", "ratio",
+              "partial_sort us", "ratio");
+  for (const auto& c : g_helper_cases) {
+    if (!g_helper_us.count(c.runs[0])) continue;
+    const double simd = g_helper_us[c.runs[0]], ref = g_helper_us[c.runs[1]];
+    std::printf("%-18s %-18s %10.2f %12.2f %7.1fx", c.what.c_str(), c.size.c_str(), simd, ref, ref / simd);
+    if (c.runs.size() > 2) std::printf(" %14.2f %7.1fx", g_helper_us[c.runs[2]], g_helper_us[c.runs[2]] / simd);
+    std::printf("\n");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -124,9 +225,14 @@ int main(int argc, char** argv) {
     rest.push_back(argv[i]);
   }
   int rest_argc = static_cast<int>(rest.size());
+  register_helpers();
   if (!std::filesystem::exists(model_path)) {
-    std::fprintf(stderr, "bench_kv: %s not found, skipping (run scripts/fetch-models.sh, or pass --model PATH)\n",
-                 model_path.c_str());
+    std::fprintf(stderr, "bench_kv: %s not found, timing the scoring helpers only (run scripts/fetch-models.sh, or "
+                 "pass --model PATH)\n", model_path.c_str());
+    benchmark::Initialize(&rest_argc, rest.data());
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    print_helpers();
     return 0;
   }
   auto file = strata::io::open_model(model_path);
@@ -150,6 +256,7 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
 
+  print_helpers();
   const double dense = g_time.count("dense") ? g_time["dense"].step_ms : 0;
   std::printf("\nSummary (same run; medians; target: compression <= 5%% of the decode step)\n");
   std::printf("%-32s %12s %14s %12s %14s\n", "run", "step ms", "compress ms", "of step", "of dense 2K step");
