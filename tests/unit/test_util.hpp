@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "strata/core/eigen.hpp"
 #include "strata/io/data_paths.hpp"
@@ -21,6 +22,15 @@ inline std::filesystem::path models_dir() { return io::DataPaths::resolve(STRATA
 
 // Small files committed with the tests.
 inline std::filesystem::path test_data_dir() { return STRATA_TEST_DATA_DIR; }
+
+// n standard normal floats.
+inline std::vector<float> gaussian_floats(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = g(rng);
+  return v;
+}
 
 // A weight matrix with heavy tails (Student t, 4 degrees of freedom), like a real layer's.
 inline RowMatrix<float> heavy_tailed(int64_t rows, int64_t cols, uint64_t seed) {
