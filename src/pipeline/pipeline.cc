@@ -9,6 +9,7 @@
 #include <set>
 
 #include "strata/budget/table.hpp"
+#include "strata/compress/ggml/llama_mix.hpp"
 #include "strata/compress/ggml/quantize.hpp"
 #include "strata/core/error.hpp"
 #include "strata/io/gguf.hpp"
@@ -160,6 +161,12 @@ std::pair<std::string, std::string> parse_request(std::string_view request) {
   compress::find_compressor(mk.first);  // throws listing the known names
   if (is_ggml(mk.first)) compress::ggml::quantizable_type(mk.second);  // throws listing the types
   return mk;
+}
+
+bool is_llama_mix(std::string_view request) { return compress::ggml::find_llama_file_type(request).has_value(); }
+
+void check_request(std::string_view request) {
+  if (!is_llama_mix(request)) parse_request(request);
 }
 
 // ---- LayerBank ----
@@ -327,8 +334,8 @@ std::vector<double> weigh_by_kl(budget::Table& table, LayerBank& bank, const nn:
 void check_budget(const Model& model, const budget::Recipe& recipe, const BudgetRequest& request) {
   const int given = (request.bits_per_weight ? 1 : 0) + (request.bytes ? 1 : 0) + (request.like.empty() ? 0 : 1);
   require(given <= 1, "give at most one of a bits-per-weight, a bytes and a like budget");
-  if (!request.like.empty()) parse_request(request.like);
-  if (given == 0 && recipe.like) parse_request(*recipe.like);
+  if (!request.like.empty()) check_request(request.like);
+  if (given == 0 && recipe.like) check_request(*recipe.like);
   require(given > 0 || recipe.like || recipe.bits_per_weight || recipe.bytes || recipe.params || recipe.flops,
           "recipe '", recipe.name, "' sets no budget: give bits per weight, bytes or a like request");
   const double cheapest = cheapest_cost(model, recipe, budget::Metric::bytes);
@@ -358,7 +365,53 @@ budget::Constraint resolve_budget(const Model& model, const budget::Recipe& reci
   fail("recipe '", recipe.name, "' sets no budget: give bits per weight, bytes or a like request");
 }
 
+std::vector<std::pair<std::string, std::string>> llama_mix_types(const Model& model, std::string_view file_type,
+                                                                 bool has_imatrix) {
+  const auto ft = compress::ggml::find_llama_file_type(file_type);
+  require(ft.has_value(), "'", file_type, "' is not a llama.cpp file type (known:", [] {
+    std::string known;
+    for (const auto& f : compress::ggml::llama_file_types()) known += " " + std::string(f.name);
+    return known;
+  }(), ")");
+  const auto& c = model.dense->config();
+  std::vector<compress::ggml::MixTensor> tensors{{"token_embd.weight", c.dim}};
+  const bool tied = model.tied_output();
+  for (const auto& name : model.dense->linear_names())
+    if (name != "output.weight" || !tied) tensors.push_back({name, model.weight_shape(name).second});
+  const auto types = compress::ggml::llama_mix(*ft, {c.n_layers, c.n_heads, c.n_kv_heads, has_imatrix}, tensors);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (types[i]) out.emplace_back(tensors[i].name, compress::ggml::lower_name(*types[i]));
+  return out;
+}
+
+budget::Plan llama_mix_plan(const Model& model, const budget::Table& table, std::string_view file_type) {
+  const std::string method = "quant.ggml";
+  std::map<std::string, std::string, std::less<>> types;
+  for (auto& [tensor, type] : llama_mix_types(model, file_type, /*has_imatrix=*/true)) types[tensor] = type;
+  budget::Plan plan;
+  plan.solver = "llama.cpp " + std::string(file_type);
+  for (const auto& layer : table.layers) {
+    const budget::Candidate* pick = nullptr;
+    const auto it = types.find(layer.tensor);
+    if (layer.options.size() == 1 || it == types.end()) {
+      require(layer.options.size() == 1, "llama.cpp ", file_type, ": tensor '", layer.tensor,
+              "' is not one llama-quantize quantizes, and the table gives it ", layer.options.size(), " options");
+      pick = &layer.options.front();  // pinned
+    } else {
+      for (const auto& o : layer.options)
+        if (o.method == method && o.knob == it->second) pick = &o;
+      require(pick != nullptr, "llama.cpp ", file_type, ": tensor '", layer.tensor, "' has no option ", method, ":",
+              it->second, " in the candidate table");
+    }
+    plan.choices.push_back(budget::Choice::of(layer.tensor, *pick));
+  }
+  plan.constraint = {budget::Metric::bytes, plan.total_cost().bytes};
+  return plan;
+}
+
 budget::Plan uniform_plan(const Model& model, const budget::Table& table, std::string_view request) {
+  if (is_llama_mix(request)) return llama_mix_plan(model, table, request);
   const auto [method, knob] = parse_request(request);
   budget::Plan plan;
   plan.solver = "uniform " + method + ":" + knob;
@@ -752,7 +805,7 @@ Evaluation evaluate(const budget::Plan& plan, LayerBank& bank, const nn::KlEvalu
     const budget::Table front = table->pareto(budget::Metric::bytes);
     const std::string solver = options.solver == "error" ? "greedy" : options.solver;
     for (const auto& [like, uniform] : sized) {
-      ev.variants.push_back(judge_plan(uniform, "uniform " + like));
+      ev.variants.push_back(judge_plan(uniform, (is_llama_mix(like) ? "llama.cpp " : "uniform ") + like));
       budget::Plan a;
       try {
         a = budget::solve(front, {budget::Metric::bytes, uniform.total_cost().bytes}, budget::parse_solver(solver));

@@ -142,8 +142,8 @@ void run(const Options& o, bool compress_model) {
   plan_options.max_error = o.max_error;
   plan_options.check();
   const pipeline::BudgetRequest request{o.bpw, o.bytes, o.like};
-  for (const auto& l : split_list(o.compare)) pipeline::parse_request(l);
-  if (!o.like.empty()) pipeline::parse_request(o.like);
+  for (const auto& l : split_list(o.compare)) pipeline::check_request(l);
+  if (!o.like.empty()) pipeline::check_request(o.like);
   std::optional<budget::Plan> given_plan;
   if (!o.plan_in.empty()) given_plan = budget::Plan::load(o.plan_in);
   require(!recipe.calib_text.empty(), "no calibration text: give --calib-text FILE (or set it in the recipe)");
@@ -349,7 +349,7 @@ void add_options(CLI::App* cmd, Options& o) {
   cmd->add_option("--preset", o.preset, "built-in recipe when no --recipe is given")->capture_default_str();
   cmd->add_option("--bpw", o.bpw, "budget: bits per weight over the tensors the recipe covers");
   cmd->add_option("--bytes", o.bytes, "budget: total bytes of the tensors the recipe covers");
-  cmd->add_option("--like", o.like, "budget: the size of a uniform request, e.g. q3_k or quant.ggml:q3_k");
+  cmd->add_option("--like", o.like, "budget: the size of a uniform request (q3_k, quant.ggml:q3_k) or of llama-quantize's mix (Q3_K_M)");
   cmd->add_option("--solver", o.solver, "uniform, greedy, dp, minimax or error (with --max-error)");
   cmd->add_option("--error-mode", o.error_mode, "output, weight or kl (overrides the recipe)");
   cmd->add_option("--max-error", o.max_error, "error-constrained mode: smallest plan with total error <= this");
@@ -396,7 +396,7 @@ void register_compress(CLI::App& app) {
     cmd->add_option("--eval-slice", o.eval_slice, "evaluation slice BEGIN:END")->capture_default_str();
     cmd->add_option("--eval-tokens", o.eval_tokens, "tokens to evaluate on")->capture_default_str();
     cmd->add_option("--context", o.context, "evaluation window")->capture_default_str();
-    cmd->add_option("--compare", o.compare, "uniform requests for the rate-distortion curve, comma-separated")
+    cmd->add_option("--compare", o.compare, "uniform requests and llama.cpp mixes (Q3_K_M) to compare, comma-separated")
         ->capture_default_str();
     cmd->add_flag("--no-eval", o.no_eval, "skip evaluation and the report");
     cmd->callback([] { run(o, true); });

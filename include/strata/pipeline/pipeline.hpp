@@ -93,6 +93,12 @@ std::string effective_knob(std::string_view method, std::string_view knob, int64
 // "q3_k" (a ggml type) or "METHOD:KNOB" -> {method, knob}; throws naming the request for an unknown
 // compressor or a ggml type strata cannot write.
 std::pair<std::string, std::string> parse_request(std::string_view request);
+// A llama.cpp file type spelled as llama-quantize spells it ("Q3_K_M", "Q4_0"; see
+// compress/ggml/llama_mix.hpp): the request means llama-quantize's per-tensor mix of that type.
+// Lowercase names ("q3_k") stay uniform ggml types. Throws for IQ4_XS, which strata cannot write.
+bool is_llama_mix(std::string_view request);
+// Checks a request of either kind (a mix name or what parse_request accepts) without a model.
+void check_request(std::string_view request);
 
 // Compressed forms of the model's layers on demand, made from the dense weights and the calibration
 // each layer sees. The candidate table, the solvers' plans, the sensitivities and the evolutionary
@@ -176,8 +182,18 @@ budget::Constraint resolve_budget(const Model& model, const budget::Recipe& reci
 
 // The plan that gives every layer the same request (with llama.cpp's fallbacks and its q6_k / q8_0
 // output head for ggml types), as llama-quantize does for one type: the baseline a user compares
-// against. Throws naming the tensor when its table has no such option.
+// against. For a llama.cpp file type ("Q3_K_M", is_llama_mix), llama-quantize's own mix instead:
+// llama_mix_plan(). Throws naming the tensor when its table has no such option.
 budget::Plan uniform_plan(const Model& model, const budget::Table& table, std::string_view request);
+// llama-quantize's per-tensor types for `file_type` ("Q3_K_M") on this model, quantized with the
+// imatrix (quant.ggml; llama.cpp's rules that depend on an imatrix take it as given), picked from the
+// table. Tensors the table does not cover keep their form; a covered tensor whose table lacks the
+// mix's type is refused naming the tensor and the type.
+budget::Plan llama_mix_plan(const Model& model, const budget::Table& table, std::string_view file_type);
+// The mix's type per tensor of the model (token embedding and linear layers, the model's order), as
+// lowercase ggml type names ("q4_k"): what llama-quantize writes for `file_type`.
+std::vector<std::pair<std::string, std::string>> llama_mix_types(const Model& model, std::string_view file_type,
+                                                                 bool has_imatrix = true);
 
 struct PlanOptions {
   std::string solver = "greedy";         // uniform, greedy, dp, minimax, error
