@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -115,6 +116,45 @@ std::vector<std::string> Calibration::tensors() const {
   std::vector<std::string> out;
   for (const auto& [name, s] : by_tensor_) out.push_back(name);
   return out;
+}
+
+void Calibration::set_mean_sq(std::string_view tensor, const Vector<double>& mean_sq) {
+  auto it = by_tensor_.find(tensor);
+  require(it != by_tensor_.end(), "Calibration: no statistics for tensor '", tensor, "'");
+  InputStats& st = *it->second;
+  require(st.tokens > 0, "Calibration: no tokens were seen for tensor '", tensor, "'");
+  require(mean_sq.size() == st.features, "Calibration: tensor '", tensor, "' has ", st.features,
+          " input channels, the importance given has ", mean_sq.size());
+  st.sum_sq = mean_sq * static_cast<double>(st.tokens);
+}
+
+io::Imatrix to_imatrix(const Calibration& calibration, int64_t chunk_size, const std::string& dataset) {
+  io::Imatrix m;
+  m.chunk_size = chunk_size;
+  if (!dataset.empty()) m.datasets.push_back(dataset);
+  for (const auto& name : calibration.tensors()) {
+    const InputStats& st = calibration.stats(name);
+    if (st.tokens == 0) continue;
+    io::ImatrixEntry e;
+    e.name = name;
+    e.columns = st.features;
+    e.sums.resize(static_cast<size_t>(st.features));
+    for (int64_t j = 0; j < st.features; ++j) e.sums[static_cast<size_t>(j)] = static_cast<float>(st.sum_sq[j]);
+    e.counts = {static_cast<float>(st.tokens)};
+    m.chunk_count = std::max(m.chunk_count, chunk_size > 0 ? st.tokens / chunk_size : 0);
+    m.entries.push_back(std::move(e));
+  }
+  require(!m.entries.empty(), "to_imatrix: the calibration holds no statistics");
+  return m;
+}
+
+void apply_imatrix(const io::Imatrix& imatrix, Calibration& calibration) {
+  for (const auto& e : imatrix.entries) {
+    require(calibration.has(e.name), "imatrix entry '", e.name, "': the calibration has no statistics for it");
+    require(e.matrices() == 1, "imatrix entry '", e.name, "' holds ", e.matrices(), " matrices; one is expected");
+    const std::vector<double> mean = e.mean_sq();
+    calibration.set_mean_sq(e.name, Eigen::Map<const Vector<double>>(mean.data(), static_cast<int64_t>(mean.size())));
+  }
 }
 
 std::vector<double> Calibration::block_influence() const {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "strata/core/eigen.hpp"
+#include "strata/io/imatrix.hpp"
 #include "strata/nn/hooks.hpp"
 
 namespace strata::nn {
@@ -67,6 +68,11 @@ class Calibration final : public ForwardHooks {
   uint64_t bytes() const;  // memory held by the statistics
   // InputStats::pack() for every input: no more inputs can be added afterwards.
   void pack();
+  // Replaces the per-channel sums of x^2 of the tensor's input so that mean_sq() gives `mean_sq`
+  // (an imported importance matrix), keeping the token count and the Gram matrix. Tensors sharing
+  // the input (q/k/v, gate/up) see the change too. Throws naming the tensor when it has no
+  // statistics, none were collected yet, or the size differs.
+  void set_mean_sq(std::string_view tensor, const Vector<double>& mean_sq);
 
  private:
   CalibrationOptions options_;
@@ -81,6 +87,14 @@ struct CalibrationReport {
   double seconds = 0;
   uint64_t statistics_bytes = 0;
 };
+
+// The statistics as a llama.cpp importance matrix: per tensor, the sums of x^2 and the token count
+// (io::Imatrix in its GGUF form), `chunk_size` tokens per chunk, named after `dataset`.
+io::Imatrix to_imatrix(const Calibration& calibration, int64_t chunk_size, const std::string& dataset);
+// Replaces the importance (mean x^2) of every tensor the imatrix names with the imatrix's values
+// (set_mean_sq). Check the imatrix against the model first (io::check_imatrix); an entry for a tensor
+// without statistics is refused naming it.
+void apply_imatrix(const io::Imatrix& imatrix, Calibration& calibration);
 
 // Runs the model over each sequence (one prefill each, no logits) with `calibration` as the hook.
 // `next_sequence` fills its argument and returns false when there are no more: sequences are
