@@ -34,7 +34,9 @@ constexpr std::string_view kSourceFormatKey = "strata.source_format";
 constexpr std::string_view kLayersKey = "strata.layers";
 constexpr std::string_view kRawTensorsKey = "strata.tensors";
 
-bool is_ggml_method(std::string_view method) { return method == "quant.ggml" || method == "quant.ggml_noimatrix"; }
+bool is_ggml_method(std::string_view method) {
+  return method == "quant.ggml" || method == "quant.ggml_noimatrix" || method == "quant.ggml_gptq";
+}
 
 uint64_t align_up(uint64_t n, uint64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
 

@@ -1,12 +1,14 @@
-// "quant.ggml" and "quant.ggml_noimatrix": llama.cpp's block formats as weight compressors. The
-// stored form is exactly the bytes a GGUF tensor of that type holds, so the allocator's byte count
-// is what the file will hold and the writer copies the blocks unchanged.
+// "quant.ggml", "quant.ggml_noimatrix" and "quant.ggml_gptq": llama.cpp's block formats as weight
+// compressors. The stored form is exactly the bytes a GGUF tensor of that type holds, so the
+// allocator's byte count is what the file will hold and the writer copies the blocks unchanged.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <string>
 
 #include "strata/compress/compressor.hpp"
+#include "strata/compress/ggml/gptq.hpp"
 #include "strata/compress/ggml/quantize.hpp"
 #include "strata/compress/registry.hpp"
 #include "strata/core/error.hpp"
@@ -19,9 +21,12 @@ namespace strata::compress {
 namespace {
 
 using kernels::GgmlType;
+using ggml::GgmlGptqOptions;
+using ggml::GgmlGptqResult;
 
 constexpr std::string_view kWithImatrix = "quant.ggml";
 constexpr std::string_view kNoImatrix = "quant.ggml_noimatrix";
+constexpr std::string_view kGptq = "quant.ggml_gptq";
 constexpr std::string_view kImatrixSuffix = "+imatrix";
 
 struct GgmlKnob {
@@ -82,8 +87,8 @@ std::vector<float> importance_for(const Layer& layer, const LayerCalibration& ca
 
 // The type and blocks of a Compressed made here, checked against its shape.
 std::pair<GgmlType, const Tensor*> stored_blocks(const Compressed& c) {
-  require(c.method == kWithImatrix || c.method == kNoImatrix, "ggml: compressed layer was made by '", c.method,
-          "', not by ", kWithImatrix, " or ", kNoImatrix);
+  require(c.method == kWithImatrix || c.method == kNoImatrix || c.method == kGptq,
+          "ggml: compressed layer was made by '", c.method, "', not by ", kWithImatrix, ", ", kNoImatrix, " or ", kGptq);
   require(c.meta.contains("ggml_type") && c.meta["ggml_type"].is_string(), c.method, ": meta has no ggml_type");
   const GgmlType t = ggml::quantizable_type(c.meta["ggml_type"].get<std::string>());
   auto it = c.tensors.find("blocks");
@@ -96,7 +101,7 @@ std::pair<GgmlType, const Tensor*> stored_blocks(const Compressed& c) {
   return {t, &it->second};
 }
 
-class GgmlCompressor final : public WeightCompressor {
+class GgmlCompressor : public WeightCompressor {
  public:
   explicit GgmlCompressor(bool use_imatrix) : use_imatrix_(use_imatrix) {}
 
@@ -176,6 +181,79 @@ class GgmlCompressor final : public WeightCompressor {
   bool use_imatrix_;
 };
 
+// "q4_k" or "q4_k,damp=0.02,block=128,act_order=1": the type, then GPTQ's settings.
+struct GptqKnob {
+  GgmlType type;
+  GgmlGptqOptions options;
+};
+
+GptqKnob parse_gptq_knob(std::string_view knob, std::string_view layer) {
+  const std::size_t comma = knob.find(',');
+  GptqKnob k{parse_ggml_knob(knob.substr(0, comma), layer).type, {}};
+  require(knob.substr(0, comma).find('+') == std::string_view::npos, "layer '", layer, "': knob '", knob, "': ", kGptq,
+          " uses the imatrix whenever calibration has one; no suffix");
+  if (comma == std::string_view::npos) return k;
+  const std::string_view rest = knob.substr(comma + 1);
+  std::map<std::string, std::string> kv;
+  try {
+    kv = parse_knob(rest);
+    for (const auto& [key, value] : kv) {
+      if (key == "damp")
+        k.options.damp = knob_double(kv, key, knob);
+      else if (key == "block")
+        k.options.block = knob_int(kv, key, knob);
+      else if (key == "act_order")
+        k.options.act_order = knob_int(kv, key, knob) != 0;
+      else
+        fail("unknown setting '", key, "' (damp, block, act_order)");
+    }
+  } catch (const Error& e) {
+    fail("layer '", layer, "': knob '", knob, "': ", e.what());
+  }
+  return k;
+}
+
+// GPTQ with ggml's rounding step (ggml::gptq): the same ladder, bytes and engine-facing forms as
+// quant.ggml, a lower output error for the same bytes.
+class GgmlGptqCompressor final : public GgmlCompressor {
+ public:
+  GgmlGptqCompressor() : GgmlCompressor(true) {}
+
+  std::string_view name() const override { return kGptq; }
+  std::string_view description() const override {
+    return "llama.cpp block formats (q2_k ... q8_0, iq4_nl) written by GPTQ's error feedback, each block's scales "
+           "chosen by ggml's imatrix-weighted search; knob TYPE[,damp=X,block=N,act_order=0|1]";
+  }
+  bool needs_hessian() const override { return true; }
+
+  Cost cost(const Layer& layer, std::string_view knob) const override {
+    return GgmlCompressor::cost(layer, lower_name(parse_gptq_knob(knob, layer.name).type));
+  }
+
+  Compressed apply(const Layer& layer, const LayerCalibration& calib, std::string_view knob) const override {
+    const GptqKnob k = parse_gptq_knob(knob, layer.name);
+    check_layer(layer);
+    const uint64_t row_bytes = row_bytes_for(layer, k.type);
+    require(calib.hessian != nullptr, "layer '", layer.name, "': ", kGptq, " needs the input Hessian (X^T X)");
+    const std::vector<float> imp = importance_for(layer, calib, true, false, knob);
+    GgmlGptqResult r = ggml::gptq(k.type, *layer.weight, *calib.hessian, imp, k.options, layer.name);
+
+    Compressed c;
+    c.method = std::string(kGptq);
+    c.knob = std::string(knob);
+    c.rows = layer.rows();
+    c.cols = layer.cols();
+    Tensor t(DType::i8, Shape{layer.rows(), static_cast<int64_t>(row_bytes)});
+    if (!r.blocks.empty()) std::memcpy(t.raw(), r.blocks.data(), r.blocks.size());
+    c.tensors.emplace("blocks", std::move(t));
+    c.meta["ggml_type"] = ggml::lower_name(k.type);
+    c.meta["imatrix"] = !imp.empty();
+    c.meta["damp"] = k.options.damp;
+    c.meta["act_order"] = k.options.act_order;
+    return c;
+  }
+};
+
 }  // namespace
 
 namespace ggml {
@@ -197,6 +275,7 @@ GgufTensorData gguf_tensor_data(const Compressed& c) {
 void add_ggml_compressors(Registry& registry) {
   registry.push_back(std::make_unique<GgmlCompressor>(true));
   registry.push_back(std::make_unique<GgmlCompressor>(false));
+  registry.push_back(std::make_unique<GgmlGptqCompressor>());
 }
 
 }  // namespace strata::compress

@@ -5,26 +5,12 @@
 #include <cmath>
 #include <numeric>
 
+#include "compress/gptq_feedback.hpp"
 #include "strata/compress/quant/quant.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
-#include "strata/linalg/decompositions.hpp"
 
 namespace strata::compress::quant {
-
-namespace {
-
-// The upper triangular U with U^T U = A^-1 (A symmetric positive definite). The loop needs the
-// rows of the Cholesky factor of the inverse; instead of inverting A and factoring again, factor the
-// reversed matrix J A J = L L^T (J the reversal permutation): then A = (J L J)(J L J)^T with J L J
-// upper triangular, and U = (J L J)^-1 = J L^-1 J. One Cholesky and one triangular inverse.
-Matrix<double> upper_inverse_factor(const Matrix<double>& a) {
-  const Matrix<double> reversed = a.reverse();
-  const auto chol = linalg::cholesky(reversed);
-  return linalg::triangular_inverse(chol.L, linalg::Triangle::lower).reverse();
-}
-
-}  // namespace
 
 QuantizedMatrix gptq(const RowMatrix<float>& w, const Matrix<double>& h, const QuantSpec& spec,
                      const GptqOptions& options, std::string_view name) {
@@ -96,7 +82,7 @@ QuantizedMatrix gptq(const RowMatrix<float>& w, const Matrix<double>& h, const Q
   hp.diagonal().array() += options.damp * hp.diagonal().mean();
   Matrix<float> u;
   try {
-    u = upper_inverse_factor(hp).cast<float>();
+    u = detail::inverse_upper_factor(hp).cast<float>();
   } catch (const Error& e) {
     fail(what, ": GPTQ: ", e.what());
   }
@@ -137,15 +123,9 @@ QuantizedMatrix gptq(const RowMatrix<float>& w, const Matrix<double>& h, const Q
           q.codes[static_cast<size_t>((r0 + r) * cols + orig)] = static_cast<uint8_t>(code);
           ecol[r] = (wcol[r] - dequantize_value(code, p)) / d;
         }
-        for (int64_t j = i + 1; j < nb; ++j) {
-          const float uij = u(col, i1 + j);
-          float* wj = &wc(0, i1 + j);
-          for (int64_t r = 0; r < rc; ++r) wj[r] -= ecol[r] * uij;
-        }
+        detail::feedback_in_batch(wc, err, u, i1, i, nb);
       }
-      // The block's accumulated error reaches the remaining columns in one product.
-      const int64_t rest = cols - i1 - nb;
-      if (rest > 0) wc.rightCols(rest).noalias() -= err.leftCols(nb) * u.block(i1, i1 + nb, nb, rest);
+      detail::feedback_after_batch(wc, err, u, i1, nb);
     }
   });
 

@@ -564,10 +564,11 @@ inline float row_sigma2(const float* x, int64_t n) { return sum_sq(x, n) / stati
 
 // ---- legacy types ---------------------------------------------------------------------------------
 
-void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n, const float* importance) {
+void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n, const float* importance,
+                 const float* sigma2_given = nullptr) {
   const int64_t nb = n / kQK;
   if (!importance) return q4_0_ref(x, y, nb);
-  const float sigma2 = row_sigma2(x, n);
+  const float sigma2 = sigma2_given ? *sigma2_given : row_sigma2(x, n);
   float weight[kQK];
   int8_t L[kQK];
   for (int64_t ib = 0; ib < nb; ++ib) {
@@ -579,10 +580,11 @@ void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n, const float* importa
   }
 }
 
-void quantize_q4_1(const float* x, BlockQ4_1* y, int64_t n, const float* importance) {
+void quantize_q4_1(const float* x, BlockQ4_1* y, int64_t n, const float* importance,
+                 const float* sigma2_given = nullptr) {
   const int64_t nb = n / kQK;
   if (!importance) return q4_1_ref(x, y, nb);
-  const float sigma2 = row_sigma2(x, n);
+  const float sigma2 = sigma2_given ? *sigma2_given : row_sigma2(x, n);
   float weight[kQK];
   uint8_t L[kQK], Laux[kQK];
   for (int64_t ib = 0; ib < nb; ++ib) {
@@ -596,10 +598,11 @@ void quantize_q4_1(const float* x, BlockQ4_1* y, int64_t n, const float* importa
   }
 }
 
-void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t n, const float* importance) {
+void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t n, const float* importance,
+                 const float* sigma2_given = nullptr) {
   const int64_t nb = n / kQK;
   if (!importance) return q5_0_ref(x, y, nb);
-  const float sigma2 = row_sigma2(x, n);
+  const float sigma2 = sigma2_given ? *sigma2_given : row_sigma2(x, n);
   float weight[kQK];
   int8_t L[kQK];
   uint8_t Lu[kQK];
@@ -613,10 +616,11 @@ void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t n, const float* importa
   }
 }
 
-void quantize_q5_1(const float* x, BlockQ5_1* y, int64_t n, const float* importance) {
+void quantize_q5_1(const float* x, BlockQ5_1* y, int64_t n, const float* importance,
+                 const float* sigma2_given = nullptr) {
   const int64_t nb = n / kQK;
   if (!importance) return q5_1_ref(x, y, nb);
-  const float sigma2 = row_sigma2(x, n);
+  const float sigma2 = sigma2_given ? *sigma2_given : row_sigma2(x, n);
   float weight[kQK];
   uint8_t L[kQK], Laux[kQK];
   for (int64_t ib = 0; ib < nb; ++ib) {
@@ -1031,6 +1035,22 @@ void quantize_row_q6_k(const float* x, int64_t n, void* out, const float* import
 }
 void quantize_row_iq4_nl(const float* x, int64_t n, void* out, const float* importance) {
   encode_units<BlockIQ4_NL>(out, n / kQK, [&](BlockIQ4_NL* y) { quantize_iq4_nl(x, y, n, importance); });
+}
+
+float legacy_row_sigma2(const float* x, int64_t n) { return row_sigma2(x, n); }
+
+void quantize_blocks_legacy(GgmlType t, const float* x, int64_t n, void* out, const float* importance, float sigma2) {
+  switch (t) {
+    case GgmlType::Q4_0:
+      return encode_units<BlockQ4_0>(out, n / kQK, [&](BlockQ4_0* y) { quantize_q4_0(x, y, n, importance, &sigma2); });
+    case GgmlType::Q4_1:
+      return encode_units<BlockQ4_1>(out, n / kQK, [&](BlockQ4_1* y) { quantize_q4_1(x, y, n, importance, &sigma2); });
+    case GgmlType::Q5_0:
+      return encode_units<BlockQ5_0>(out, n / kQK, [&](BlockQ5_0* y) { quantize_q5_0(x, y, n, importance, &sigma2); });
+    case GgmlType::Q5_1:
+      return encode_units<BlockQ5_1>(out, n / kQK, [&](BlockQ5_1* y) { quantize_q5_1(x, y, n, importance, &sigma2); });
+    default: return ggml_codec(t).quantize_row(x, n, out, importance);
+  }
 }
 
 }  // namespace strata::kernels::detail

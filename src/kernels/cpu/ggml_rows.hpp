@@ -41,6 +41,13 @@ void quantize_row_q5_k(const float* x, int64_t n, void* out, const float* import
 void quantize_row_q6_k(const float* x, int64_t n, void* out, const float* importance);
 void quantize_row_iq4_nl(const float* x, int64_t n, void* out, const float* importance);
 
+// The weighted paths of Q4_0, Q4_1, Q5_0 and Q5_1 take sigma^2 (in qw_j * sqrt(sigma2 + x_j^2)) over
+// the whole row. quantize_blocks_legacy writes the blocks of a part of a row with the sigma^2 given
+// (legacy_row_sigma2 of the whole row, as ggml computes it), so a row quantized a block at a time gets
+// ggml's bytes; other types' blocks never look beyond themselves and go to their codec row function.
+float legacy_row_sigma2(const float* x, int64_t n);
+void quantize_blocks_legacy(GgmlType t, const float* x, int64_t n, void* out, const float* importance, float sigma2);
+
 // Q4_K and Q6_K through the SIMD quantizers of ggml_quantize_k.cc, which the codec table routes to:
 // the same bytes as quantize_row_q4_k and quantize_row_q6_k above (the scalar references), faster.
 void quantize_row_q4_k_simd(const float* x, int64_t n, void* out, const float* importance);

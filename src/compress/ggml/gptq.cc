@@ -1,0 +1,343 @@
+// GPTQ whose rounding step is a ggml block format's own (see strata/compress/ggml/gptq.hpp).
+#include "strata/compress/ggml/gptq.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <string>
+
+#include "compress/gptq_feedback.hpp"
+#include "kernels/cpu/ggml_rows.hpp"
+#include "strata/compress/ggml/quantize.hpp"
+#include "strata/core/error.hpp"
+#include "strata/core/parallel.hpp"
+
+namespace strata::compress::ggml {
+
+namespace {
+
+using kernels::BlockIQ4_NL;
+using kernels::BlockQ2_K;
+using kernels::BlockQ3_K;
+using kernels::BlockQ4_0;
+using kernels::BlockQ4_1;
+using kernels::BlockQ4_K;
+using kernels::BlockQ5_0;
+using kernels::BlockQ5_1;
+using kernels::BlockQ5_K;
+using kernels::BlockQ6_K;
+using kernels::BlockQ8_0;
+
+// How a type's block holds its codes: `unit` elements per block (the scales the loop fits at once),
+// `sub` consecutive elements share one scale (and min), codes run over [0, levels).
+struct Format {
+  int unit, sub, levels;
+};
+
+Format format_of(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::IQ4_NL: return {32, 32, 16};
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1: return {32, 32, 32};
+    case GgmlType::Q8_0: return {32, 32, 256};
+    case GgmlType::Q2_K: return {256, 16, 4};
+    case GgmlType::Q3_K: return {256, 16, 8};
+    case GgmlType::Q4_K: return {256, 32, 16};
+    case GgmlType::Q5_K: return {256, 32, 32};
+    case GgmlType::Q6_K: return {256, 16, 64};
+    default: fail("ggml gptq: type ", kernels::ggml_type_name(t), " is not supported");
+  }
+}
+
+// Four-bit codes of the 32-element blocks: element e < 16 in the low nibble of qs[e], e >= 16 in the
+// high nibble of qs[e - 16].
+int nibble32(const uint8_t* qs, int e) { return e < 16 ? qs[e] & 0xF : qs[e - 16] >> 4; }
+void set_nibble32(uint8_t* qs, int e, int c) {
+  if (e < 16)
+    qs[e] = static_cast<uint8_t>((qs[e] & 0xF0) | (c & 0xF));
+  else
+    qs[e - 16] = static_cast<uint8_t>((qs[e - 16] & 0x0F) | ((c & 0xF) << 4));
+}
+// Fifth bits of Q5_0 / Q5_1: bit e of the little-endian qh.
+int bit5(const uint8_t* qh, int e) { return (qh[e / 8] >> (e % 8)) & 1; }
+void set_bit5(uint8_t* qh, int e, int b) {
+  qh[e / 8] = static_cast<uint8_t>((qh[e / 8] & ~(1 << (e % 8))) | (b << (e % 8)));
+}
+// Two-bit planes of Q2_K / Q3_K: element e at byte (e / 128) * 32 + e % 32, bits 2 * ((e % 128) / 32).
+int plane2(const uint8_t* qs, int e) { return (qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3; }
+void set_plane2(uint8_t* qs, int e, int c) {
+  uint8_t& b = qs[(e / 128) * 32 + e % 32];
+  const int s = 2 * ((e % 128) / 32);
+  b = static_cast<uint8_t>((b & ~(3 << s)) | ((c & 3) << s));
+}
+// Four-bit codes of Q4_K / Q5_K: element e at byte (e / 64) * 32 + e % 32, high nibble when e % 64 >= 32.
+int nibble_k(const uint8_t* qs, int e) {
+  const uint8_t b = qs[(e / 64) * 32 + e % 32];
+  return (e % 64) >= 32 ? b >> 4 : b & 0xF;
+}
+void set_nibble_k(uint8_t* qs, int e, int c) {
+  uint8_t& b = qs[(e / 64) * 32 + e % 32];
+  b = (e % 64) >= 32 ? static_cast<uint8_t>((b & 0x0F) | ((c & 0xF) << 4)) : static_cast<uint8_t>((b & 0xF0) | (c & 0xF));
+}
+// Q5_K's fifth bits: qh[e % 32], bit 2 * (e / 64) + (e % 64 >= 32).
+int qh_bit_k(int e) { return 2 * (e / 64) + ((e % 64) >= 32 ? 1 : 0); }
+// Q6_K: low four bits in ql[(e / 128) * 64 + e % 32 + 32 * (quarter & 1)] (high nibble for quarters
+// 2 and 3, quarter = (e % 128) / 32), high two bits in qh[(e / 128) * 32 + e % 32] at 2 * quarter.
+struct Q6Pos {
+  int ql, ql_shift, qh, qh_shift;
+};
+Q6Pos q6_pos(int e) {
+  const int half = e / 128, quarter = (e % 128) / 32, l = e % 32;
+  return {half * 64 + l + 32 * (quarter & 1), quarter >= 2 ? 4 : 0, half * 32 + l, 2 * quarter};
+}
+
+// The code of element e of the block at b.
+int get_code(GgmlType t, const std::byte* b, int e) {
+  switch (t) {
+    case GgmlType::Q4_0: return nibble32(reinterpret_cast<const BlockQ4_0*>(b)->qs, e);
+    case GgmlType::Q4_1: return nibble32(reinterpret_cast<const BlockQ4_1*>(b)->qs, e);
+    case GgmlType::IQ4_NL: return nibble32(reinterpret_cast<const BlockIQ4_NL*>(b)->qs, e);
+    case GgmlType::Q5_0: {
+      const auto* y = reinterpret_cast<const BlockQ5_0*>(b);
+      return nibble32(y->qs, e) | (bit5(y->qh, e) << 4);
+    }
+    case GgmlType::Q5_1: {
+      const auto* y = reinterpret_cast<const BlockQ5_1*>(b);
+      return nibble32(y->qs, e) | (bit5(y->qh, e) << 4);
+    }
+    case GgmlType::Q8_0: return reinterpret_cast<const BlockQ8_0*>(b)->qs[e] + 128;
+    case GgmlType::Q2_K: return plane2(reinterpret_cast<const BlockQ2_K*>(b)->qs, e);
+    case GgmlType::Q3_K: {
+      const auto* y = reinterpret_cast<const BlockQ3_K*>(b);
+      return plane2(y->qs, e) | (((y->hmask[e % 32] >> (e / 32)) & 1) << 2);
+    }
+    case GgmlType::Q4_K: return nibble_k(reinterpret_cast<const BlockQ4_K*>(b)->qs, e);
+    case GgmlType::Q5_K: {
+      const auto* y = reinterpret_cast<const BlockQ5_K*>(b);
+      return nibble_k(y->qs, e) | (((y->qh[e % 32] >> qh_bit_k(e)) & 1) << 4);
+    }
+    case GgmlType::Q6_K: {
+      const auto* y = reinterpret_cast<const BlockQ6_K*>(b);
+      const Q6Pos p = q6_pos(e);
+      return ((y->ql[p.ql] >> p.ql_shift) & 0xF) | (((y->qh[p.qh] >> p.qh_shift) & 3) << 4);
+    }
+    default: fail("ggml gptq: type ", kernels::ggml_type_name(t), " is not supported");
+  }
+}
+
+// Sets the code of element e of the block at b, leaving every other bit as it is.
+void set_code(GgmlType t, std::byte* b, int e, int c) {
+  switch (t) {
+    case GgmlType::Q4_0: return set_nibble32(reinterpret_cast<BlockQ4_0*>(b)->qs, e, c);
+    case GgmlType::Q4_1: return set_nibble32(reinterpret_cast<BlockQ4_1*>(b)->qs, e, c);
+    case GgmlType::IQ4_NL: return set_nibble32(reinterpret_cast<BlockIQ4_NL*>(b)->qs, e, c);
+    case GgmlType::Q5_0: {
+      auto* y = reinterpret_cast<BlockQ5_0*>(b);
+      set_nibble32(y->qs, e, c);
+      return set_bit5(y->qh, e, c >> 4);
+    }
+    case GgmlType::Q5_1: {
+      auto* y = reinterpret_cast<BlockQ5_1*>(b);
+      set_nibble32(y->qs, e, c);
+      return set_bit5(y->qh, e, c >> 4);
+    }
+    case GgmlType::Q8_0: reinterpret_cast<BlockQ8_0*>(b)->qs[e] = static_cast<int8_t>(c - 128); return;
+    case GgmlType::Q2_K: return set_plane2(reinterpret_cast<BlockQ2_K*>(b)->qs, e, c);
+    case GgmlType::Q3_K: {
+      auto* y = reinterpret_cast<BlockQ3_K*>(b);
+      set_plane2(y->qs, e, c);
+      uint8_t& h = y->hmask[e % 32];
+      h = static_cast<uint8_t>((h & ~(1 << (e / 32))) | (((c >> 2) & 1) << (e / 32)));
+      return;
+    }
+    case GgmlType::Q4_K: return set_nibble_k(reinterpret_cast<BlockQ4_K*>(b)->qs, e, c);
+    case GgmlType::Q5_K: {
+      auto* y = reinterpret_cast<BlockQ5_K*>(b);
+      set_nibble_k(y->qs, e, c);
+      uint8_t& h = y->qh[e % 32];
+      const int s = qh_bit_k(e);
+      h = static_cast<uint8_t>((h & ~(1 << s)) | (((c >> 4) & 1) << s));
+      return;
+    }
+    case GgmlType::Q6_K: {
+      auto* y = reinterpret_cast<BlockQ6_K*>(b);
+      const Q6Pos p = q6_pos(e);
+      y->ql[p.ql] = static_cast<uint8_t>((y->ql[p.ql] & ~(0xF << p.ql_shift)) | ((c & 0xF) << p.ql_shift));
+      y->qh[p.qh] = static_cast<uint8_t>((y->qh[p.qh] & ~(3 << p.qh_shift)) | (((c >> 4) & 3) << p.qh_shift));
+      return;
+    }
+    default: fail("ggml gptq: type ", kernels::ggml_type_name(t), " is not supported");
+  }
+}
+
+// The grid of a fitted block: for every sub-block s and code c, the value the dequantizer gives,
+// at grid[s * levels + c]. The dequantizer maps each element through its own code and its
+// sub-block's scales only, so element p of a sub-block can carry code k * sub + p: ceil(levels /
+// sub) dequantizations read the whole grid.
+void read_grid(GgmlType t, const Format& f, const kernels::GgmlCodec& codec, const std::byte* block, float* grid) {
+  static_assert(sizeof(BlockQ6_K) <= 256 && sizeof(BlockQ5_K) <= 256 && sizeof(BlockQ3_K) <= 256);
+  alignas(8) std::byte aligned[256];
+  std::memcpy(aligned, block, codec.type_size);
+  float out[256];
+  for (int k = 0; k * f.sub < f.levels; ++k) {
+    for (int e = 0; e < f.unit; ++e) set_code(t, aligned, e, std::min(k * f.sub + e % f.sub, f.levels - 1));
+    codec.dequantize_row(aligned, f.unit, out);
+    for (int e = 0; e < f.unit; ++e) {
+      const int c = k * f.sub + e % f.sub;
+      if (c < f.levels) grid[(e / f.sub) * f.levels + c] = out[e];
+    }
+  }
+}
+
+// The code whose grid value is nearest to w on a monotone grid g[0..levels); `fallback` when the
+// grid is flat (a zero scale: every code gives the same value).
+int nearest_code(const float* g, int levels, float w, int fallback) {
+  const float lo = g[0], hi = g[levels - 1];
+  if (lo == hi) return fallback;
+  const bool asc = hi > lo;
+  // First index whose value is at or past w in the grid's direction.
+  int a = 0, b = levels;
+  while (a < b) {
+    const int m = (a + b) / 2;
+    if (asc ? g[m] < w : g[m] > w)
+      a = m + 1;
+    else
+      b = m;
+  }
+  if (a == 0) return 0;
+  if (a == levels) return levels - 1;
+  return std::fabs(g[a - 1] - w) <= std::fabs(g[a] - w) ? a - 1 : a;
+}
+
+}  // namespace
+
+GgmlGptqResult gptq(GgmlType type, const RowMatrix<float>& w, const Matrix<double>& h,
+                    std::span<const float> importance, const GgmlGptqOptions& options, std::string_view name) {
+  const std::string what = "layer '" + std::string(name) + "'";
+  require(can_quantize(type), what, ": ggml gptq cannot write type ", kernels::ggml_type_name(type));
+  const Format f = format_of(type);
+  const kernels::GgmlCodec& codec = kernels::ggml_codec(type);
+  const int64_t rows = w.rows(), cols = w.cols();
+  require(cols > 0 && cols % f.unit == 0, what, ": ", cols, " columns are not a whole number of ", lower_name(type),
+          " blocks (", f.unit, " elements)");
+  require(h.rows() == cols && h.cols() == cols, what, ": Hessian is [", h.rows(), ", ", h.cols(), "] for a weight with ",
+          cols, " inputs");
+  require(h.allFinite(), what, ": Hessian has a non-finite value");
+  require(importance.empty() || static_cast<int64_t>(importance.size()) == cols, what, ": imatrix has ",
+          importance.size(), " values for ", cols, " input columns");
+  for (std::size_t j = 0; j < importance.size(); ++j)
+    require(std::isfinite(importance[j]) && importance[j] >= 0, what, ": imatrix[", j, "] is ", importance[j],
+            " (must be finite and non-negative)");
+  require(options.damp >= 0 && std::isfinite(options.damp), what, ": damp must be finite and >= 0, got ", options.damp);
+  require(options.block >= 1, what, ": block must be >= 1, got ", options.block);
+  if (!w.allFinite())
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        require(std::isfinite(w(r, c)), what, ": weight [", r, ", ", c, "] is ", w(r, c));
+
+  Matrix<double> hess = h;
+  for (int64_t j = 0; j < cols; ++j) {
+    require(hess(j, j) >= 0, what, ": Hessian diagonal ", j, " is negative (", hess(j, j), ")");
+    // An input that is always zero on the calibration data: its weights reach no output, and its
+    // row and column of H are zero, so no error flows through it.
+    if (hess(j, j) == 0) hess(j, j) = 1;
+  }
+  std::vector<int64_t> perm(static_cast<std::size_t>(cols));
+  std::iota(perm.begin(), perm.end(), 0);
+  if (options.act_order)
+    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return hess(a, a) > hess(b, b); });
+  Matrix<double> hp(cols, cols);
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = 0; j < cols; ++j) hp(j, i) = hess(perm[static_cast<std::size_t>(j)], perm[static_cast<std::size_t>(i)]);
+  hp.diagonal().array() += options.damp * hp.diagonal().mean();
+  Matrix<float> u;
+  try {
+    u = detail::inverse_upper_factor(hp).cast<float>();
+  } catch (const Error& e) {
+    fail(what, ": ggml gptq: ", e.what());
+  }
+
+  const bool static_fit = options.act_order;
+  const int64_t block = static_fit ? options.block : f.unit * std::max<int64_t>(1, options.block / f.unit);
+  const int64_t units = cols / f.unit, subs = cols / f.sub;
+  const uint64_t row_bytes = codec.row_bytes(cols);
+  const bool legacy = type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q5_0 || type == GgmlType::Q5_1;
+  const float* imp = importance.empty() ? nullptr : importance.data();
+
+  GgmlGptqResult out;
+  out.blocks.resize(row_bytes * static_cast<uint64_t>(rows));
+  out.values.resize(rows, cols);
+  Matrix<float> w0 = w;  // column-major: the loop walks columns
+
+  constexpr int64_t kRowChunk = 32;
+  parallel_for(rows, kRowChunk, [&](int64_t r0, int64_t r1) {
+    const int64_t rc = r1 - r0;
+    Matrix<float> wc(rc, cols);
+    for (int64_t i = 0; i < cols; ++i) wc.col(i) = w0.col(perm[static_cast<std::size_t>(i)]).segment(r0, rc);
+    std::vector<float> sigma2(static_cast<std::size_t>(rc));
+    for (int64_t r = 0; r < rc; ++r) sigma2[static_cast<std::size_t>(r)] = legacy ? kernels::detail::legacy_row_sigma2(&w(r0 + r, 0), cols) : 0.f;
+    // Per row of the chunk, in original column order: the grid of every sub-block, the weights each
+    // block was fitted on and the codes ggml gave them.
+    std::vector<float> grid(static_cast<std::size_t>(rc * subs * f.levels));
+    std::vector<float> fit_x(static_cast<std::size_t>(rc * cols));
+    std::vector<uint8_t> fit_code(static_cast<std::size_t>(rc * cols));
+    float x[256];
+    // Fits block k of row r on x (the block's current weights, original order).
+    auto fit = [&](int64_t r, int64_t k) {
+      std::byte* dst = out.blocks.data() + static_cast<uint64_t>(r0 + r) * row_bytes + static_cast<uint64_t>(k) * codec.type_size;
+      const int64_t c0 = k * f.unit;
+      kernels::detail::quantize_blocks_legacy(type, x, f.unit, dst, imp ? imp + c0 : nullptr,
+                                              sigma2[static_cast<std::size_t>(r)]);
+      for (int e = 0; e < f.unit; ++e) {
+        fit_x[static_cast<std::size_t>(r * cols + c0 + e)] = x[e];
+        fit_code[static_cast<std::size_t>(r * cols + c0 + e)] = static_cast<uint8_t>(get_code(type, dst, e));
+      }
+      read_grid(type, f, codec, dst, &grid[static_cast<std::size_t>((r * subs + c0 / f.sub) * f.levels)]);
+    };
+    if (static_fit) {
+      for (int64_t r = 0; r < rc; ++r)
+        for (int64_t k = 0; k < units; ++k) {
+          std::copy_n(&w(r0 + r, k * f.unit), f.unit, x);
+          fit(r, k);
+        }
+    }
+
+    Matrix<float> err(rc, block);
+    for (int64_t i1 = 0; i1 < cols; i1 += block) {
+      const int64_t nb = std::min(block, cols - i1);
+      for (int64_t i = 0; i < nb; ++i) {
+        const int64_t col = i1 + i, orig = perm[static_cast<std::size_t>(col)];
+        if (!static_fit && orig % f.unit == 0) {
+          // Without act-order the order is the identity: the block's columns are col .. col + unit.
+          for (int64_t r = 0; r < rc; ++r) {
+            for (int e = 0; e < f.unit; ++e) x[e] = wc(r, col + e);
+            fit(r, orig / f.unit);
+          }
+        }
+        const float d = u(col, col);
+        float* wcol = &wc(0, col);
+        float* ecol = &err(0, i);
+        const int64_t k = orig / f.unit;
+        const int e = static_cast<int>(orig % f.unit);
+        for (int64_t r = 0; r < rc; ++r) {
+          const std::size_t at = static_cast<std::size_t>(r * cols + orig);
+          const float* g = &grid[static_cast<std::size_t>((r * subs + orig / f.sub) * f.levels)];
+          const int code = wcol[r] == fit_x[at] ? fit_code[at] : nearest_code(g, f.levels, wcol[r], fit_code[at]);
+          const float q = g[code];
+          std::byte* dst = out.blocks.data() + static_cast<uint64_t>(r0 + r) * row_bytes + static_cast<uint64_t>(k) * codec.type_size;
+          set_code(type, dst, e, code);
+          out.values(r0 + r, orig) = q;
+          ecol[r] = (wcol[r] - q) / d;
+        }
+        detail::feedback_in_batch(wc, err, u, i1, i, nb);
+      }
+      detail::feedback_after_batch(wc, err, u, i1, nb);
+    }
+  });
+  return out;
+}
+
+}  // namespace strata::compress::ggml

@@ -1,0 +1,177 @@
+// GPTQ into ggml blocks (ggml::gptq and the quant.ggml_gptq compressor): the written bytes
+// dequantize to exactly the values the loop assumed; an identity Hessian gives ggml's own bytes; a
+// correlated Hessian gives a lower output error than ggml's imatrix rounding; bad input is refused
+// naming the tensor.
+#include "strata/compress/ggml/gptq.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "strata/compress/compressor.hpp"
+#include "strata/compress/ggml/quantize.hpp"
+#include "strata/core/error.hpp"
+#include "strata/nn/ggml_linear.hpp"
+#include "test_util.hpp"
+
+namespace strata::compress::ggml {
+namespace {
+
+// A heavy-tailed layer whose inputs have correlated channels and a few loud ones (test_util.hpp),
+// so that error feedback has correlations to use; the imatrix is H's diagonal (mean x^2).
+struct Problem {
+  RowMatrix<float> w;
+  Matrix<double> h;
+  std::vector<float> imatrix;
+};
+
+Problem make_problem(int64_t rows, int64_t cols, uint64_t seed) {
+  Problem p{strata::testing::heavy_tailed(rows, cols, seed), strata::testing::correlated_hessian(cols, seed + 1), {}};
+  p.imatrix.resize(static_cast<std::size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) p.imatrix[static_cast<std::size_t>(j)] = static_cast<float>(p.h(j, j));
+  return p;
+}
+
+RowMatrix<float> dequantize_all(GgmlType t, const std::vector<std::byte>& bytes, int64_t rows, int64_t cols) {
+  RowMatrix<float> out(rows, cols);
+  const kernels::GgmlCodec& c = kernels::ggml_codec(t);
+  const uint64_t rb = c.row_bytes(cols);
+  for (int64_t r = 0; r < rows; ++r) c.dequantize_row(bytes.data() + static_cast<uint64_t>(r) * rb, cols, &out(r, 0));
+  return out;
+}
+
+// tr((W - Q) H (W - Q)^T), the layer's output error on the calibration inputs.
+double weighted_error(const RowMatrix<float>& w, const RowMatrix<float>& q, const Matrix<double>& h) {
+  const Matrix<double> d = (w - q).cast<double>();
+  return (d * h * d.transpose()).trace();
+}
+
+class GgmlGptqTypes : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(GgmlGptqTypes, BytesDequantizeToTheAssumedValues) {
+  const GgmlType t = GetParam();
+  const Problem p = make_problem(12, 512, 11);
+  for (const bool act_order : {false, true}) {
+    for (const bool with_imatrix : {true, false}) {
+      SCOPED_TRACE(lower_name(t) + (act_order ? " act_order" : "") + (with_imatrix ? " imatrix" : ""));
+      GgmlGptqOptions o;
+      o.act_order = act_order;
+      const auto imp = with_imatrix ? std::span<const float>(p.imatrix) : std::span<const float>();
+      const GgmlGptqResult r = gptq(t, p.w, p.h, imp, o, "test.weight");
+      ASSERT_EQ(r.blocks.size(), kernels::ggml_row_size(t, 512) * 12);
+      const RowMatrix<float> deq = dequantize_all(t, r.blocks, 12, 512);
+      // Bit-equal, not merely close.
+      ASSERT_EQ(std::memcmp(deq.data(), r.values.data(), sizeof(float) * static_cast<std::size_t>(deq.size())), 0);
+      // Error feedback moved weights: not every value is ggml's plain rounding.
+      const std::vector<std::byte> plain = quantize(t, p.w.data(), 12, 512, imp);
+      EXPECT_NE(plain, r.blocks);
+    }
+  }
+}
+
+TEST_P(GgmlGptqTypes, IdentityHessianGivesGgmlBytes) {
+  const GgmlType t = GetParam();
+  const Problem p = make_problem(6, 512, 12);
+  const Matrix<double> identity = Matrix<double>::Identity(512, 512);
+  for (const bool with_imatrix : {true, false}) {
+    SCOPED_TRACE(lower_name(t) + (with_imatrix ? " imatrix" : ""));
+    const auto imp = with_imatrix ? std::span<const float>(p.imatrix) : std::span<const float>();
+    const GgmlGptqResult r = gptq(t, p.w, identity, imp, {}, "test.weight");
+    // The independent reference: ggml's quantizer on whole rows.
+    EXPECT_EQ(r.blocks, quantize(t, p.w.data(), 6, 512, imp));
+  }
+}
+
+TEST_P(GgmlGptqTypes, LowerOutputErrorThanImatrixRounding) {
+  const GgmlType t = GetParam();
+  const Problem p = make_problem(16, 512, 13);
+  const RowMatrix<float> plain = dequantize_all(t, quantize(t, p.w.data(), 16, 512, p.imatrix), 16, 512);
+  const double e_plain = weighted_error(p.w, plain, p.h);
+  for (const bool act_order : {false, true}) {
+    GgmlGptqOptions o;
+    o.act_order = act_order;
+    const GgmlGptqResult r = gptq(t, p.w, p.h, p.imatrix, o, "test.weight");
+    const double e = weighted_error(p.w, r.values, p.h);
+    EXPECT_LT(e, 0.9 * e_plain) << lower_name(t) << (act_order ? " act_order" : "") << ": gptq " << e
+                                << ", imatrix rounding " << e_plain;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GgmlGptqTypes,
+                         ::testing::Values(GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
+                                           GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K,
+                                           GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K),
+                         [](const ::testing::TestParamInfo<GgmlType>& info) { return lower_name(info.param); });
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(GgmlGptq, BadInputNamesTheTensor) {
+  const Problem p = make_problem(4, 96, 14);
+  // 96 columns are whole Q4_0 blocks but not whole Q4_K super-blocks.
+  std::string msg = error_of([&] { gptq(GgmlType::Q4_K, p.w, p.h, p.imatrix, {}, "blk.3.ffn_down.weight"); });
+  EXPECT_NE(msg.find("blk.3.ffn_down.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("q4_k"), std::string::npos) << msg;
+  const RowMatrix<float> odd = p.w.leftCols(80);
+  msg = error_of([&] { gptq(GgmlType::Q4_0, odd, p.h.topLeftCorner(80, 80), {}, {}, "blk.0.attn_q.weight"); });
+  EXPECT_NE(msg.find("blk.0.attn_q.weight"), std::string::npos) << msg;
+  // A Hessian of the wrong size, a bad imatrix, a non-finite weight, a type it cannot write.
+  EXPECT_THROW(gptq(GgmlType::Q4_0, p.w, p.h.topLeftCorner(64, 64), {}, {}, "t"), Error);
+  std::vector<float> bad_imp = p.imatrix;
+  bad_imp[5] = -1;
+  EXPECT_THROW(gptq(GgmlType::Q4_0, p.w, p.h, bad_imp, {}, "t"), Error);
+  EXPECT_THROW(gptq(GgmlType::Q4_0, p.w, p.h, std::span<const float>(p.imatrix).first(32), {}, "t"), Error);
+  RowMatrix<float> nan_w = p.w;
+  nan_w(1, 2) = std::nanf("");
+  msg = error_of([&] { gptq(GgmlType::Q4_0, nan_w, p.h, {}, {}, "blk.1.attn_k.weight"); });
+  EXPECT_NE(msg.find("blk.1.attn_k.weight"), std::string::npos) << msg;
+  EXPECT_THROW(gptq(GgmlType::F16, p.w, p.h, {}, {}, "t"), Error);
+  GgmlGptqOptions o;
+  o.damp = -1;
+  EXPECT_THROW(gptq(GgmlType::Q4_0, p.w, p.h, {}, o, "t"), Error);
+}
+
+TEST(GgmlGptqCompressor, RunsAndWritesAsTheGgmlType) {
+  const Problem p = make_problem(8, 256, 15);
+  const WeightCompressor& c = find_compressor("quant.ggml_gptq");
+  EXPECT_TRUE(c.needs_hessian());
+  Vector<double> ms(256);
+  for (int64_t j = 0; j < 256; ++j) ms[j] = p.imatrix[static_cast<std::size_t>(j)];
+  const LayerCalibration calib{&p.h, &ms, nullptr, 2048};
+  const Layer layer{"blk.0.ffn_up.weight", &p.w};
+  const Compressed comp = c.apply(layer, calib, "q3_k,damp=0.02,act_order=1");
+  EXPECT_EQ(static_cast<uint64_t>(c.cost(layer, "q3_k,damp=0.02,act_order=1").bytes), comp.stored_bytes());
+  EXPECT_EQ(comp.stored_bytes(), kernels::ggml_row_size(GgmlType::Q3_K, 256) * 8);
+  // Written to GGUF as the ggml type, run as the ggml blocks.
+  const GgufTensorData data = gguf_tensor_data(comp);
+  EXPECT_EQ(data.type, GgmlType::Q3_K);
+  const auto lin = c.to_linear(comp);
+  EXPECT_NE(dynamic_cast<const nn::GgmlLinear*>(lin.get()), nullptr);
+  // The same blocks as the plain function with the same settings.
+  GgmlGptqOptions o;
+  o.damp = 0.02;
+  o.act_order = true;
+  EXPECT_EQ(data.bytes, gptq(GgmlType::Q3_K, p.w, p.h, p.imatrix, o, "x").blocks);
+  // Bad knobs and a row that is not whole super-blocks, refused naming the layer.
+  EXPECT_THROW(c.apply(layer, calib, "q3_k,bogus=1"), Error);
+  EXPECT_THROW(c.apply(layer, calib, "q3_k+imatrix"), Error);
+  const RowMatrix<float> narrow = p.w.leftCols(224);
+  const Matrix<double> hn = p.h.topLeftCorner(224, 224);
+  const Vector<double> msn = ms.head(224);
+  const std::string msg =
+      error_of([&] { c.apply(Layer{"blk.2.attn_v.weight", &narrow}, {&hn, &msn, nullptr, 2048}, "q4_k"); });
+  EXPECT_NE(msg.find("blk.2.attn_v.weight"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace strata::compress::ggml
