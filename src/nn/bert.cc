@@ -207,17 +207,13 @@ uint64_t BertEncoder::weight_bytes() const {
   return bytes + static_cast<uint64_t>(floats) * sizeof(float);
 }
 
-Tensor BertEncoder::forward(const TokenBatch& batch, ForwardHooks* hooks) const {
-  warn_if_blas_slow();
+std::vector<int64_t> BertEncoder::packed_lengths(const TokenBatch& batch) const {
   const BertConfig& c = config_;
   const auto cells = static_cast<std::size_t>(batch.size * batch.length);
   require(batch.size >= 0 && batch.length >= 0 && batch.ids.size() == cells && batch.attention_mask.size() == cells,
           "BertEncoder: a batch of ", batch.size, " x ", batch.length, " needs ", cells, " ids and mask entries, got ",
           batch.ids.size(), " and ", batch.attention_mask.size());
-
-  // Packed layout: sequence s owns rows [start[s], start[s] + len[s]).
-  std::vector<int64_t> len(static_cast<std::size_t>(batch.size)), start(static_cast<std::size_t>(batch.size));
-  int64_t total = 0;
+  std::vector<int64_t> len(static_cast<std::size_t>(batch.size));
   for (int64_t s = 0; s < batch.size; ++s) {
     const int32_t* mask = batch.attention_mask.data() + s * batch.length;
     int64_t n = 0;
@@ -229,25 +225,56 @@ Tensor BertEncoder::forward(const TokenBatch& batch, ForwardHooks* hooks) const 
     require(n <= c.max_positions, "BertEncoder: sequence ", s, " has ", n, " tokens, the model takes at most ",
             c.max_positions);
     len[static_cast<std::size_t>(s)] = n;
-    start[static_cast<std::size_t>(s)] = total;
-    total += n;
   }
+  return len;
+}
 
-  const int64_t dim = c.dim;
-  RowMatrix<float> x(total, dim);
+Tensor BertEncoder::forward(const TokenBatch& batch, ForwardHooks* hooks) const {
+  return run_layers(batch, input_states(batch), 0, config_.n_layers, hooks);
+}
+
+Tensor BertEncoder::input_states(const TokenBatch& batch) const {
+  const BertConfig& c = config_;
+  const std::vector<int64_t> len = packed_lengths(batch);
+  const int64_t total = std::accumulate(len.begin(), len.end(), int64_t{0});
+  RowMatrix<float> x(total, c.dim);
+  int64_t row = 0;
   for (int64_t s = 0; s < batch.size; ++s)
-    for (int64_t p = 0; p < len[static_cast<std::size_t>(s)]; ++p) {
+    for (int64_t p = 0; p < len[static_cast<std::size_t>(s)]; ++p, ++row) {
       const int32_t id = batch.ids[static_cast<std::size_t>(s * batch.length + p)];
       require(id >= 0 && id < c.vocab_size, "BertEncoder: token id ", id, " (sequence ", s, ", position ", p,
               ") is outside the vocabulary of ", c.vocab_size);
-      x.row(start[static_cast<std::size_t>(s)] + p) = word_embd_->row(id) + pos_embd_.row(p) + type_embd_.row(0);
+      x.row(row) = word_embd_->row(id) + pos_embd_.row(p) + type_embd_.row(0);
     }
   layer_norm(x, embd_norm_w_, embd_norm_b_, c.norm_eps);
+  Tensor out(DType::f32, Shape{total, c.dim});
+  std::copy(x.data(), x.data() + x.size(), out.view<float>().data());
+  return out;
+}
+
+Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, int64_t begin, int64_t end,
+                               ForwardHooks* hooks) const {
+  warn_if_blas_slow();
+  const BertConfig& c = config_;
+  require(0 <= begin && begin <= end && end <= c.n_layers, "BertEncoder::run_layers: layers [", begin, ", ", end,
+          ") are not a range of the encoder's ", c.n_layers, " layers");
+  // Packed layout: sequence s owns rows [start[s], start[s] + len[s]).
+  const std::vector<int64_t> len = packed_lengths(batch);
+  std::vector<int64_t> start(len.size());
+  int64_t total = 0;
+  for (std::size_t s = 0; s < len.size(); ++s) {
+    start[s] = total;
+    total += len[s];
+  }
+  const int64_t dim = c.dim;
+  require(states.dtype() == DType::f32 && states.shape() == Shape{total, dim}, "BertEncoder::run_layers: states are ",
+          states.shape().str(), ", the batch's packed tokens need float32 [", total, ", ", dim, "]");
+  RowMatrix<float> x = as_eigen(states.view<const float>());
 
   const int64_t hd = c.head_dim();
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   RowMatrix<float> q, k, v, ctx(total, dim), tmp, h, block_in;
-  for (int64_t l = 0; l < c.n_layers; ++l) {
+  for (int64_t l = begin; l < end; ++l) {
     const Block& b = blocks_[static_cast<std::size_t>(l)];
     const auto name = [&](int slot) -> const std::string& {
       return linear_names_[static_cast<std::size_t>(l * kSlots + slot)];
@@ -318,14 +345,21 @@ Tensor BertEncoder::forward(const TokenBatch& batch, ForwardHooks* hooks) const 
 }
 
 Tensor BertEncoder::embed(const TokenBatch& batch, ForwardHooks* hooks) const {
-  const Tensor hidden = forward(batch, hooks);
+  return pool(batch, forward(batch, hooks));
+}
+
+Tensor BertEncoder::pool(const TokenBatch& batch, const Tensor& states) const {
   const int64_t dim = config_.dim;
-  const float* hs = hidden.view<const float>().data();
+  const std::vector<int64_t> len = packed_lengths(batch);
+  const int64_t total = std::accumulate(len.begin(), len.end(), int64_t{0});
+  require(states.dtype() == DType::f32 && states.shape() == Shape{total, dim}, "BertEncoder::pool: states are ",
+          states.shape().str(), ", the batch's packed tokens need float32 [", total, ", ", dim, "]");
+  const float* hs = states.view<const float>().data();
   Tensor out(DType::f32, Shape{batch.size, dim});
   float* o = out.view<float>().data();
   int64_t row = 0;
   for (int64_t s = 0; s < batch.size; ++s) {
-    const int64_t n = batch.tokens(s);
+    const int64_t n = len[static_cast<std::size_t>(s)];
     Eigen::Map<Vector<float>> e(o + s * dim, dim);
     const Eigen::Map<const RowMatrix<float>> rows(hs + row * dim, n, dim);
     e = rows.colwise().sum().transpose() / static_cast<float>(n);

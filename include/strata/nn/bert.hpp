@@ -55,6 +55,16 @@ class BertEncoder {
   // Mean of each sequence's final hidden states over its real tokens, L2-normalised -> [size, dim].
   Tensor embed(const TokenBatch& batch, ForwardHooks* hooks = nullptr) const;
 
+  // The forward pass in pieces, for an early exit or a compressed hand-off between layers.
+  // input_states: layer 0's input (the embeddings after their LayerNorm), packed [total, dim].
+  // run_layers: layers [begin, end) applied to packed states of the same batch. forward(batch) is
+  // run_layers(batch, input_states(batch), 0, n_layers); splitting it at any layer gives the same result.
+  Tensor input_states(const TokenBatch& batch) const;
+  Tensor run_layers(const TokenBatch& batch, const Tensor& states, int64_t begin, int64_t end,
+                    ForwardHooks* hooks = nullptr) const;
+  // embed's pooling alone: each sequence's mean over its packed rows, L2-normalised -> [size, dim].
+  Tensor pool(const TokenBatch& batch, const Tensor& states) const;
+
   // The linear layers by tensor name (without the file's prefix), in forward order: per layer
   // attention.self.{query,key,value}, attention.output.dense, intermediate.dense, output.dense.
   const std::vector<std::string>& linear_names() const { return linear_names_; }
@@ -82,6 +92,8 @@ class BertEncoder {
     return *linears_[static_cast<std::size_t>(block * kSlots + slot)];
   }
   std::size_t linear_slot(std::string_view name) const;
+  // Real tokens of each sequence, after checking that the batch is well formed and right-padded.
+  std::vector<int64_t> packed_lengths(const TokenBatch& batch) const;
 
   BertConfig config_;
   std::shared_ptr<const RowMatrix<float>> word_embd_;
