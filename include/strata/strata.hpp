@@ -72,5 +72,11 @@
 #include "strata/kv/scorers.hpp"
 #include "strata/kv/session.hpp"
 
+// gated
+#include "strata/gated/codec.hpp"
+#include "strata/gated/gated_compression.hpp"
+#include "strata/gated/logistic.hpp"
+#include "strata/gated/task.hpp"
+
 // pipeline
 #include "strata/pipeline/pipeline.hpp"

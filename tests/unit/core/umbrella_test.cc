@@ -52,6 +52,11 @@ TEST(Umbrella, EveryModuleIsReachable) {
   const auto names = kv::scorer_names();
   EXPECT_NE(std::find(names.begin(), names.end(), "h2o"), names.end());
 
+  // gated: the threshold that keeps both of two positives
+  const std::vector<double> scores = {0.2, 0.7, 0.9};
+  const std::vector<uint8_t> labels = {0, 1, 1};
+  EXPECT_EQ(gated::threshold_for_recall(scores, labels, 1.0), 0.7);
+
   // pipeline
   const pipeline::CalibrateOptions calibrate;
   EXPECT_GT(calibrate.sequences, 0);
