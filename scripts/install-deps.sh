@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential g++ cmake ninja-build pkg-config git python3 python3-pip
+  build-essential g++ cmake ninja-build pkg-config git python3 python3-pip python3-venv
   libeigen3-dev libopenblas-dev liblapacke-dev
   libxtensor-dev xtl-dev libhwy-dev
   libgtest-dev libgmock-dev libbenchmark-dev

@@ -387,24 +387,31 @@ std::vector<std::pair<std::string, std::string>> llama_mix_types(const Model& mo
 
 budget::Plan llama_mix_plan(const Model& model, const budget::Table& table, std::string_view file_type) {
   const std::string method = "quant.ggml";
+  const compress::WeightCompressor& quant = compress::find_compressor(method);
   std::map<std::string, std::string, std::less<>> types;
   for (auto& [tensor, type] : llama_mix_types(model, file_type, /*has_imatrix=*/true)) types[tensor] = type;
   budget::Plan plan;
   plan.solver = "llama.cpp " + std::string(file_type);
   for (const auto& layer : table.layers) {
-    const budget::Candidate* pick = nullptr;
     const auto it = types.find(layer.tensor);
-    if (layer.options.size() == 1 || it == types.end()) {
+    if (it == types.end()) {
       require(layer.options.size() == 1, "llama.cpp ", file_type, ": tensor '", layer.tensor,
               "' is not one llama-quantize quantizes, and the table gives it ", layer.options.size(), " options");
-      pick = &layer.options.front();  // pinned
-    } else {
-      for (const auto& o : layer.options)
-        if (o.method == method && o.knob == it->second) pick = &o;
-      require(pick != nullptr, "llama.cpp ", file_type, ": tensor '", layer.tensor, "' has no option ", method, ":",
-              it->second, " in the candidate table");
+      plan.choices.push_back(budget::Choice::of(layer.tensor, layer.options.front()));  // pinned
+      continue;
     }
-    plan.choices.push_back(budget::Choice::of(layer.tensor, *pick));
+    const budget::Candidate* pick = nullptr;
+    for (const auto& o : layer.options)
+      if (o.method == method && o.knob == it->second) pick = &o;
+    if (pick != nullptr) {
+      plan.choices.push_back(budget::Choice::of(layer.tensor, *pick));
+      continue;
+    }
+    // The recipe's menu may leave out a type the mix uses (a menu without q5_1, say): the mix still
+    // has it, at its exact cost, with no predicted error.
+    const auto [rows, cols] = model.weight_shape(layer.tensor);
+    const compress::Cost cost = quant.cost(compress::Layer::shape_only(layer.tensor, rows, cols), it->second);
+    plan.choices.push_back({layer.tensor, method, it->second, cost, 0.0});
   }
   plan.constraint = {budget::Metric::bytes, plan.total_cost().bytes};
   return plan;

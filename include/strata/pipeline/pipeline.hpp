@@ -186,9 +186,10 @@ budget::Constraint resolve_budget(const Model& model, const budget::Recipe& reci
 // llama_mix_plan(). Throws naming the tensor when its table has no such option.
 budget::Plan uniform_plan(const Model& model, const budget::Table& table, std::string_view request);
 // llama-quantize's per-tensor types for `file_type` ("Q3_K_M") on this model, quantized with the
-// imatrix (quant.ggml; llama.cpp's rules that depend on an imatrix take it as given), picked from the
-// table. Tensors the table does not cover keep their form; a covered tensor whose table lacks the
-// mix's type is refused naming the tensor and the type.
+// imatrix (quant.ggml; llama.cpp's rules that depend on an imatrix take it as given), with the table's
+// cost and predicted error where the table has the option, else the exact cost and no predicted
+// error (0): a recipe whose menu leaves out a type the mix uses still gets the mix. A tensor the mix
+// does not quantize must be pinned in the table (one option), else it is refused naming it.
 budget::Plan llama_mix_plan(const Model& model, const budget::Table& table, std::string_view file_type);
 // The mix's type per tensor of the model (token embedding and linear layers, the model's order), as
 // lowercase ggml type names ("q4_k"): what llama-quantize writes for `file_type`.
