@@ -9,6 +9,7 @@
 #include "strata/core/blas.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
+#include "strata/nn/token_reduction.hpp"
 
 namespace strata::nn {
 
@@ -259,7 +260,7 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
   require(0 <= begin && begin <= end && end <= c.n_layers, "BertEncoder::run_layers: layers [", begin, ", ", end,
           ") are not a range of the encoder's ", c.n_layers, " layers");
   // Packed layout: sequence s owns rows [start[s], start[s] + len[s]).
-  const std::vector<int64_t> len = packed_lengths(batch);
+  std::vector<int64_t> len = packed_lengths(batch);
   std::vector<int64_t> start(len.size());
   int64_t total = 0;
   for (std::size_t s = 0; s < len.size(); ++s) {
@@ -274,6 +275,10 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
   const int64_t hd = c.head_dim();
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   RowMatrix<float> q, k, v, ctx(total, dim), tmp, h, block_in;
+  // A token reducer (token_reduction.hpp) may merge or drop tokens between attention and MLP.
+  TokenReducer* const reducer = hooks ? hooks->token_reducer() : nullptr;
+  if (reducer) reducer->begin(len);
+  std::vector<float> first_heads, first_attention;
   for (int64_t l = begin; l < end; ++l) {
     const Block& b = blocks_[static_cast<std::size_t>(l)];
     const auto name = [&](int slot) -> const std::string& {
@@ -290,6 +295,10 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
     linear_forward(layer(l, kValue), b.bias[kValue], x, v);
 
     const bool want_probs = hooks && hooks->wants_attention(li);
+    const float* const key_bias = reducer ? reducer->key_bias() : nullptr;
+    const bool want_first = reducer && reducer->wants_first_attention(li);
+    if (want_first) first_heads.assign(static_cast<std::size_t>(c.n_heads * total), 0.0f);
+    if (ctx.rows() != total) ctx.resize(total, dim);
     const int64_t jobs = batch.size * c.n_heads;
     parallel_for(jobs, total < kRowsPerChunk ? jobs : 1, [&](int64_t begin, int64_t end) {
       using Slice = Eigen::Map<const RowMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>>;
@@ -303,11 +312,16 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
         const Slice ks(k.data() + off, n, hd, Eigen::OuterStride<>(dim));
         const Slice vs(v.data() + off, n, hd, Eigen::OuterStride<>(dim));
         scores.noalias() = (qs * ks.transpose()) * scale;
+        if (key_bias)
+          scores.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(key_bias + start[static_cast<std::size_t>(s)], n);
         for (int64_t i = 0; i < n; ++i) {
           auto row = scores.row(i).array();
           row = (row - row.maxCoeff()).exp();
           row /= row.sum();
         }
+        if (want_first)
+          std::copy(scores.data(), scores.data() + n,
+                    first_heads.begin() + head * total + start[static_cast<std::size_t>(s)]);
         if (want_probs) hooks->on_attention(li, static_cast<int>(head), scores.data(), n, n, 0);
         OutSlice(ctx.data() + off, n, hd, Eigen::OuterStride<>(dim)).noalias() = scores * vs;
       }
@@ -321,6 +335,21 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
     tmp += x;
     x.swap(tmp);
     layer_norm(x, b.attn_norm_w, b.attn_norm_b, c.norm_eps);
+    if (reducer) {
+      if (want_first) {
+        first_attention.assign(static_cast<std::size_t>(total), 0.0f);
+        for (int64_t head = 0; head < c.n_heads; ++head)
+          for (int64_t i = 0; i < total; ++i)
+            first_attention[static_cast<std::size_t>(i)] +=
+                first_heads[static_cast<std::size_t>(head * total + i)] / static_cast<float>(c.n_heads);
+      }
+      reducer->reduce({li, c.n_heads, &k, want_first ? first_attention.data() : nullptr}, x, len);
+      total = 0;
+      for (std::size_t s = 0; s < len.size(); ++s) {
+        start[s] = total;
+        total += len[s];
+      }
+    }
 
     if (hooks) {
       const std::string u[] = {name(kUp)};
@@ -336,7 +365,12 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
     tmp += x;
     x.swap(tmp);
     layer_norm(x, b.out_norm_w, b.out_norm_b, c.norm_eps);
-    if (hooks) hooks->on_block(li, block_in.data(), x.data(), total, dim);
+    if (hooks && block_in.rows() == total) hooks->on_block(li, block_in.data(), x.data(), total, dim);
+  }
+  if (reducer) {
+    reducer->restore(x, tmp);
+    x.swap(tmp);
+    total = x.rows();
   }
 
   Tensor out(DType::f32, Shape{total, dim});

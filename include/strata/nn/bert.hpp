@@ -51,6 +51,8 @@ class BertEncoder {
   // Final hidden states of the real tokens of every sequence, packed in order: rows
   // [0, tokens(0)) belong to sequence 0, the next tokens(1) rows to sequence 1, ... -> [total, dim].
   // The attention mask must be right padding (ones, then zeros). Token type ids are all 0.
+  // When hooks->token_reducer() is set, it merges or drops tokens after each layer's attention
+  // (nn/token_reduction.hpp) and the final rows are restored to one per original token.
   Tensor forward(const TokenBatch& batch, ForwardHooks* hooks = nullptr) const;
   // Mean of each sequence's final hidden states over its real tokens, L2-normalised -> [size, dim].
   Tensor embed(const TokenBatch& batch, ForwardHooks* hooks = nullptr) const;

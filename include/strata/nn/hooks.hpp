@@ -7,6 +7,8 @@
 
 namespace strata::nn {
 
+class TokenReducer;  // strata/nn/token_reduction.hpp
+
 class ForwardHooks {
  public:
   virtual ~ForwardHooks() = default;
@@ -24,6 +26,8 @@ class ForwardHooks {
                             int64_t q_pos0) {}
   // Hidden state entering and leaving a block, both [tokens, dim] (for block influence).
   virtual void on_block(int layer, const float* in, const float* out, int64_t tokens, int64_t dim) {}
+  // A reducer that merges or drops tokens between attention and MLP (encoders only), or null.
+  virtual TokenReducer* token_reducer() { return nullptr; }
 };
 
 }  // namespace strata::nn
