@@ -16,6 +16,7 @@
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
 #include "strata/io/gguf.hpp"
+#include "strata/io/imatrix.hpp"
 #include "strata/io/mapped_file.hpp"
 #include "strata/pipeline/pipeline.hpp"
 
@@ -38,6 +39,7 @@ struct Options {
   int generations = -1, offspring = -1;
   int64_t probe_windows = 2, probe_length = 64;
   std::string calib_text, calib_slice;
+  std::string imatrix;  // a llama.cpp importance matrix replacing the calibration's mean x^2
   int64_t sequences = -1, length = -1;
   std::string eval_text, eval_slice = "0.9:1.0";
   int64_t eval_tokens = 2048, context = 512;
@@ -156,8 +158,17 @@ void run(const Options& o, bool compress_model) {
             eval_slice->describe(), ") overlap");
   }
 
+  std::optional<io::Imatrix> imatrix;
+  if (!o.imatrix.empty()) imatrix = io::read_imatrix(o.imatrix);
+
   const pipeline::Model model = pipeline::Model::load(o.model, /*need_tokenizer=*/true);
   if (!o.out.empty()) pipeline::check_output(model, recipe, o.out);
+  if (imatrix) {
+    std::vector<std::pair<std::string, int64_t>> layers;
+    for (const auto& name : model.dense->linear_names())
+      layers.emplace_back(name, model.dense->linear(name).in_features());
+    io::check_imatrix(*imatrix, layers, o.imatrix);
+  }
   if (!given_plan) pipeline::check_budget(model, recipe, request);
   report.model = o.model;
   report.recipe = recipe.name;
@@ -167,10 +178,16 @@ void run(const Options& o, bool compress_model) {
 
   // ---- calibrate, measure, plan ----
   auto t = Clock::now();
-  const pipeline::Calibration calib =
+  pipeline::Calibration calib =
       pipeline::calibrate(model, calib_slice, {recipe.calib_sequences, recipe.calib_length, {}}, progress);
   report.seconds.emplace_back("calibration", since(t));
   report.calibration = calib.source;
+  if (imatrix) {
+    // Rounding weighs by the imported importance; errors are still measured on the calibration.
+    nn::apply_imatrix(*imatrix, calib.stats);
+    report.calibration += "; importance (mean x^2) of " + std::to_string(imatrix->entries.size()) +
+                          " tensors from the llama.cpp imatrix " + o.imatrix;
+  }
   pipeline::LayerBank bank(model, &calib.stats);
 
   budget::Table table;
@@ -364,6 +381,8 @@ void add_options(CLI::App* cmd, Options& o) {
   cmd->add_option("--calib-slice", o.calib_slice, "calibration slice BEGIN:END (overrides the recipe)");
   cmd->add_option("--sequences", o.sequences, "calibration sequences (overrides the recipe)");
   cmd->add_option("--length", o.length, "tokens per calibration sequence (overrides the recipe)");
+  cmd->add_option("--imatrix", o.imatrix, "llama.cpp importance matrix (.gguf or legacy .dat) to weigh the rounding by")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--table", o.table_out, "also write the candidate table (JSON) here");
   cmd->add_option("--table-in", o.table_in, "reuse a candidate table written by --table (same model and recipe)")
       ->check(CLI::ExistingFile);

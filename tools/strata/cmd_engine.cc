@@ -144,12 +144,20 @@ void register_engine(CLI::App& app) {
     auto* cmd = app.add_subcommand("calibrate", "Collect calibration statistics (Gram matrices, imatrix, block influence)");
     static std::string model, text, slice = "0:0.5";
     static int64_t sequences = 128, length = 512;
+    static std::string imatrix_out;
     cmd->add_option("model", model, "GGUF (llama) model with a tokenizer")->required()->check(CLI::ExistingFile);
+    cmd->add_option("--imatrix-out", imatrix_out,
+                    "also write the mean x^2 statistics as a llama.cpp importance matrix (.gguf, or legacy .dat)");
     cmd->add_option("--text", text, "calibration text file")->required()->check(CLI::ExistingFile);
     cmd->add_option("--slice", slice, "part of the text, as fractions BEGIN:END")->capture_default_str();
     cmd->add_option("--sequences", sequences)->capture_default_str()->check(CLI::Range(1, 100000));
     cmd->add_option("--length", length, "tokens per sequence")->capture_default_str()->check(CLI::Range(2, 1 << 16));
     cmd->callback([] {
+      if (!imatrix_out.empty()) {
+        const auto dir = std::filesystem::absolute(imatrix_out).parent_path();
+        require(std::filesystem::is_directory(dir), "--imatrix-out '", imatrix_out, "': directory ", dir.string(),
+                " does not exist");
+      }
       const Loaded l = load(model);
       require(l.tokenizer.has_value(), model, ": no tokenizer in the file; calibrate needs text");
       const nn::TextSlice s = nn::TextSlice::parse(text, slice);
@@ -184,6 +192,13 @@ void register_engine(CLI::App& app) {
       std::printf("block influence (1 - cos(in, out)):");
       for (double b : calib.block_influence()) std::printf(" %.3f", b);
       std::printf("\n");
+      if (!imatrix_out.empty()) {
+        io::Imatrix m = nn::to_imatrix(calib, length, std::filesystem::path(text).filename().string());
+        m.chunk_count = static_cast<int64_t>(seqs.size());
+        io::write_imatrix(m, imatrix_out);
+        std::printf("importance matrix: %s (%zu entries, %lld chunks of %lld tokens)\n", imatrix_out.c_str(),
+                    m.entries.size(), static_cast<long long>(m.chunk_count), static_cast<long long>(length));
+      }
     });
   }
 }

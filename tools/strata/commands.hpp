@@ -10,5 +10,6 @@ void register_engine(CLI::App& app);
 void register_sweep(CLI::App& app);
 void register_compress(CLI::App& app);
 void register_kv(CLI::App& app);
+void register_rotate(CLI::App& app);
 
 }  // namespace strata::cli

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   strata::cli::register_sweep(app);
   strata::cli::register_compress(app);
   strata::cli::register_kv(app);
+  strata::cli::register_rotate(app);
 
   try {
     app.parse(argc, argv);
