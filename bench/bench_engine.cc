@@ -21,10 +21,6 @@
 #include <string>
 #include <vector>
 
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
 
 #include "strata/compress/compressor.hpp"
@@ -35,6 +31,7 @@
 #include "strata/io/model.hpp"
 #include "strata/kernels/ggml_codec.hpp"
 #include "strata/nn/llama.hpp"
+#include "llama_cpp_runner.hpp"
 
 extern char** environ;
 
@@ -182,48 +179,13 @@ std::unique_ptr<strata::nn::LlamaModel> recode(const strata::nn::LlamaModel& sto
   return m;
 }
 
-// llama.cpp on the same file through scripts/bench_llama_cpp.py (no shell), or nullopt when the
-// interpreter is missing or the run fails.
-std::optional<nlohmann::json> run_llama_cpp(const std::string& python, const std::string& model, int threads) {
-  const std::string script = std::string(STRATA_SOURCE_DIR) + "/scripts/bench_llama_cpp.py";
-  if (python.empty() || access(python.c_str(), X_OK) != 0) return std::nullopt;
-  int fds[2];
-  if (pipe(fds) != 0) return std::nullopt;
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&actions, fds[0]);
-  const std::string t = std::to_string(threads);
-  std::vector<std::string> args = {python, script, "--model", model, "--threads", t};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, python.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  close(fds[1]);
-  std::string out;
-  char buf[4096];
-  for (ssize_t n; rc == 0 && (n = read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
-  close(fds[0]);
-  int status = 0;
-  if (rc != 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return std::nullopt;
-  try {
-    return nlohmann::json::parse(out);
-  } catch (const std::exception&) {
-    return std::nullopt;
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
   std::filesystem::path model_path = strata::io::DataPaths::resolve().smollm2();
   std::string forms_arg = "f32,file,q8_0,q4_0,q4_k,int4,2:4,lowrank";
-  std::string llama_python;
-  if (const char* env = std::getenv("STRATA_LLAMA_CPP_PYTHON")) llama_python = env;
-  if (llama_python.empty()) llama_python = std::string(STRATA_SOURCE_DIR) + "/.cache/llama-cpp/bin/python";
+  std::string llama_python = strata::bench::llama_cpp_python();
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
@@ -294,7 +256,9 @@ int main(int argc, char** argv) {
 
   std::map<int, nlohmann::json> llama;
   for (int t : {1, 2})
-    if (auto j = run_llama_cpp(llama_python, model_path.string(), t)) llama[t] = *j;
+    if (auto j = strata::bench::run_llama_cpp(llama_python,
+                                              {"--model", model_path.string(), "--threads", std::to_string(t)}))
+      llama[t] = *j;
 
   std::printf("\nSummary (same run). decode/copy: weight bytes read per second over the copy bandwidth (read +\n"
               "written, as STREAM counts); x f32: tokens/s over the float32 form's\n");

@@ -6,7 +6,14 @@
 // Before them, the SIMD scoring helpers (src/kernels/cpu/kv_score.hpp) are timed against their
 // scalar references, and top-k against the std::partial_sort the eviction policy used, at the
 // sizes a decode step gives them; they need no model.
-// Usage: bench_kv [--model PATH] [--budget 410] [benchmark flags].
+// Then the stored KV formats in the decode loop (kv::CacheFormat): SmolLM2 run in its file's types
+// (LlamaModel::load_stored), a prompt of 2K and of 4K random tokens read once with the float32
+// cache, then for each format a session continuing from it with its cache re-stored in that format
+// (Session::with_format) decodes; the median step is compared with the float32 cache's in the same
+// run, with the Hadamard rotation's own work per step timed beside it, and llama.cpp's decode step
+// at the same depth on the same file when scripts/install-llama-cpp.sh has installed it.
+// Usage: bench_kv [--model PATH] [--budget 410] [--contexts 2048,4096] [--no-formats]
+//                 [--llama-cpp-python PATH] [benchmark flags].
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -24,9 +31,12 @@
 #include <vector>
 
 #include "../src/kernels/cpu/kv_score.hpp"  // the helpers and their scalar references
+#include "llama_cpp_runner.hpp"
 #include "strata/core/blas.hpp"
+#include "strata/core/parallel.hpp"
 #include "strata/io/data_paths.hpp"
 #include "strata/io/model.hpp"
+#include "strata/kernels/hadamard.hpp"
 #include "strata/kv/session.hpp"
 #include "strata/nn/llama.hpp"
 
@@ -112,6 +122,135 @@ void BM_Compressed(benchmark::State& state, std::string name, std::string scorer
   state.counters["overhead_%"] = 100 * comp_ms / step;
 }
 
+
+// ---- stored KV formats in the decode loop ----------------------------------------------------------
+
+constexpr int64_t kFormatSteps = 32;
+std::unique_ptr<strata::nn::LlamaModel> g_stored;  // the file's types
+std::map<int64_t, std::unique_ptr<strata::kv::Session>> g_prefilled;  // per context, float32 cache
+struct FormatRun {
+  double step_ms = 0;
+  double cache_mib = 0;
+};
+std::map<int64_t, std::map<std::string, FormatRun>> g_format_runs;  // context -> format name -> run
+std::vector<std::pair<std::string, strata::kv::CacheFormat>> g_formats;
+std::map<int64_t, double> g_llama_ms;  // context -> llama.cpp's decode step
+
+std::vector<int32_t> stored_tokens(int64_t n) {
+  std::mt19937 rng(11);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& v : t) v = static_cast<int32_t>(rng() % static_cast<uint32_t>(g_stored->config().vocab_size));
+  return t;
+}
+
+strata::kv::Session& prefilled(int64_t context) {
+  auto& s = g_prefilled[context];
+  if (!s) {
+    s = std::make_unique<strata::kv::Session>(*g_stored, context + kFormatSteps);
+    std::vector<float> logits(static_cast<size_t>(g_stored->config().vocab_size));
+    const auto prompt = stored_tokens(context);
+    s->forward(prompt, logits.data(), strata::nn::Logits::last);
+  }
+  return *s;
+}
+
+void BM_FormatDecode(benchmark::State& state, int64_t context, std::string name, strata::kv::CacheFormat format) {
+  strata::kv::Session& base = prefilled(context);
+  const auto next = stored_tokens(context + kFormatSteps);
+  std::vector<float> logits(static_cast<size_t>(g_stored->config().vocab_size));
+  std::vector<double> steps;
+  double mib = 0;
+  for (auto _ : state) {
+    auto session = base.with_format(format);
+    for (int64_t i = 0; i < kFormatSteps; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      session->forward(std::span<const int32_t>(next).subspan(static_cast<size_t>(context + i), 1), logits.data(),
+                       strata::nn::Logits::last);
+      steps.push_back(ms_since(t0));
+    }
+    mib = static_cast<double>(session->cache_bytes()) / (1 << 20);
+  }
+  g_format_runs[context][name] = {median(steps), mib};
+  state.counters["step_ms"] = median(steps);
+  state.counters["cache_MiB"] = mib;
+}
+
+// The rotation's own work in one decode step, in the calls and shapes the session makes them: per
+// layer and KV head, its new key row and value row rotated as they are stored, its query heads'
+// rows rotated before scoring and their outputs rotated back.
+double g_rotation_us = 0;
+void BM_RotationWork(benchmark::State& state) {
+  const auto& c = g_stored->config();
+  const int64_t group = c.n_heads / c.n_kv_heads;
+  const strata::kernels::HadamardRotation rot(c.head_dim, 0);
+  std::vector<float> row(static_cast<size_t>(group * c.head_dim), 0.5f);
+  int64_t calls = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      for (int64_t h = 0; h < c.n_kv_heads; ++h) {
+        rot.rotate(row.data(), 1, c.head_dim);
+        rot.rotate(row.data(), 1, c.head_dim);
+        rot.rotate(row.data(), group, c.head_dim);
+        rot.unrotate(row.data(), group, c.head_dim);
+      }
+    benchmark::DoNotOptimize(row.data());
+    ++calls;
+  }
+  g_rotation_us = 1000 * ms_since(t0) / static_cast<double>(std::max<int64_t>(calls, 1));
+}
+
+void register_formats(const std::vector<int64_t>& contexts) {
+  using strata::kv::CacheFormat;
+  using strata::kv::KvFormat;
+  auto fmt = [](KvFormat f, bool rotate) {
+    CacheFormat c;
+    c.key = c.value = f;
+    c.rotate = rotate;
+    return c;
+  };
+  g_formats = {{"f32", fmt(KvFormat::f32, false)},     {"f32+rot", fmt(KvFormat::f32, true)},
+               {"f16", fmt(KvFormat::f16, false)},     {"q8_0", fmt(KvFormat::q8_0, false)},
+               {"q4_0", fmt(KvFormat::q4_0, false)},   {"q4_0+rot", fmt(KvFormat::q4_0, true)},
+               {"kivi4", fmt(KvFormat::kivi4, false)}, {"kivi4+rot", fmt(KvFormat::kivi4, true)},
+               {"kivi2", fmt(KvFormat::kivi2, false)}, {"kivi2+rot", fmt(KvFormat::kivi2, true)}};
+  for (const int64_t context : contexts)
+    for (const auto& [name, format] : g_formats) {
+      const std::string bm = "FormatDecode/" + std::to_string(context) + "/" + name;
+      benchmark::RegisterBenchmark(bm.c_str(), BM_FormatDecode, context, name, format)
+          ->Iterations(1)
+          ->Unit(benchmark::kMillisecond);
+    }
+  benchmark::RegisterBenchmark("FormatDecode/rotation_work_per_step", BM_RotationWork)->Unit(benchmark::kMicrosecond);
+}
+
+void print_formats() {
+  if (g_format_runs.empty()) return;
+  std::printf("\nStored KV formats, decode step after a prompt (same run; medians of %lld steps; SmolLM2 in its "
+              "file's types, %d threads)\n",
+              static_cast<long long>(kFormatSteps), strata::num_threads());
+  std::printf("%-8s %-10s %10s %11s %14s %12s\n", "context", "format", "step ms", "cache MiB", "f32 step / this",
+              "cache ratio");
+  for (const auto& [context, runs] : g_format_runs) {
+    const auto f32 = runs.count("f32") ? runs.at("f32") : FormatRun{};
+    for (const auto& [name, format] : g_formats) {
+      if (!runs.count(name)) continue;
+      const FormatRun& r = runs.at(name);
+      std::printf("%-8lld %-10s %10.2f %11.2f %14.2fx %11.2fx\n", static_cast<long long>(context), name.c_str(),
+                  r.step_ms, r.cache_mib, f32.step_ms / r.step_ms, f32.cache_mib > 0 ? r.cache_mib / f32.cache_mib : 0);
+    }
+    if (g_llama_ms.count(context))
+      std::printf("%-8lld %-10s %10.2f %11s %14.2fx   (llama.cpp / strata f32: %.2fx)\n", static_cast<long long>(context),
+                  "llama.cpp", g_llama_ms[context], "", f32.step_ms / g_llama_ms[context],
+                  g_llama_ms[context] / f32.step_ms);
+    if (g_rotation_us > 0 && runs.count("q4_0+rot") && runs.count("q4_0"))
+      std::printf("rotation at %lld: its own work %.1f us per step = %.2f%% of the q4_0+rot step (%.2f ms); step "
+                  "difference q4_0+rot - q4_0 = %+.2f ms (%+.1f%%)\n",
+                  static_cast<long long>(context), g_rotation_us, 0.1 * g_rotation_us / runs.at("q4_0+rot").step_ms,
+                  runs.at("q4_0+rot").step_ms, runs.at("q4_0+rot").step_ms - runs.at("q4_0").step_ms,
+                  100 * (runs.at("q4_0+rot").step_ms - runs.at("q4_0").step_ms) / runs.at("q4_0").step_ms);
+  }
+}
 
 // ---- the scoring helpers -------------------------------------------------------------------------
 
@@ -212,6 +351,9 @@ void print_helpers() {
 int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
   std::filesystem::path model_path = strata::io::DataPaths::resolve().smollm2();
+  std::vector<int64_t> contexts = {2048, 4096};
+  bool formats = true;
+  std::string llama_python = strata::bench::llama_cpp_python();
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
@@ -220,6 +362,23 @@ int main(int argc, char** argv) {
     }
     if (std::strcmp(argv[i], "--budget") == 0 && i + 1 < argc) {
       g_budget = std::atoll(argv[++i]);
+      continue;
+    }
+    if (std::strcmp(argv[i], "--contexts") == 0 && i + 1 < argc) {
+      contexts.clear();
+      for (std::string list = argv[++i]; !list.empty();) {
+        const size_t comma = list.find(',');
+        contexts.push_back(std::atoll(list.substr(0, comma).c_str()));
+        list = comma == std::string::npos ? "" : list.substr(comma + 1);
+      }
+      continue;
+    }
+    if (std::strcmp(argv[i], "--no-formats") == 0) {
+      formats = false;
+      continue;
+    }
+    if (std::strcmp(argv[i], "--llama-cpp-python") == 0 && i + 1 < argc) {
+      llama_python = argv[++i];
       continue;
     }
     rest.push_back(argv[i]);
@@ -235,8 +394,22 @@ int main(int argc, char** argv) {
     print_helpers();
     return 0;
   }
-  auto file = strata::io::open_model(model_path);
+  std::shared_ptr<const strata::io::Model> file = strata::io::open_model(model_path);
   g_model = std::make_unique<strata::nn::LlamaModel>(strata::nn::LlamaModel::load(*file));
+  if (formats) {
+    g_stored = std::make_unique<strata::nn::LlamaModel>(strata::nn::LlamaModel::load_stored(file));
+    register_formats(contexts);
+    for (const int64_t context : contexts) {
+      const auto j = strata::bench::run_llama_cpp(
+          llama_python, {"--model", model_path.string(), "--threads", std::to_string(strata::num_threads()),
+                         "--context", std::to_string(context), "--steps", std::to_string(kFormatSteps), "--prefill",
+                         "64", "--repeats", "1"});
+      if (j) g_llama_ms[context] = 1000.0 / (*j)["decode_tok_s"].get<double>();
+    }
+    if (g_llama_ms.empty())
+      std::printf("llama.cpp: not measured (no %s; run scripts/install-llama-cpp.sh or pass --llama-cpp-python)\n",
+                  llama_python.c_str());
+  }
   std::printf("model: %s, context %lld, budget %lld tokens per KV head (AdaKV, sinks 4, recent 16), %lld decode "
               "steps per run\n",
               model_path.c_str(), static_cast<long long>(kContext), static_cast<long long>(g_budget),
@@ -257,6 +430,7 @@ int main(int argc, char** argv) {
   benchmark::Shutdown();
 
   print_helpers();
+  print_formats();
   const double dense = g_time.count("dense") ? g_time["dense"].step_ms : 0;
   std::printf("\nSummary (same run; medians; target: compression <= 5%% of the decode step)\n");
   std::printf("%-32s %12s %14s %12s %14s\n", "run", "step ms", "compress ms", "of step", "of dense 2K step");

@@ -162,7 +162,14 @@ int64_t AttentionScorer::state_floats() const {
 void KeyNorm::score(const Cache& cache, int layer, int head, std::span<float> out) {
   const int64_t n = cache.length(layer, head), d = cache.head_dim();
   require(static_cast<int64_t>(out.size()) == n, "kv scorer 'keynorm': ", out.size(), " outputs for ", n, " tokens");
-  kernels::kv_row_norms(cache.keys(layer, head), n, d, d, out.data());
+  if (cache.format().key_format(layer) == KvFormat::f32 && !cache.rotation()) {
+    kernels::kv_row_norms(cache.keys(layer, head), n, d, d, out.data());
+  } else {
+    // A quantized or rotated cache: the norms of the keys it holds, as read back.
+    std::vector<float> keys(static_cast<size_t>(n * d));
+    cache.read_keys(layer, head, 0, n, keys.data());
+    kernels::kv_row_norms(keys.data(), n, d, d, out.data());
+  }
   for (float& x : out) x = -x;
 }
 

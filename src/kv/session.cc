@@ -18,12 +18,22 @@ Layout layout_of(const nn::LlamaModel& model) {
   return {c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim};
 }
 
+// A layer budget below the KIVI float32 window would evict tokens the window is meant to hold.
+void check_budget_holds_window(const Eviction& eviction, const CacheFormat& format, int64_t n_layers) {
+  if (format.min_budget() == 0) return;
+  const auto budgets = eviction.layer_budgets(n_layers);
+  for (size_t l = 0; l < budgets.size(); ++l)
+    require(budgets[l] >= format.min_budget(), "kv::Session: kivi_residual = ", format.kivi_residual,
+            " float32 tokens per head do not fit the eviction budget of layer ", l, " (", budgets[l],
+            " tokens per KV head, '", describe(eviction), "'): lower kivi_residual or raise the budget");
+}
+
 }  // namespace
 
 Session::Session(const nn::LlamaModel& model, int64_t max_tokens, std::optional<Eviction> eviction,
-                 Schedule schedule)
+                 Schedule schedule, CacheFormat format)
     : model_(model),
-      cache_(model.config().n_layers, model.config().n_kv_heads, model.config().head_dim),
+      cache_(model.config().n_layers, model.config().n_kv_heads, model.config().head_dim, 0, std::move(format)),
       eviction_(std::move(eviction)),
       schedule_(schedule),
       session_(model, max_tokens, this) {
@@ -33,6 +43,7 @@ Session::Session(const nn::LlamaModel& model, int64_t max_tokens, std::optional<
     eviction_->layer_budgets(model.config().n_layers);
     require(eviction_->policy.streaming || eviction_->scorer != nullptr, "kv::Session: eviction '",
             describe(*eviction_), "' has no scorer");
+    check_budget_holds_window(*eviction_, cache_.format(), model.config().n_layers);
     if (eviction_->scorer) eviction_->scorer->bind(layout_of(model));
     if (schedule.decode) cache_.set_headroom(schedule.every);
   }
@@ -51,9 +62,17 @@ std::unique_ptr<Session> Session::fork(const Policy& policy, int64_t budget, Sch
   auto out = std::make_unique<Session>(model_, session_.capacity());
   out->eviction_ = Eviction{std::move(scorer), policy, budget};
   out->eviction_->layer_budgets(model_.config().n_layers);  // a budget the policy cannot meet fails here
+  check_budget_holds_window(*out->eviction_, cache_.format(), model_.config().n_layers);
   out->schedule_ = schedule;
   out->cache_ = cache_;
   if (schedule.decode) out->cache_.set_headroom(schedule.every);
+  out->session_.resume_at(session_.position());
+  return out;
+}
+
+std::unique_ptr<Session> Session::with_format(CacheFormat format) const {
+  auto out = std::make_unique<Session>(model_, session_.capacity(), std::nullopt, schedule_, format);
+  out->cache_ = cache_.converted(std::move(format));
   out->session_.resume_at(session_.position());
   return out;
 }
@@ -94,10 +113,46 @@ void Session::attend(int layer, const float* q, const float* k, const float* v, 
   Scorer* scorer = eviction_ ? eviction_->scorer.get() : nullptr;
   const bool scorer_probs = scorer && scorer->wants_attention(layer);
   const bool hook_probs = hooks && hooks->wants_attention(layer);
+  auto observe = [&](int64_t h, const float* probs, int64_t rows, int64_t len) {
+    if (scorer_probs) scorer->observe(layer, static_cast<int>(h), probs, rows, len, pos0);
+    if (hook_probs) hooks->on_attention(layer, static_cast<int>(h), probs, rows, len, pos0);
+  };
   int64_t longest = 0;
   for (int h = 0; h < c.n_kv_heads; ++h) longest = std::max(longest, cache_.length(layer, h));
   // The same threshold as the dense session: waking threads costs more than small attention.
   const bool parallel_heads = n * longest * hd * n_heads >= (int64_t{1} << 20);
+
+  if (!cache_.format().full_precision()) {
+    // The stored form. A decode step reads each KV head once for the query heads that share it
+    // (their rows of q are adjacent); a multi-token forward runs one query head at a time.
+    const bool shared = n == 1;
+    const int64_t tasks = shared ? c.n_kv_heads : n_heads;
+    parallel_for(tasks, parallel_heads ? 1 : tasks, [&](int64_t t0, int64_t t1) {
+      std::vector<float> scores;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int kvh = static_cast<int>(shared ? t : t / group);
+        const int64_t len = cache_.length(layer, kvh);
+        if (shared) {
+          scores.resize(static_cast<size_t>(group * len));
+          cache_.attend_scores(layer, kvh, q + t * group * hd, group, hd, scale, scores.data());
+          for (int64_t g = 0; g < group; ++g) {
+            nn::causal_softmax_rows(scores.data() + g * len, 1, len, len - 1);
+            observe(t * group + g, scores.data() + g * len, 1, len);
+          }
+          cache_.attend_values(layer, kvh, scores.data(), group, out + t * group * hd, hd);
+        } else {
+          // The n new tokens are the head's last n, so query i sees the first len - n + i + 1 tokens.
+          scores.resize(static_cast<size_t>(n * len));
+          cache_.attend_scores(layer, kvh, q + t * hd, n, q_dim, scale, scores.data());
+          nn::causal_softmax_rows(scores.data(), n, len, len - n);
+          observe(t, scores.data(), n, len);
+          cache_.attend_values(layer, kvh, scores.data(), n, out + t * hd, q_dim);
+        }
+      }
+    });
+    return;
+  }
+
   parallel_for(n_heads, parallel_heads ? 1 : n_heads, [&](int64_t h0, int64_t h1) {
     RowMatrix<float> scores;
     for (int64_t h = h0; h < h1; ++h) {
@@ -112,8 +167,7 @@ void Session::attend(int layer, const float* q, const float* k, const float* v, 
       scores.resize(n, len);
       scores.noalias() = (qh * kh.transpose()) * scale;
       nn::causal_softmax_rows(scores.data(), n, len, before);
-      if (scorer_probs) scorer->observe(layer, static_cast<int>(h), scores.data(), n, len, pos0);
-      if (hook_probs) hooks->on_attention(layer, static_cast<int>(h), scores.data(), n, len, pos0);
+      observe(h, scores.data(), n, len);
       Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>> o(out + h * hd, n, hd, Eigen::OuterStride<>(q_dim));
       o.noalias() = scores * vh;
     }

@@ -2,9 +2,11 @@
 // A Llama-family session whose keys and values live in a kv::Cache: every KV head attends over its
 // own kept tokens, and a kv::Eviction evicts after the prompt and/or while generating.
 //
-// With nothing evicted the attention is the dense session's, operation for operation (the same
-// products and the same softmax over the same tokens in the same order), so logits match
-// nn::LlamaSession's (tests/unit/kv/kv_session_test.cc).
+// With nothing evicted and the float32 format the attention is the dense session's, operation for
+// operation (the same products and the same softmax over the same tokens in the same order), so
+// logits match nn::LlamaSession's (tests/unit/kv/kv_session_test.cc). With a quantized or rotated
+// format (CacheFormat) attention reads the stored form through Cache::attend_scores and
+// attend_values; in a decode step the query heads that share a KV head read its rows together.
 //
 // When it compresses (Schedule):
 //   prefill   after every forward of more than one token (a prompt, or a chunk of one).
@@ -39,8 +41,11 @@ class Session : private nn::LlamaSession::KvStore {
  public:
   // max_tokens bounds the positions (the model's context), not the memory, which the budget bounds.
   // The eviction's scorer is bound to the model's layout here and belongs to this session.
+  // `format` says how the cache stores keys and values (CacheFormat: float32 by default). It is
+  // validated against the model here, and against the eviction's budget: a budget below the KIVI
+  // float32 window (CacheFormat::min_budget) is refused, naming kivi_residual.
   Session(const nn::LlamaModel& model, int64_t max_tokens, std::optional<Eviction> eviction = std::nullopt,
-          Schedule schedule = {});
+          Schedule schedule = {}, CacheFormat format = {});
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
@@ -52,6 +57,11 @@ class Session : private nn::LlamaSession::KvStore {
   // then computes the logits, of a session that read the prompt with that eviction and
   // Schedule::prefill on, bit for bit.
   std::unique_ptr<Session> fork(const Policy& policy, int64_t budget, Schedule schedule) const;
+
+  // A session that continues from this one with its cache re-stored in `format`
+  // (Cache::converted): same position, same tokens, no eviction. Reading a prompt in float32 and
+  // then going on with a quantized cache is how KIVI runs (the prompt attends in full precision).
+  std::unique_ptr<Session> with_format(CacheFormat format) const;
 
   // As nn::LlamaSession::forward, then compresses as the schedule says. `hooks` sees attention rows
   // over each KV head's kept tokens (k_len = that head's length, columns in cache order).
