@@ -50,7 +50,7 @@ struct Args {
   std::vector<int64_t> layers = {1, 2, 3};
   std::vector<double> recalls = {0.9, 0.95, 0.97, 0.99};
   std::vector<std::string> codecs = {"none", "dense", "r128", "r64", "r32", "r16", "k48", "r128k48"};
-  std::vector<double> gate_l2 = {1e-3, 1e-2, 1e-1, 1.0};
+  std::vector<double> gate_l2 = {1e-2, 1e-1, 1.0, 10.0};
   double head_l2 = 1e-3, tune_recall = 0.97;
   int64_t max_tokens = 128, batch = 32, pca_rows = 12000;
   std::string timed_codec = "r64";
@@ -500,30 +500,38 @@ void run(const Args& a) {
   // against the ungated encoder on the test split, at the first layer, the tuning recall and --timed-codec.
   if (timed) {
     const auto members_all = batches(iota_n(static_cast<int64_t>(ids_test.size())), test.tokens, a.batch);
-    auto t1 = std::chrono::steady_clock::now();
-    for (const auto& members : members_all) {
-      const Tensor e = enc.embed(make_batch(ids_test, members));
-      (void)head.logits(as_eigen(e.view<const float>()));
+    // The best of two alternating rounds each: the cores are shared, and the minimum is the least disturbed.
+    double t_full = 1e30, t_gated = 1e30, t_front = 1e30;
+    std::size_t went_on = 0;
+    for (int round = 0; round < 2; ++round) {
+      auto t1 = std::chrono::steady_clock::now();
+      for (const auto& members : members_all) {
+        const Tensor e = enc.embed(make_batch(ids_test, members));
+        (void)head.logits(as_eigen(e.view<const float>()));
+      }
+      t_full = std::min(t_full, seconds_since(t1));
+      t1 = std::chrono::steady_clock::now();
+      std::vector<std::vector<uint8_t>> go_on;
+      for (const auto& members : members_all) {
+        gated::GatedCompression::Front f = timed->front(enc, make_batch(ids_test, members));
+        for (auto& p : f.payloads)
+          if (!p.empty()) go_on.push_back(std::move(p));
+      }
+      const double front = seconds_since(t1);
+      for (std::size_t i = 0; i < go_on.size(); i += static_cast<std::size_t>(a.batch)) {
+        const std::vector<std::vector<uint8_t>> part(
+            go_on.begin() + static_cast<std::ptrdiff_t>(i),
+            go_on.begin() + static_cast<std::ptrdiff_t>(std::min(go_on.size(), i + static_cast<std::size_t>(a.batch))));
+        const Tensor e = timed->back(enc, part);
+        (void)head.logits(as_eigen(e.view<const float>()));
+      }
+      const double gated_s = seconds_since(t1);
+      if (gated_s < t_gated) t_gated = gated_s, t_front = front;
+      went_on = go_on.size();
     }
-    const double t_full = seconds_since(t1);
-    t1 = std::chrono::steady_clock::now();
-    std::vector<std::vector<uint8_t>> go_on;
-    for (const auto& members : members_all) {
-      gated::GatedCompression::Front f = timed->front(enc, make_batch(ids_test, members));
-      for (auto& p : f.payloads)
-        if (!p.empty()) go_on.push_back(std::move(p));
-    }
-    const double t_front = seconds_since(t1);
-    for (std::size_t i = 0; i < go_on.size(); i += static_cast<std::size_t>(a.batch)) {
-      const std::vector<std::vector<uint8_t>> part(
-          go_on.begin() + static_cast<std::ptrdiff_t>(i),
-          go_on.begin() + static_cast<std::ptrdiff_t>(std::min(go_on.size(), i + static_cast<std::size_t>(a.batch))));
-      const Tensor e = timed->back(enc, part);
-      (void)head.logits(as_eigen(e.view<const float>()));
-    }
-    const double t_gated = seconds_since(t1);
+    const std::size_t go_on_size = went_on;
     setup << "- wall time on the test split (gate after layer " << a.layers.front() << ", recall " << a.tune_recall
-          << ", codec " << a.timed_codec << ", " << go_on.size() << " sentences go on): ungated encoder "
+          << ", codec " << a.timed_codec << ", " << go_on_size << " sentences go on; best of 2): ungated encoder "
           << t_full << " s, gated path " << t_gated << " s (front " << t_front << " s), " << t_full / t_gated
           << "x\n";
   }
@@ -551,6 +559,7 @@ void run(const Args& a) {
 int main(int argc, char** argv) {
   using namespace strata::examples;
   strata::ensure_fast_blas(argc, argv);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   Args a;
   const strata::io::DataPaths paths = data_paths();
   a.model = paths.models / "all-minilm-l6-v2";
