@@ -1,5 +1,4 @@
-// Per-layer token-reduction rates from measured sensitivity and the budget
-// allocator.
+// Per-layer token-reduction rates from measured sensitivity and the budget allocator.
 #include "strata/token/schedule.hpp"
 
 #include <algorithm>
@@ -19,68 +18,52 @@ std::string knob(double fraction) {
   return buf;
 }
 
-// FLOPs one token removed at layer l saves over the rest of the encoder (the
-// token-linear terms): that layer's MLP and every later layer's projections and
-// MLP.
-double saving_per_token(const nn::BertConfig &c, int64_t l) {
-  const auto dim = static_cast<double>(c.dim),
-             hidden = static_cast<double>(c.hidden_dim);
-  const double attention = 2.0 * 4.0 * dim * dim,
-               mlp = 2.0 * 2.0 * dim * hidden;
+// FLOPs one token removed at layer l saves over the rest of the encoder (the token-linear terms): that
+// layer's MLP and every later layer's projections and MLP.
+double saving_per_token(const nn::BertConfig& c, int64_t l) {
+  const auto dim = static_cast<double>(c.dim), hidden = static_cast<double>(c.hidden_dim);
+  const double attention = 2.0 * 4.0 * dim * dim, mlp = 2.0 * 2.0 * dim * hidden;
   return mlp + (attention + mlp) * static_cast<double>(c.n_layers - 1 - l);
 }
 
-double top_fraction(const Sensitivity &s) {
-  return *std::max_element(s.fractions.begin(), s.fractions.end());
+double top_fraction(const Sensitivity& s) { return *std::max_element(s.fractions.begin(), s.fractions.end()); }
+
+// Whole FLOPs, so that the knapsack is exact whenever the costs' common divisor allows.
+double layer_cost(const Sensitivity& s, const nn::BertConfig& c, int64_t l, double fraction) {
+  return std::round(s.mean_length * saving_per_token(c, l) * (top_fraction(s) - fraction));
 }
 
-// Whole FLOPs, so that the knapsack is exact whenever the costs' common divisor
-// allows.
-double layer_cost(const Sensitivity &s, const nn::BertConfig &c, int64_t l,
-                  double fraction) {
-  return std::round(s.mean_length * saving_per_token(c, l) *
-                    (top_fraction(s) - fraction));
+void check(const Sensitivity& s, const nn::BertConfig& c) {
+  require(!s.fractions.empty() && static_cast<int64_t>(s.loss.size()) == c.n_layers && s.mean_length > 0,
+          "token schedule: the sensitivity table has ", s.loss.size(), " layers and ", s.fractions.size(),
+          " rates; the encoder has ", c.n_layers, " layers");
+  for (const auto& row : s.loss)
+    require(row.size() == s.fractions.size(), "token schedule: a sensitivity row has ", row.size(), " losses for ",
+            s.fractions.size(), " rates");
 }
 
-void check(const Sensitivity &s, const nn::BertConfig &c) {
-  require(!s.fractions.empty() &&
-              static_cast<int64_t>(s.loss.size()) == c.n_layers &&
-              s.mean_length > 0,
-          "token schedule: the sensitivity table has ", s.loss.size(),
-          " layers and ", s.fractions.size(), " rates; the encoder has ",
-          c.n_layers, " layers");
-  for (const auto &row : s.loss)
-    require(row.size() == s.fractions.size(),
-            "token schedule: a sensitivity row has ", row.size(),
-            " losses for ", s.fractions.size(), " rates");
-}
+}  // namespace
 
-} // namespace
-
-Sensitivity measure_sensitivity(const nn::BertEncoder &encoder,
-                                std::span<const nn::TokenBatch> batches,
-                                const SensitivityOptions &options) {
-  require(!options.fractions.empty(),
-          "token sensitivity: option 'fractions' is empty");
+Sensitivity measure_sensitivity(const nn::BertEncoder& encoder, std::span<const nn::TokenBatch> batches,
+                                const SensitivityOptions& options) {
+  require(!options.fractions.empty(), "token sensitivity: option 'fractions' is empty");
   for (double f : options.fractions)
-    require(f > 0 && f < 0.5, "token sensitivity: option 'fractions' holds ", f,
-            "; each rate must be in (0, 0.5)");
-  require(!batches.empty(), "token sensitivity: option 'batches' is empty; "
-                            "calibration passages are needed");
-  const nn::BertConfig &c = encoder.config();
+    require(f > 0 && f < 0.5, "token sensitivity: option 'fractions' holds ", f, "; each rate must be in (0, 0.5)");
+  require(!batches.empty(),
+          "token sensitivity: option 'batches' is empty; "
+          "calibration passages are needed");
+  const nn::BertConfig& c = encoder.config();
   Sensitivity s;
   s.method = options.method;
   s.fractions = options.fractions;
   std::vector<Tensor> dense;
   int64_t sequences = 0, tokens = 0;
-  for (const auto &b : batches) {
+  for (const auto& b : batches) {
     dense.push_back(encoder.embed(b));
     sequences += b.size;
-    for (int64_t i = 0; i < b.size; ++i)
-      tokens += b.tokens(i);
+    for (int64_t i = 0; i < b.size; ++i) tokens += b.tokens(i);
   }
-  require(sequences > 0,
-          "token sensitivity: option 'batches' holds no sequence");
+  require(sequences > 0, "token sensitivity: option 'batches' holds no sequence");
   s.mean_length = static_cast<double>(tokens) / static_cast<double>(sequences);
   const int64_t dim = c.dim;
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -88,6 +71,7 @@ Sensitivity measure_sensitivity(const nn::BertEncoder &encoder,
     for (double f : options.fractions) {
       ReducerOptions ro;
       ro.method = options.method;
+      ro.metric = options.metric;
       ro.proportional_attention = options.proportional_attention;
       ro.schedule.fraction.assign(static_cast<size_t>(c.n_layers), 0.0);
       ro.schedule.fraction[static_cast<size_t>(l)] = f;
@@ -95,11 +79,10 @@ Sensitivity measure_sensitivity(const nn::BertEncoder &encoder,
       double cos = 0;
       for (size_t bi = 0; bi < batches.size(); ++bi) {
         const Tensor e = encoder.embed(batches[bi], &reducer);
-        const float *a = e.view<const float>().data();
-        const float *d = dense[bi].view<const float>().data();
+        const float* a = e.view<const float>().data();
+        const float* d = dense[bi].view<const float>().data();
         for (int64_t i = 0; i < batches[bi].size; ++i)
-          cos += nn::cosine({a + i * dim, static_cast<size_t>(dim)},
-                            {d + i * dim, static_cast<size_t>(dim)});
+          cos += nn::cosine({a + i * dim, static_cast<size_t>(dim)}, {d + i * dim, static_cast<size_t>(dim)});
       }
       row.push_back(std::max(0.0, 1.0 - cos / static_cast<double>(sequences)));
     }
@@ -108,16 +91,14 @@ Sensitivity measure_sensitivity(const nn::BertEncoder &encoder,
   return s;
 }
 
-budget::Table sensitivity_table(const Sensitivity &s, const nn::BertConfig &c) {
+budget::Table sensitivity_table(const Sensitivity& s, const nn::BertConfig& c) {
   check(s, c);
-  const std::string method =
-      std::string("token.") + std::string(method_name(s.method));
+  const std::string method = std::string("token.") + std::string(method_name(s.method));
   budget::Table t;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     budget::LayerCandidates layer;
     layer.tensor = "encoder.layer." + std::to_string(l);
-    layer.options.push_back(
-        {method, knob(0.0), {0, 0, layer_cost(s, c, l, 0.0)}, 0.0});
+    layer.options.push_back({method, knob(0.0), {0, 0, layer_cost(s, c, l, 0.0)}, 0.0});
     for (size_t i = 0; i < s.fractions.size(); ++i)
       layer.options.push_back({method,
                                knob(s.fractions[i]),
@@ -128,31 +109,24 @@ budget::Table sensitivity_table(const Sensitivity &s, const nn::BertConfig &c) {
   return t;
 }
 
-double schedule_cost(const Sensitivity &s, const nn::BertConfig &c,
-                     const Schedule &schedule) {
+double schedule_cost(const Sensitivity& s, const nn::BertConfig& c, const Schedule& schedule) {
   check(s, c);
   double cost = 0;
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    const double f = static_cast<size_t>(l) < schedule.fraction.size()
-                         ? schedule.fraction[static_cast<size_t>(l)]
-                         : 0;
+    const double f = static_cast<size_t>(l) < schedule.fraction.size() ? schedule.fraction[static_cast<size_t>(l)] : 0;
     cost += layer_cost(s, c, l, f);
   }
   return cost;
 }
 
-Schedule allocate_schedule(const Sensitivity &s, const nn::BertConfig &c,
-                           double budget) {
+Schedule allocate_schedule(const Sensitivity& s, const nn::BertConfig& c, double budget) {
   const budget::Table table = sensitivity_table(s, c);
-  const budget::Plan plan =
-      budget::solve(table, {budget::Metric::flops, budget}, budget::Solver::dp);
+  const budget::Plan plan = budget::solve(table, {budget::Metric::flops, budget}, budget::Solver::dp);
   Schedule out;
-  for (const auto &choice : plan.choices)
-    out.fraction.push_back(std::stod(choice.knob));
-  require(out.total() < 1.0,
-          "token schedule: the allocator's plan for option 'budget' ", budget,
-          " removes ", out.total(), " of the tokens; the total must be < 1");
+  for (const auto& choice : plan.choices) out.fraction.push_back(std::stod(choice.knob));
+  require(out.total() < 1.0, "token schedule: the allocator's plan for option 'budget' ", budget, " removes ",
+          out.total(), " of the tokens; the total must be < 1");
   return out;
 }
 
-} // namespace strata::token
+}  // namespace strata::token

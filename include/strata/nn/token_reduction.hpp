@@ -1,22 +1,17 @@
 #pragma once
-// Token reduction inside an encoder: between a layer's attention and its MLP, a
-// reducer may merge or drop tokens of each sequence, so that the layers after
-// it run on fewer rows. The encoder only calls this interface; the algorithms
-// (token merging, attention-score pruning) live in strata/token/. A reducer is
+// Token reduction inside an encoder: between a layer's attention and its MLP, a reducer may merge or drop
+// tokens of each sequence, so that the layers after it run on fewer rows. The encoder only calls this
+// interface; the algorithms (token merging, attention-score pruning) live in strata/token/. A reducer is
 // handed to the encoder as its ForwardHooks (token_reducer() returns it).
 //
 // The contract, per run of the encoder's layers:
-//   begin(lengths)                        the sequences' real token counts,
-//   rows packed in order per layer l:
-//     key_bias()                          added to every query's logit for each
-//     key (log size for
-//                                         proportional attention), packed like
-//                                         the rows, or null
-//     wants_first_attention(l)            whether reduce() needs the first
-//     token's attention reduce(in, x, lengths)              after attention,
-//     its residual and LayerNorm; may shrink x
-//   restore(x, full)                      one row per original token again (the
-//   source map)
+//   begin(lengths)             the sequences' real token counts, rows packed in order
+//   per layer l:
+//     key_bias()               added to every query's logit for each key (log size for proportional
+//                              attention), packed like the rows, or null
+//     wants_first_attention(l) whether reduce() needs the first token's attention
+//     reduce(in, x, lengths)   after attention, its residual and LayerNorm; may shrink x
+//   restore(x, full)           one row per original token again (the source map)
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -30,32 +25,28 @@ namespace strata::nn {
 struct ReductionInput {
   int layer = 0;
   int64_t n_heads = 0;
-  // This layer's keys [total, dim], head h in columns [h * head_dim, (h + 1) *
-  // head_dim).
-  const RowMatrix<float> *keys = nullptr;
-  // [total]: per token, the attention its sequence's first token pays it,
-  // averaged over heads. Null unless wants_first_attention(layer).
-  const float *first_attention = nullptr;
+  // This layer's keys [total, dim], head h in columns [h * head_dim, (h + 1) * head_dim).
+  const RowMatrix<float>* keys = nullptr;
+  // [total]: per token, the attention its sequence's first token pays it, averaged over heads. Null unless
+  // wants_first_attention(layer).
+  const float* first_attention = nullptr;
 };
 
 class TokenReducer : public ForwardHooks {
-public:
-  TokenReducer *token_reducer() override { return this; }
+ public:
+  TokenReducer* token_reducer() override { return this; }
 
   // A new run over sequences with these token counts (rows packed in order).
   virtual void begin(std::span<const int64_t> lengths) = 0;
-  // Additive bias on the attention logits, one per packed row (the key), or
-  // null for none.
-  virtual const float *key_bias() const = 0;
+  // Additive bias on the attention logits, one per packed row (the key), or null for none.
+  virtual const float* key_bias() const = 0;
   virtual bool wants_first_attention(int layer) const { return false; }
-  // Replaces the hidden states x [total, dim] by the reduced ones and `lengths`
-  // by the new token counts; lengths enters holding the current counts.
-  virtual void reduce(const ReductionInput &in, RowMatrix<float> &x,
-                      std::vector<int64_t> &lengths) = 0;
-  // Final states [current total, dim] -> [original total, dim]: each original
-  // token gets the row of the token it was merged into.
-  virtual void restore(const RowMatrix<float> &x,
-                       RowMatrix<float> &full) const = 0;
+  // Replaces the hidden states x [total, dim] by the reduced ones and `lengths` by the new token counts;
+  // lengths enters holding the current counts.
+  virtual void reduce(const ReductionInput& in, RowMatrix<float>& x, std::vector<int64_t>& lengths) = 0;
+  // Final states [current total, dim] -> [original total, dim]: each original token gets the row of the token
+  // it was merged into.
+  virtual void restore(const RowMatrix<float>& x, RowMatrix<float>& full) const = 0;
 };
 
-} // namespace strata::nn
+}  // namespace strata::nn

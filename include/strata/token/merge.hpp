@@ -1,14 +1,13 @@
 #pragma once
-// Token merging (ToMe: bipartite soft matching, size-weighted averages,
-// proportional attention) and attention-score pruning (EViT: keep the tokens
-// the first token attends to most, fuse the rest into one), as an
-// nn::TokenReducer that BertEncoder runs between each layer's attention and its
-// MLP. docs/token-merging.md has the math, the API and measured figures.
+// Token merging (ToMe: bipartite soft matching, size-weighted averages, proportional attention) and
+// attention-score pruning (EViT: keep the tokens the first token attends to most, fuse the rest into one), as
+// an nn::TokenReducer that BertEncoder runs between each layer's attention and its MLP. docs/token-merging.md
+// has the math, the API and measured figures.
 //
-//   token::Schedule s = token::Schedule::constant(6, 0.5);          // 50%
-//   fewer tokens after 6 layers token::Reducer merge({.method =
-//   token::Method::merge, .schedule = s}); Tensor e = encoder.embed(batch,
-//   &merge);                          // one row per sentence, as before
+//   token::ReducerOptions o;
+//   o.schedule = token::Schedule::constant(6, 0.5);   // 50% fewer tokens after 6 layers
+//   token::Reducer merge(o);
+//   Tensor e = encoder.embed(batch, &merge);          // one row per sentence, as before
 #include <cstdint>
 #include <span>
 #include <string>
@@ -21,133 +20,118 @@
 
 namespace strata::token {
 
-// A reduction of one sequence of n tokens to `out` tokens: token i goes to row
-// dest[i].
+// A reduction of one sequence of n tokens to `out` tokens: token i goes to row dest[i].
 struct Reduction {
   std::vector<int64_t> dest;
   int64_t out = 0;
   bool identity() const { return out == static_cast<int64_t>(dest.size()); }
 };
 
-// The most tokens bipartite_soft_matching can merge away from n: the size of
-// set A (the even positions), less the first token when it is protected.
+// The most tokens bipartite_soft_matching can merge away from n: the size of set A (the even positions), less
+// the first token when it is protected.
 int64_t max_merge(int64_t n, bool protect_first);
 
-// ToMe's bipartite soft matching on metric rows [n, d] (row stride ld): tokens
-// at even positions form set A, odd positions set B; each A token's most
-// cosine-similar B token is its match (the lower B index on ties); the r A
-// tokens with the most similar matches (the lower A index on ties) merge into
-// their match, every other token stays. Kept tokens keep their order, so the
-// first token stays first. Throws strata::Error naming the option "r" when r <
-// 0 or r > max_merge(n, protect_first).
-Reduction bipartite_soft_matching(const float *metric, int64_t n, int64_t d,
-                                  int64_t ld, int64_t r,
+// ToMe's bipartite soft matching on metric rows [n, d] (row stride ld): tokens at even positions form set A,
+// odd positions set B; each A token's most cosine-similar B token is its match (the lower B index on ties);
+// the r A tokens with the most similar matches (the lower A index on ties) merge into their match, every
+// other token stays. Kept tokens keep their order, so the first token stays first. Throws strata::Error
+// naming the option "r" when r < 0 or r > max_merge(n, protect_first).
+Reduction bipartite_soft_matching(const float* metric, int64_t n, int64_t d, int64_t ld, int64_t r,
                                   bool protect_first = true);
 
-// EViT-style pruning: removes `remove` tokens of n by keeping the first token
-// and the n - remove - 2 others with the highest score (the lower index on
-// ties), in order, and fusing the remove + 1 others into one token placed last.
-// remove = 0 is the identity. Throws strata::Error naming the option "remove"
-// when remove < 0 or remove > n - 2 (nothing would be left to keep besides the
-// first token).
+// EViT-style pruning: removes `remove` tokens of n by keeping the first token and the n - remove - 2 others
+// with the highest score (the lower index on ties), in order, and fusing the remove + 1 others into one token
+// placed last. remove = 0 is the identity. Throws strata::Error naming the option "remove" when remove < 0 or
+// remove > n - 2 (nothing would be left to keep besides the first token).
 Reduction keep_top_fuse_rest(std::span<const float> score, int64_t remove);
 
-// y [r.out, dim] = for each output row, the weighted mean of the rows of x [n,
-// dim] that go to it. Every weight must be > 0 (sizes, attention
-// probabilities).
-void reduce_rows(const Reduction &r, const float *x, int64_t dim,
-                 std::span<const float> weights, float *y);
+// y [r.out, dim] = for each output row, the weighted mean of the rows of x [n, dim] that go to it. Every
+// weight must be > 0 (sizes, attention probabilities).
+void reduce_rows(const Reduction& r, const float* x, int64_t dim, std::span<const float> weights, float* y);
 
 // Tokens removed at each layer, as fractions of the sequence's original length.
 struct Schedule {
-  std::vector<double>
-      fraction; // one per encoder layer (missing layers remove nothing)
+  std::vector<double> fraction;  // one per encoder layer (missing layers remove nothing)
 
   // `total` removed evenly over `layers` layers.
   static Schedule constant(int64_t layers, double total);
   // ToMe's decreasing schedule: layer l removes in proportion to layers - l.
   static Schedule decreasing(int64_t layers, double total);
   double total() const;
-  // Throws strata::Error naming the option "schedule" unless every fraction is
-  // finite and >= 0 and their sum is < 1.
+  // Throws strata::Error naming the option "schedule" unless every fraction is finite and >= 0 and their sum
+  // is < 1.
   void validate() const;
-  std::string str() const; // "0.083,0.083,..."
+  std::string str() const;  // "0.083,0.083,..."
 };
 
 enum class Method { merge, prune };
-Method parse_method(std::string_view name); // "merge", "prune"; strata::Error
-                                            // naming "method" otherwise
+// "merge", "prune"; strata::Error naming the option "method" otherwise.
+Method parse_method(std::string_view name);
 std::string_view method_name(Method m);
 
-// What bipartite matching compares: ToMe's keys averaged over heads, or the
-// hidden states entering the MLP.
+// What bipartite matching compares: ToMe's keys averaged over heads, or the hidden states entering the MLP.
 enum class Metric { keys, hidden };
-Metric parse_metric(std::string_view name); // "keys", "hidden"; strata::Error
-                                            // naming "metric" otherwise
+// "keys", "hidden"; strata::Error naming the option "metric" otherwise.
+Metric parse_metric(std::string_view name);
 std::string_view metric_name(Metric m);
 
 struct ReducerOptions {
   Method method = Method::merge;
   Metric metric = Metric::keys;
   Schedule schedule;
-  bool proportional_attention = true; // log(size) added to each key's logit
-  bool protect_first =
-      true; // [CLS] never merged away (pruning always keeps it)
+  bool proportional_attention = true;  // log(size) added to each key's logit
+  bool protect_first = true;           // [CLS] never merged away (pruning always keeps it)
+  // A schedule short sequences cannot meet (see Reducer::removals): refused (false), or reduced as far as
+  // the method goes (true; LayerStats show what was removed).
+  bool allow_shortfall = false;
 };
 
-// Tokens each layer saw over every run since construction (or reset_stats), for
-// FLOP counts.
+// Tokens each layer saw over every run since construction (or reset_stats), for FLOP counts.
 struct LayerStats {
   int64_t tokens_in = 0,
-          tokens_out = 0;     // rows entering attention, rows entering the MLP
-  double attention_pairs = 0; // sum over sequences of tokens_in^2
+          tokens_out = 0;      // rows entering attention, rows entering the MLP
+  double attention_pairs = 0;  // sum over sequences of tokens_in^2
 };
 
 class Reducer final : public nn::TokenReducer {
-public:
+ public:
   explicit Reducer(ReducerOptions options);
 
   void begin(std::span<const int64_t> lengths) override;
-  const float *key_bias() const override;
+  const float* key_bias() const override;
   bool wants_first_attention(int layer) const override;
-  void reduce(const nn::ReductionInput &in, RowMatrix<float> &x,
-              std::vector<int64_t> &lengths) override;
-  void restore(const RowMatrix<float> &x,
-               RowMatrix<float> &full) const override;
+  void reduce(const nn::ReductionInput& in, RowMatrix<float>& x, std::vector<int64_t>& lengths) override;
+  void restore(const RowMatrix<float>& x, RowMatrix<float>& full) const override;
 
-  const ReducerOptions &options() const { return options_; }
-  // Tokens removed from a sequence of `length` tokens at each layer: the
-  // schedule's cumulative targets rounded to whole tokens, a step capped at
-  // what the method can remove there and the shortfall carried to the next
-  // layer. Throws strata::Error naming the option "schedule" when the last
-  // layer is reached short of the target.
+  const ReducerOptions& options() const { return options_; }
+  // Tokens removed from a sequence of `length` tokens at each layer: the schedule's cumulative targets
+  // rounded to whole tokens, a step capped at what the method can remove there and the shortfall carried to
+  // the next layer. Throws strata::Error naming the option "schedule" when the last layer is reached short of
+  // the target, unless options().allow_shortfall.
   std::vector<int64_t> removals(int64_t length) const;
-  // Sizes (original tokens per current token) of sequence s after the last
-  // reduce.
+  // Sizes (original tokens per current token) of sequence s after the last reduce.
   std::span<const float> sizes(int64_t s) const;
-  const std::vector<LayerStats> &stats() const { return stats_; }
+  const std::vector<LayerStats>& stats() const { return stats_; }
   void reset_stats() { stats_.clear(); }
 
-private:
+ private:
   struct Sequence {
-    int64_t length = 0;            // original tokens
-    std::vector<int64_t> removals; // per layer
-    std::vector<float> size;       // per current token
-    std::vector<int64_t> source;   // per original token: its current token
+    int64_t length = 0;             // original tokens
+    std::vector<int64_t> removals;  // per layer
+    std::vector<float> size;        // per current token
+    std::vector<int64_t> source;    // per original token: its current token
   };
   ReducerOptions options_;
   std::vector<Sequence> seqs_;
-  std::vector<float> bias_; // log(size), packed
+  std::vector<float> bias_;  // log(size), packed
   bool biased_ = false;
   std::vector<LayerStats> stats_;
 };
 
-// Multiply-adds x 2 of one encoder pass that saw `stats` (projections,
-// attention scores and context, MLP; LayerNorms, softmax and GELU left out).
-double encoder_flops(const nn::BertConfig &config,
-                     const std::vector<LayerStats> &stats);
+// Multiply-adds x 2 of one encoder pass that saw `stats` (projections, attention scores and context, MLP;
+// LayerNorms, softmax and GELU left out).
+double encoder_flops(const nn::BertConfig& config, const std::vector<LayerStats>& stats);
 // The same for the dense encoder on sequences of these lengths.
-double dense_encoder_flops(const nn::BertConfig &config,
-                           std::span<const int64_t> lengths);
+double dense_encoder_flops(const nn::BertConfig& config, std::span<const int64_t> lengths);
 
-} // namespace strata::token
+}  // namespace strata::token

@@ -1,18 +1,15 @@
 #pragma once
-// Per-layer token-reduction rates chosen by strata's budget allocator:
-// DiffRate's idea (a different rate per layer) with each layer's sensitivity
-// measured on calibration passages instead of learned.
+// Per-layer token-reduction rates chosen by strata's budget allocator: DiffRate's idea (a different rate per
+// layer) with each layer's sensitivity measured on calibration passages instead of learned.
 //
-//   Sensitivity s = token::measure_sensitivity(encoder, tuning_batches,
-//   {.method = Method::merge}); Schedule c = Schedule::constant(6, 0.5);
-//   Schedule a = token::allocate_schedule(s, encoder.config(),
-//   token::schedule_cost(s, encoder.config(), c));
+//   Sensitivity s = token::measure_sensitivity(encoder, tuning_batches);
+//   Schedule c = Schedule::constant(6, 0.5);
+//   Schedule a = token::allocate_schedule(s, encoder.config(), token::schedule_cost(s, encoder.config(), c));
 //
-// The cost model is the token-linear part of an encoder pass (the projections
-// and the MLP, which is what a removed token saves; the attention scores'
-// quadratic term is left out), so that the cost of a schedule is a sum over
-// layers of a term in that layer's rate alone and the allocator's knapsack
-// applies. encoder_flops() in merge.hpp counts every term for the reports.
+// The cost model is the token-linear part of an encoder pass (the projections and the MLP, which is what a
+// removed token saves; the attention scores' quadratic term is left out), so that the cost of a schedule is a
+// sum over layers of a term in that layer's rate alone and the allocator's knapsack applies. encoder_flops()
+// in merge.hpp counts every term for the reports.
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -26,40 +23,32 @@ namespace strata::token {
 
 struct SensitivityOptions {
   Method method = Method::merge;
-  std::vector<double> fractions = {0.05, 0.1, 0.15,
-                                   0.2,  0.3, 0.4}; // rates tried at each layer
+  Metric metric = Metric::keys;
+  std::vector<double> fractions = {0.05, 0.1, 0.15, 0.2, 0.3, 0.4};  // rates tried at each layer
   bool proportional_attention = true;
 };
 
-// loss[l][i]: 1 - mean cosine between the embeddings with fractions[i] of the
-// tokens removed at layer l alone and the dense embeddings, over every sequence
-// of the batches. Rate 0 has loss 0.
+// loss[l][i]: 1 - mean cosine between the embeddings with fractions[i] of the tokens removed at layer l alone
+// and the dense embeddings, over every sequence of the batches. Rate 0 has loss 0.
 struct Sensitivity {
   Method method = Method::merge;
   std::vector<double> fractions;
   std::vector<std::vector<double>> loss;
-  double mean_length = 0; // tokens per sequence, for the cost model
+  double mean_length = 0;  // tokens per sequence, for the cost model
 };
 
-// Throws strata::Error naming the option "fractions" for an empty list or a
-// rate outside (0, 0.5], and "batches" when there are none.
-Sensitivity measure_sensitivity(const nn::BertEncoder &encoder,
-                                std::span<const nn::TokenBatch> batches,
-                                const SensitivityOptions &options = {});
+// Throws strata::Error naming the option "fractions" for an empty list or a rate outside (0, 0.5], and
+// "batches" when there are none.
+Sensitivity measure_sensitivity(const nn::BertEncoder& encoder, std::span<const nn::TokenBatch> batches,
+                                const SensitivityOptions& options = {});
 
-// The budget table: per layer one option per rate (0 and the measured ones),
-// cost.flops the token-linear FLOPs that rate leaves for a sequence of
-// mean_length tokens (offset so that every cost is >= 0; the same offset for
-// every schedule), error the measured loss.
-budget::Table sensitivity_table(const Sensitivity &s,
-                                const nn::BertConfig &config);
-// The cost of `schedule` under the table's cost model (comparable with the
-// table's budgets).
-double schedule_cost(const Sensitivity &s, const nn::BertConfig &config,
-                     const Schedule &schedule);
-// The schedule of least summed loss whose cost is <= budget (exact
-// multiple-choice knapsack).
-Schedule allocate_schedule(const Sensitivity &s, const nn::BertConfig &config,
-                           double budget);
+// The budget table: per layer one option per rate (0 and the measured ones), cost.flops the token-linear
+// FLOPs that rate leaves for a sequence of mean_length tokens (offset so that every cost is >= 0; the same
+// offset for every schedule), error the measured loss.
+budget::Table sensitivity_table(const Sensitivity& s, const nn::BertConfig& config);
+// The cost of `schedule` under the table's cost model (comparable with the table's budgets).
+double schedule_cost(const Sensitivity& s, const nn::BertConfig& config, const Schedule& schedule);
+// The schedule of least summed loss whose cost is <= budget (exact multiple-choice knapsack).
+Schedule allocate_schedule(const Sensitivity& s, const nn::BertConfig& config, double budget);
 
-} // namespace strata::token
+}  // namespace strata::token

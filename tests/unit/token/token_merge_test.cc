@@ -1,8 +1,7 @@
-// Token merging and pruning: the matching against an exhaustive search,
-// proportional attention exact for duplicated tokens (by a direct attention
-// formula and through a small BERT encoder), sizes that always add up to the
-// original token count, the allocator's schedule against an exhaustive search,
-// and the refusals of bad options.
+// Token merging and pruning: the matching against an exhaustive search, proportional attention exact for
+// duplicated tokens (by a direct attention formula and through a small BERT encoder), sizes that always add
+// up to the original token count, the allocator's schedule against an exhaustive search, and the refusals of
+// bad options.
 #include "strata/token/merge.hpp"
 
 #include <gmock/gmock.h>
@@ -28,16 +27,14 @@ std::vector<float> random_rows(int64_t n, int64_t d, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> g;
   std::vector<float> v(static_cast<size_t>(n * d));
-  for (auto &x : v)
-    x = g(rng);
+  for (auto& x : v) x = g(rng);
   return v;
 }
 
-double cos_rows(const std::vector<float> &m, int64_t d, int64_t i, int64_t j) {
+double cos_rows(const std::vector<float>& m, int64_t d, int64_t i, int64_t j) {
   double ab = 0, aa = 0, bb = 0;
   for (int64_t c = 0; c < d; ++c) {
-    const double a = m[static_cast<size_t>(i * d + c)],
-                 b = m[static_cast<size_t>(j * d + c)];
+    const double a = m[static_cast<size_t>(i * d + c)], b = m[static_cast<size_t>(j * d + c)];
     ab += a * b;
     aa += a * a;
     bb += b * b;
@@ -45,33 +42,24 @@ double cos_rows(const std::vector<float> &m, int64_t d, int64_t i, int64_t j) {
   return ab / std::sqrt(aa * bb);
 }
 
-// ---- matching
-// ---------------------------------------------------------------------------------------
+// ---- matching ---------------------------------------------------------------------------------------
 
-// Exhaustive search: of all ways to pick r tokens of set A and send each to any
-// token of set B, the one with the largest summed similarity. Returns, per
-// token, the B token it merges into (-1: kept).
-std::vector<int64_t> best_matching(const std::vector<float> &m, int64_t n,
-                                   int64_t d, int64_t r, bool protect) {
+// Exhaustive search: of all ways to pick r tokens of set A and send each to any token of set B, the one with
+// the largest summed similarity. Returns, per token, the B token it merges into (-1: kept).
+std::vector<int64_t> best_matching(const std::vector<float>& m, int64_t n, int64_t d, int64_t r, bool protect) {
   std::vector<int64_t> a_set, b_set;
-  for (int64_t i = protect ? 2 : 0; i < n; i += 2)
-    a_set.push_back(i);
-  for (int64_t i = 1; i < n; i += 2)
-    b_set.push_back(i);
-  const auto na = static_cast<int64_t>(a_set.size()),
-             nb = static_cast<int64_t>(b_set.size());
+  for (int64_t i = protect ? 2 : 0; i < n; i += 2) a_set.push_back(i);
+  for (int64_t i = 1; i < n; i += 2) b_set.push_back(i);
+  const auto na = static_cast<int64_t>(a_set.size()), nb = static_cast<int64_t>(b_set.size());
   double best = -INFINITY;
   std::vector<int64_t> best_into;
   for (uint32_t mask = 0; mask < (1u << na); ++mask) {
-    if (std::popcount(mask) != r)
-      continue;
+    if (std::popcount(mask) != r) continue;
     std::vector<int64_t> chosen;
     for (int64_t i = 0; i < na; ++i)
-      if (mask & (1u << i))
-        chosen.push_back(a_set[static_cast<size_t>(i)]);
+      if (mask & (1u << i)) chosen.push_back(a_set[static_cast<size_t>(i)]);
     int64_t combos = 1;
-    for (int64_t i = 0; i < r; ++i)
-      combos *= nb;
+    for (int64_t i = 0; i < r; ++i) combos *= nb;
     for (int64_t code = 0; code < combos; ++code) {
       std::vector<int64_t> into(static_cast<size_t>(n), -1);
       double sum = 0;
@@ -96,10 +84,8 @@ TEST(BipartiteSoftMatching, AgreesWithExhaustiveSearch) {
     for (bool protect : {true, false})
       for (int64_t r = 0; r <= max_merge(n, protect); ++r) {
         const int64_t d = 6;
-        const auto m = random_rows(
-            n, d, static_cast<uint64_t>(100 * n + 10 * r + protect));
-        const Reduction red =
-            bipartite_soft_matching(m.data(), n, d, d, r, protect);
+        const auto m = random_rows(n, d, static_cast<uint64_t>(100 * n + 10 * r + protect));
+        const Reduction red = bipartite_soft_matching(m.data(), n, d, d, r, protect);
         const auto into = best_matching(m, n, d, r, protect);
         ASSERT_EQ(red.out, n - r) << "n=" << n << " r=" << r;
         // Kept tokens in order; merged ones share their B token's row.
@@ -107,16 +93,15 @@ TEST(BipartiteSoftMatching, AgreesWithExhaustiveSearch) {
         for (int64_t i = 0; i < n; ++i) {
           const int64_t target = into[static_cast<size_t>(i)];
           if (target < 0) {
-            EXPECT_EQ(red.dest[static_cast<size_t>(i)], next++)
-                << "n=" << n << " r=" << r << " token " << i;
+            EXPECT_EQ(red.dest[static_cast<size_t>(i)], next++) << "n=" << n << " r=" << r << " token " << i;
           } else {
-            EXPECT_EQ(red.dest[static_cast<size_t>(i)],
-                      red.dest[static_cast<size_t>(target)])
+            EXPECT_EQ(red.dest[static_cast<size_t>(i)], red.dest[static_cast<size_t>(target)])
                 << "n=" << n << " r=" << r << " token " << i;
           }
         }
-        if (protect && n > 0)
+        if (protect && n > 0) {
           EXPECT_EQ(red.dest[0], 0);
+        }
       }
 }
 
@@ -132,8 +117,7 @@ TEST(BipartiteSoftMatching, MergedRowsAreSizeWeightedMeans) {
       double num = 0, den = 0;
       for (int64_t i = 0; i < n; ++i)
         if (red.dest[static_cast<size_t>(i)] == o) {
-          num +=
-              size[static_cast<size_t>(i)] * m[static_cast<size_t>(i * d + c)];
+          num += size[static_cast<size_t>(i)] * m[static_cast<size_t>(i * d + c)];
           den += size[static_cast<size_t>(i)];
         }
       EXPECT_NEAR(y[static_cast<size_t>(o * d + c)], num / den, 1e-6);
@@ -141,10 +125,8 @@ TEST(BipartiteSoftMatching, MergedRowsAreSizeWeightedMeans) {
 }
 
 TEST(KeepTopFuseRest, KeepsTheMostAttendedAndFusesByAttention) {
-  const std::vector<float> score = {0.05f, 0.3f,  0.02f, 0.2f,
-                                    0.01f, 0.25f, 0.04f, 0.13f};
-  const Reduction red =
-      keep_top_fuse_rest(score, 3); // keep first + 3 best of the rest, fuse 4
+  const std::vector<float> score = {0.05f, 0.3f, 0.02f, 0.2f, 0.01f, 0.25f, 0.04f, 0.13f};
+  const Reduction red = keep_top_fuse_rest(score, 3);  // keep first + 3 best of the rest, fuse 4
   ASSERT_EQ(red.out, 5);
   // The three highest after the first are tokens 1, 5, 3; in order 1, 3, 5.
   EXPECT_EQ(red.dest, (std::vector<int64_t>{0, 1, 4, 2, 4, 3, 4, 4}));
@@ -154,49 +136,36 @@ TEST(KeepTopFuseRest, KeepsTheMostAttendedAndFusesByAttention) {
   reduce_rows(red, x.data(), d, score, y.data());
   for (int64_t c = 0; c < d; ++c) {
     const double w = 0.02 + 0.01 + 0.04 + 0.13;
-    const double fused = (0.02 * x[2 * d + c] + 0.01 * x[4 * d + c] +
-                          0.04 * x[6 * d + c] + 0.13 * x[7 * d + c]) /
-                         w;
+    const double fused = (0.02 * x[2 * d + c] + 0.01 * x[4 * d + c] + 0.04 * x[6 * d + c] + 0.13 * x[7 * d + c]) / w;
     EXPECT_NEAR(y[static_cast<size_t>(4 * d + c)], fused, 1e-6);
-    EXPECT_EQ(y[static_cast<size_t>(2 * d + c)],
-              x[static_cast<size_t>(3 * d + c)]);
+    EXPECT_EQ(y[static_cast<size_t>(2 * d + c)], x[static_cast<size_t>(3 * d + c)]);
   }
   EXPECT_TRUE(keep_top_fuse_rest(score, 0).identity());
 }
 
-// ---- proportional attention: a direct formula
-// ---------------------------------------------------------
+// ---- proportional attention: a direct formula -------------------------------------------------------
 
 // softmax(q k^T / sqrt(d) + bias) v for one query, in double.
-std::vector<double> attend(const std::vector<float> &q,
-                           const std::vector<float> &k,
-                           const std::vector<float> &v,
-                           const std::vector<double> &bias, int64_t n,
-                           int64_t d) {
-  std::vector<double> logit(static_cast<size_t>(n)),
-      out(static_cast<size_t>(d), 0.0);
+std::vector<double> attend(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                           const std::vector<double>& bias, int64_t n, int64_t d) {
+  std::vector<double> logit(static_cast<size_t>(n)), out(static_cast<size_t>(d), 0.0);
   double top = -INFINITY, sum = 0;
   for (int64_t j = 0; j < n; ++j) {
     double s = 0;
     for (int64_t c = 0; c < d; ++c)
-      s += static_cast<double>(q[static_cast<size_t>(c)]) *
-           k[static_cast<size_t>(j * d + c)];
-    logit[static_cast<size_t>(j)] =
-        s / std::sqrt(static_cast<double>(d)) + bias[static_cast<size_t>(j)];
+      s += static_cast<double>(q[static_cast<size_t>(c)]) * k[static_cast<size_t>(j * d + c)];
+    logit[static_cast<size_t>(j)] = s / std::sqrt(static_cast<double>(d)) + bias[static_cast<size_t>(j)];
     top = std::max(top, logit[static_cast<size_t>(j)]);
   }
-  for (auto &l : logit)
-    sum += (l = std::exp(l - top));
+  for (auto& l : logit) sum += (l = std::exp(l - top));
   for (int64_t j = 0; j < n; ++j)
     for (int64_t c = 0; c < d; ++c)
-      out[static_cast<size_t>(c)] += logit[static_cast<size_t>(j)] / sum *
-                                     v[static_cast<size_t>(j * d + c)];
+      out[static_cast<size_t>(c)] += logit[static_cast<size_t>(j)] / sum * v[static_cast<size_t>(j * d + c)];
   return out;
 }
 
 TEST(ProportionalAttention, ExactForDuplicatedTokensByTheDirectFormula) {
-  // Keys and values of 8 tokens where tokens 2 and 3, and 6 and 7, are
-  // duplicates.
+  // Keys and values of 8 tokens where tokens 2 and 3, and 6 and 7, are duplicates.
   const int64_t n = 8, d = 4;
   auto k = random_rows(n, d, 11), v = random_rows(n, d, 12);
   for (int64_t c = 0; c < d; ++c) {
@@ -213,13 +182,10 @@ TEST(ProportionalAttention, ExactForDuplicatedTokensByTheDirectFormula) {
   const std::vector<float> ones(static_cast<size_t>(n), 1.0f);
   reduce_rows(red, k.data(), d, ones, km.data());
   reduce_rows(red, v.data(), d, ones, vm.data());
-  std::vector<double> log_size(static_cast<size_t>(red.out), 0.0),
-      zero(static_cast<size_t>(n), 0.0);
-  for (int64_t i = 0; i < n; ++i)
-    log_size[static_cast<size_t>(red.dest[static_cast<size_t>(i)])] += 1;
+  std::vector<double> log_size(static_cast<size_t>(red.out), 0.0), zero(static_cast<size_t>(n), 0.0);
+  for (int64_t i = 0; i < n; ++i) log_size[static_cast<size_t>(red.dest[static_cast<size_t>(i)])] += 1;
   std::vector<double> plain(static_cast<size_t>(red.out), 0.0);
-  for (auto &s : log_size)
-    s = std::log(s);
+  for (auto& s : log_size) s = std::log(s);
   for (uint64_t seed = 0; seed < 4; ++seed) {
     const auto q = random_rows(1, d, 20 + seed);
     const auto want = attend(q, k, v, zero, n, d);
@@ -227,36 +193,29 @@ TEST(ProportionalAttention, ExactForDuplicatedTokensByTheDirectFormula) {
     const auto unbiased = attend(q, km, vm, plain, red.out, d);
     double off = 0;
     for (int64_t c = 0; c < d; ++c) {
-      EXPECT_NEAR(got[static_cast<size_t>(c)], want[static_cast<size_t>(c)],
-                  1e-5);
-      off = std::max(off, std::abs(unbiased[static_cast<size_t>(c)] -
-                                   want[static_cast<size_t>(c)]));
+      EXPECT_NEAR(got[static_cast<size_t>(c)], want[static_cast<size_t>(c)], 1e-5);
+      off = std::max(off, std::abs(unbiased[static_cast<size_t>(c)] - want[static_cast<size_t>(c)]));
     }
-    EXPECT_GT(off, 1e-4)
-        << "without the log-size bias the merged attention should differ";
+    EXPECT_GT(off, 1e-4) << "without the log-size bias the merged attention should differ";
   }
 }
 
-// ---- a small BERT encoder with no position embeddings, so that equal ids give
-// equal rows --------------
+// ---- a small BERT encoder with no position embeddings, so that equal ids give equal rows ----------------
 
-constexpr int64_t kVocab = 30, kDim = 16, kHeads = 2, kHidden = 32, kLayers = 3,
-                  kPositions = 40;
+constexpr int64_t kVocab = 30, kDim = 16, kHeads = 2, kHidden = 32, kLayers = 3, kPositions = 40;
 
 struct TinyEncoder {
   std::filesystem::path dir;
   nn::BertEncoder encoder;
 
-  static nn::BertEncoder build(const std::filesystem::path &dir) {
+  static nn::BertEncoder build(const std::filesystem::path& dir) {
     std::filesystem::create_directories(dir);
     std::mt19937 rng(5);
     std::normal_distribution<float> g(0.0f, 0.3f);
     std::map<std::string, std::pair<Shape, std::vector<float>>> w;
-    auto put = [&](const std::string &name, Shape shape, float mean,
-                   float scale) {
+    auto put = [&](const std::string& name, Shape shape, float mean, float scale) {
       std::vector<float> v(static_cast<size_t>(shape.numel()));
-      for (auto &x : v)
-        x = mean + scale * g(rng);
+      for (auto& x : v) x = mean + scale * g(rng);
       w[name] = {shape, std::move(v)};
     };
     put("embeddings.word_embeddings.weight", {kVocab, kDim}, 0, 3);
@@ -266,9 +225,8 @@ struct TinyEncoder {
     put("embeddings.LayerNorm.bias", {kDim}, 0, 1);
     for (int l = 0; l < kLayers; ++l) {
       const std::string p = "encoder.layer." + std::to_string(l) + ".";
-      for (const char *name :
-           {"attention.self.query", "attention.self.key",
-            "attention.self.value", "attention.output.dense"}) {
+      for (const char* name :
+           {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"}) {
         put(p + name + ".weight", {kDim, kDim}, 0, 2);
         put(p + name + ".bias", {kDim}, 0, 1);
       }
@@ -276,16 +234,13 @@ struct TinyEncoder {
       put(p + "intermediate.dense.bias", {kHidden}, 0, 1);
       put(p + "output.dense.weight", {kDim, kHidden}, 0, 1);
       put(p + "output.dense.bias", {kDim}, 0, 1);
-      for (const char *norm :
-           {"attention.output.LayerNorm", "output.LayerNorm"}) {
+      for (const char* norm : {"attention.output.LayerNorm", "output.LayerNorm"}) {
         put(p + norm + ".weight", {kDim}, 1, 0.3f);
         put(p + norm + ".bias", {kDim}, 0, 1);
       }
     }
     std::vector<io::SafetensorsEntry> entries;
-    for (const auto &[name, t] : w)
-      entries.push_back(
-          {name, "F32", t.first, std::as_bytes(std::span(t.second))});
+    for (const auto& [name, t] : w) entries.push_back({name, "F32", t.first, std::as_bytes(std::span(t.second))});
     io::write_safetensors(dir / "model.safetensors", entries, nullptr);
     std::ofstream(dir / "config.json")
         << R"({"num_attention_heads": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12})";
@@ -293,8 +248,7 @@ struct TinyEncoder {
   }
 
   TinyEncoder()
-      : dir(std::filesystem::temp_directory_path() /
-            ("strata_token_" + std::to_string(std::random_device{}()))),
+      : dir(std::filesystem::temp_directory_path() / ("strata_token_" + std::to_string(std::random_device{}()))),
         encoder(build(dir)) {}
   ~TinyEncoder() {
     std::error_code ec;
@@ -302,12 +256,11 @@ struct TinyEncoder {
   }
 };
 
-nn::TokenBatch batch_of(const std::vector<std::vector<int32_t>> &seqs) {
+nn::TokenBatch batch_of(const std::vector<std::vector<int32_t>>& seqs) {
   nn::TokenBatch b;
   b.size = static_cast<int64_t>(seqs.size());
-  for (const auto &s : seqs)
-    b.length = std::max<int64_t>(b.length, static_cast<int64_t>(s.size()));
-  for (const auto &s : seqs)
+  for (const auto& s : seqs) b.length = std::max<int64_t>(b.length, static_cast<int64_t>(s.size()));
+  for (const auto& s : seqs)
     for (int64_t j = 0; j < b.length; ++j) {
       const bool in = j < static_cast<int64_t>(s.size());
       b.ids.push_back(in ? s[static_cast<size_t>(j)] : 0);
@@ -316,20 +269,17 @@ nn::TokenBatch batch_of(const std::vector<std::vector<int32_t>> &seqs) {
   return b;
 }
 
-double max_diff(const Tensor &a, const Tensor &b) {
+double max_diff(const Tensor& a, const Tensor& b) {
   EXPECT_EQ(a.shape(), b.shape());
   double m = 0;
-  const float *pa = a.view<const float>().data(),
-              *pb = b.view<const float>().data();
-  for (int64_t i = 0; i < a.numel(); ++i)
-    m = std::max(m, std::abs(static_cast<double>(pa[i]) - pb[i]));
+  const float *pa = a.view<const float>().data(), *pb = b.view<const float>().data();
+  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::abs(static_cast<double>(pa[i]) - pb[i]));
   return m;
 }
 
 TEST(TokenMergeEncoder, ProportionalAttentionIsExactForDuplicatedTokens) {
   const TinyEncoder tiny;
-  // Tokens 1-2, 3-4 and 6-7 are duplicates at (B, A) positions: the matching
-  // merges exactly them.
+  // Tokens 1-2, 3-4 and 6-7 are duplicates at (B, A) positions: the matching merges exactly them.
   const nn::TokenBatch b = batch_of({{1, 7, 7, 12, 12, 3, 9, 9, 20}});
   const Tensor dense = tiny.encoder.forward(b);
 
@@ -339,11 +289,9 @@ TEST(TokenMergeEncoder, ProportionalAttentionIsExactForDuplicatedTokens) {
   const Tensor merged = tiny.encoder.forward(b, &merge);
   const auto size = merge.sizes(0);
   ASSERT_EQ(size.size(), 6u);
-  EXPECT_EQ(std::vector<float>(size.begin(), size.end()),
-            (std::vector<float>{1, 2, 2, 1, 2, 1}));
+  EXPECT_EQ(std::vector<float>(size.begin(), size.end()), (std::vector<float>{1, 2, 2, 1, 2, 1}));
   EXPECT_LT(max_diff(merged, dense), 1e-5);
-  EXPECT_LT(max_diff(tiny.encoder.embed(b, &merge), tiny.encoder.embed(b)),
-            1e-5);
+  EXPECT_LT(max_diff(tiny.encoder.embed(b, &merge), tiny.encoder.embed(b)), 1e-5);
 
   o.proportional_attention = false;
   Reducer plain(o);
@@ -357,8 +305,7 @@ TEST(TokenMergeEncoder, SizesAlwaysSumToTheOriginalTokenCount) {
   std::vector<std::vector<int32_t>> seqs;
   for (int64_t len : {9, 17, 12, 33, 4}) {
     std::vector<int32_t> s(static_cast<size_t>(len));
-    for (auto &t : s)
-      t = id(rng);
+    for (auto& t : s) t = id(rng);
     seqs.push_back(s);
   }
   const nn::TokenBatch b = batch_of(seqs);
@@ -376,30 +323,24 @@ TEST(TokenMergeEncoder, SizesAlwaysSumToTheOriginalTokenCount) {
       for (int64_t s = 0; s < b.size; ++s) {
         const auto size = r.sizes(s);
         const int64_t n = b.tokens(s);
-        EXPECT_DOUBLE_EQ(std::accumulate(size.begin(), size.end(), 0.0),
-                         static_cast<double>(n))
+        EXPECT_DOUBLE_EQ(std::accumulate(size.begin(), size.end(), 0.0), static_cast<double>(n))
             << method_name(m) << " " << total << " sequence " << s;
-        EXPECT_EQ(static_cast<int64_t>(size.size()),
-                  n - std::llround(n * total))
+        EXPECT_EQ(static_cast<int64_t>(size.size()), n - std::llround(n * total))
             << method_name(m) << " " << total << " sequence " << s;
       }
       ASSERT_EQ(r.stats().size(), static_cast<size_t>(kLayers));
       EXPECT_LT(encoder_flops(tiny.encoder.config(), r.stats()),
-                dense_encoder_flops(tiny.encoder.config(),
-                                    std::vector<int64_t>{9, 17, 12, 33, 4}));
+                dense_encoder_flops(tiny.encoder.config(), std::vector<int64_t>{9, 17, 12, 33, 4}));
     }
 }
 
-// ---- schedules and the allocator
-// ------------------------------------------------------------------------
+// ---- schedules and the allocator --------------------------------------------------------------------
 
 TEST(Schedule, ConstantAndDecreasing) {
-  const Schedule c = Schedule::constant(6, 0.5),
-                 d = Schedule::decreasing(6, 0.5);
+  const Schedule c = Schedule::constant(6, 0.5), d = Schedule::decreasing(6, 0.5);
   EXPECT_NEAR(c.total(), 0.5, 1e-12);
   EXPECT_NEAR(d.total(), 0.5, 1e-12);
-  for (double f : c.fraction)
-    EXPECT_NEAR(f, 0.5 / 6, 1e-12);
+  for (double f : c.fraction) EXPECT_NEAR(f, 0.5 / 6, 1e-12);
   EXPECT_NEAR(d.fraction[0], 0.5 * 6 / 21, 1e-12);
   EXPECT_NEAR(d.fraction[5], 0.5 * 1 / 21, 1e-12);
   ReducerOptions o;
@@ -430,30 +371,26 @@ TEST(Schedule, AllocatorMatchesExhaustiveSearch) {
         for (size_t e = 0; e < 4; ++e) {
           Schedule x;
           x.fraction = {rates[a], rates[b2], rates[e]};
-          if (schedule_cost(s, c, x) > budget * (1 + 1e-9))
-            continue;
-          const double loss = (a ? s.loss[0][a - 1] : 0) +
-                              (b2 ? s.loss[1][b2 - 1] : 0) +
-                              (e ? s.loss[2][e - 1] : 0);
+          if (schedule_cost(s, c, x) > budget * (1 + 1e-9)) continue;
+          const double loss = (a ? s.loss[0][a - 1] : 0) + (b2 ? s.loss[1][b2 - 1] : 0) + (e ? s.loss[2][e - 1] : 0);
           best = std::min(best, loss);
         }
     double loss = 0;
     for (size_t l = 0; l < 3; ++l)
       for (size_t i = 0; i < 3; ++i)
-        if (std::abs(got.fraction[l] - s.fractions[i]) < 1e-9)
-          loss += s.loss[l][i];
+        if (std::abs(got.fraction[l] - s.fractions[i]) < 1e-9) loss += s.loss[l][i];
     EXPECT_NEAR(loss, best, 1e-12) << "total " << total;
   }
 }
 
-// ---- refusals
-// ---------------------------------------------------------------------------------------
+// ---- refusals ---------------------------------------------------------------------------------------
 
-template <class F> void expect_error(F f, const std::string &option) {
+template <class F>
+void expect_error(F f, const std::string& option) {
   try {
     f();
     ADD_FAILURE() << "no error; expected one naming " << option;
-  } catch (const Error &e) {
+  } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr(option));
   }
 }
@@ -462,7 +399,7 @@ TEST(TokenReductionErrors, NameTheOption) {
   const auto m = random_rows(8, 4, 1);
   expect_error([&] { bipartite_soft_matching(m.data(), 8, 4, 4, -1); }, "'r'");
   expect_error([&] { bipartite_soft_matching(m.data(), 8, 4, 4, 4); },
-               "'r'"); // 3 at most with [CLS] kept
+               "'r'");  // 3 at most with [CLS] kept
   EXPECT_NO_THROW(bipartite_soft_matching(m.data(), 8, 4, 4, 4, false));
   const std::vector<float> score(6, 0.1f);
   expect_error([&] { keep_top_fuse_rest(score, 5); }, "'remove'");
@@ -472,19 +409,19 @@ TEST(TokenReductionErrors, NameTheOption) {
   expect_error([&] { parse_method("drop"); }, "'method'");
   expect_error([&] { parse_metric("values"); }, "'metric'");
   ReducerOptions o;
-  o.schedule.fraction = {0.9}; // one layer can merge half the tokens at most
+  o.schedule.fraction = {0.9};  // one layer can merge half the tokens at most
   expect_error([&] { Reducer(o).removals(64); }, "'schedule'");
+  o.allow_shortfall = true;
+  EXPECT_EQ(Reducer(o).removals(64), std::vector<int64_t>{31});
   const TinyEncoder tiny;
   expect_error([&] { measure_sensitivity(tiny.encoder, {}, {}); }, "'batches'");
   const nn::TokenBatch b = batch_of({{1, 2, 3, 4, 5, 6}});
   SensitivityOptions so;
   so.fractions = {};
-  expect_error([&] { measure_sensitivity(tiny.encoder, std::span(&b, 1), so); },
-               "'fractions'");
+  expect_error([&] { measure_sensitivity(tiny.encoder, std::span(&b, 1), so); }, "'fractions'");
   so.fractions = {0.6};
-  expect_error([&] { measure_sensitivity(tiny.encoder, std::span(&b, 1), so); },
-               "'fractions'");
+  expect_error([&] { measure_sensitivity(tiny.encoder, std::span(&b, 1), so); }, "'fractions'");
 }
 
-} // namespace
-} // namespace strata::token
+}  // namespace
+}  // namespace strata::token

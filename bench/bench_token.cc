@@ -1,0 +1,162 @@
+// Token merging's cost and what it saves. First ToMe's bipartite soft matching alone on 128..512 tokens of
+// width 384 (MiniLM's hidden width; the encoder matches on the 32-wide keys averaged over heads, timed too),
+// then all-MiniLM-L6-v2's encoder on one batch of real passages with and without token reduction: the dense
+// forward is timed in the same run as the baseline and the ratio printed. Usage: bench_token [--model DIR]
+// [--text FILE] [--batch 32] [--length 128] [benchmark flags].
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "strata/core/blas.hpp"
+#include "strata/io/data_paths.hpp"
+#include "strata/io/model.hpp"
+#include "strata/nn/bert.hpp"
+#include "strata/nn/dataset.hpp"
+#include "strata/nn/tokenizer.hpp"
+#include "strata/token/merge.hpp"
+
+namespace {
+
+std::unique_ptr<strata::nn::BertEncoder> g_encoder;
+strata::nn::TokenBatch g_batch;
+std::map<std::string, double> g_seconds;  // per benchmark: seconds per forward
+
+void BM_Matching(benchmark::State& state) {
+  const int64_t n = state.range(0), d = state.range(1);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g;
+  std::vector<float> x(static_cast<size_t>(n * d));
+  for (auto& v : x) v = g(rng);
+  for (auto _ : state) {
+    auto r = strata::token::bipartite_soft_matching(x.data(), n, d, d, n / 4);
+    benchmark::DoNotOptimize(r.dest.data());
+  }
+  state.counters["tokens"] = static_cast<double>(n);
+}
+
+void BM_Encoder(benchmark::State& state, strata::token::Method method, int schedule, double rate) {
+  const auto& c = g_encoder->config();
+  std::unique_ptr<strata::token::Reducer> reducer;
+  if (rate > 0) {
+    strata::token::ReducerOptions o;
+    o.method = method;
+    o.schedule = schedule == 0 ? strata::token::Schedule::constant(c.n_layers, rate)
+                               : strata::token::Schedule::decreasing(c.n_layers, rate);
+    reducer = std::make_unique<strata::token::Reducer>(o);
+  }
+  for (auto _ : state) {
+    const strata::Tensor e = g_encoder->embed(g_batch, reducer.get());
+    benchmark::DoNotOptimize(e.view<const float>().data());
+  }
+  state.counters["tokens"] = static_cast<double>(g_batch.size * g_batch.length);
+}
+
+// Seconds per iteration of each encoder benchmark, for the summary.
+class Collect : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const auto& r : runs)
+      if (r.run_type == Run::RT_Iteration && r.iterations > 0) {
+        std::string name = r.benchmark_name();
+        if (name.ends_with("/real_time")) name.resize(name.size() - std::strlen("/real_time"));
+        g_seconds[name] = r.real_accumulated_time / static_cast<double>(r.iterations);
+      }
+    ConsoleReporter::ReportRuns(runs);
+  }
+};
+
+// `batch` windows of `length` tokens ([CLS] ... [SEP]) of real text.
+strata::nn::TokenBatch passages(const std::filesystem::path& model, const std::filesystem::path& text, int64_t batch,
+                                int64_t length) {
+  strata::nn::WordPieceOptions o;
+  o.max_length = 1 << 30;
+  const auto tok = strata::nn::WordPieceTokenizer::from_file(model / "vocab.txt", o);
+  const auto slice = strata::nn::TextSlice::parse(text, "0.7:0.8");
+  const std::vector<int32_t> ids = tok.encode(slice.read());
+  strata::nn::TokenBatch b;
+  b.size = batch;
+  b.length = length;
+  for (int64_t s = 0; s < batch; ++s) {
+    b.ids.push_back(tok.cls_id());
+    for (int64_t j = 1; j + 1 < length; ++j)
+      b.ids.push_back(ids[static_cast<size_t>(1 + (s * (length - 2) + j - 1) % static_cast<int64_t>(ids.size() - 2))]);
+    b.ids.push_back(tok.sep_id());
+  }
+  b.attention_mask.assign(b.ids.size(), 1);
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  strata::ensure_fast_blas(argc, argv);
+  const auto paths = strata::io::DataPaths::resolve(STRATA_SOURCE_DIR);
+  std::filesystem::path model = paths.models / "all-minilm-l6-v2", text = paths.moby_dick();
+  int64_t batch = 32, length = 128;
+  std::vector<char*> rest;
+  for (int i = 0; i < argc; ++i) {
+    const auto value = [&](const char* flag) { return std::strcmp(argv[i], flag) == 0 && i + 1 < argc; };
+    if (value("--model")) {
+      model = argv[++i];
+    } else if (value("--text")) {
+      text = argv[++i];
+    } else if (value("--batch")) {
+      batch = std::atoll(argv[++i]);
+    } else if (value("--length")) {
+      length = std::atoll(argv[++i]);
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  for (int64_t n : {128, 256, 384, 512}) {
+    benchmark::RegisterBenchmark(("matching/width384/" + std::to_string(n)).c_str(), BM_Matching)->Args({n, 384});
+    benchmark::RegisterBenchmark(("matching/width32/" + std::to_string(n)).c_str(), BM_Matching)->Args({n, 32});
+  }
+  const bool have_model = std::filesystem::exists(model / "model.safetensors") && std::filesystem::exists(text);
+  if (have_model) {
+    const auto file = strata::io::open_model(model / "model.safetensors");
+    g_encoder = std::make_unique<strata::nn::BertEncoder>(strata::nn::BertEncoder::load(*file));
+    g_batch = passages(model, text, batch, length);
+    benchmark::RegisterBenchmark("encoder/dense", BM_Encoder, strata::token::Method::merge, 0, 0.0)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    for (double rate : {0.25, 0.5, 0.75})
+      for (int schedule : {0, 1})
+        for (auto m : {strata::token::Method::merge, strata::token::Method::prune}) {
+          const std::string name = "encoder/" + std::string(strata::token::method_name(m)) + "/" +
+                                   (schedule ? "decreasing/" : "constant/") +
+                                   std::to_string(static_cast<int>(100 * rate));
+          benchmark::RegisterBenchmark(name.c_str(), BM_Encoder, m, schedule, rate)
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+        }
+  } else {
+    std::fprintf(stderr,
+                 "bench_token: %s or %s not found, timing the matching only "
+                 "(scripts/fetch-models.sh)\n",
+                 model.c_str(), text.c_str());
+  }
+  int rest_argc = static_cast<int>(rest.size());
+  benchmark::Initialize(&rest_argc, rest.data());
+  Collect reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  const auto dense = g_seconds.find("encoder/dense");
+  if (dense != g_seconds.end()) {
+    std::printf("\nencoder forward, batch %lld x %lld tokens, dense %.1f ms:\n", static_cast<long long>(batch),
+                static_cast<long long>(length), 1e3 * dense->second);
+    for (const auto& [name, s] : g_seconds)
+      if (name != "encoder/dense" && name.starts_with("encoder/"))
+        std::printf("  %-30s %8.1f ms  speed-up %.2fx\n", name.c_str(), 1e3 * s, dense->second / s);
+  }
+  return 0;
+}
