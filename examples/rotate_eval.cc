@@ -76,17 +76,23 @@ void run(const Args& a) {
   const auto rotated_file = compress::rotate_model(*file, ro);
   std::printf("model: %s; rotated (%s, seed %llu) in %.1f s\n", a.model.c_str(), a.kind.c_str(),
               static_cast<unsigned long long>(a.seed), examples::seconds_since(t0));
+  std::fflush(stdout);
   const nn::LlamaModel dense = nn::LlamaModel::load(*file);
   const nn::LlamaModel rotated = nn::LlamaModel::load(*rotated_file);
   const auto seqs = a.calibration_sequences(tok, cs);
   const auto eval_toks = nn::tokenize_slice(tok, es, a.eval_tokens);
-  const nn::WindowOptions window{512, 512, 0};
-  std::printf("evaluation: %s, %zu tokens, context 512; threads %d\n", es.describe().c_str(), eval_toks.size(),
-              num_threads());
+  const int64_t n_windows = static_cast<int64_t>(eval_toks.size()) / 512;
+  require(n_windows >= 1, "evaluation slice ", es.describe(), " has fewer than 512 tokens");
+  // The original dense model's log-probabilities, computed once: every variant is judged against them.
+  const nn::KlEvaluator judge(dense, nn::cut_sequences(eval_toks, n_windows, 512, -1));
+  std::printf("evaluation: %s, %lld windows of 512 (%lld scored tokens); threads %d\n", es.describe().c_str(),
+              static_cast<long long>(n_windows), static_cast<long long>(judge.tokens()), num_threads());
+  std::fflush(stdout);
   {
-    const nn::KlResult same = nn::kl_divergence(dense, rotated, eval_toks, window);
+    const nn::KlResult same = judge(rotated);
     std::printf("dense rotated vs dense original: KL %.3g, top-1 %.4f, perplexity %.4f vs %.4f\n\n", same.mean_kl,
-                same.top1_agreement, same.model.perplexity, same.reference.perplexity);
+                same.top1_agreement, same.model.perplexity, judge.reference().perplexity);
+    std::fflush(stdout);
   }
   nn::Calibration calib_plain(nn::CalibrationOptions{false, false}), calib_rot(nn::CalibrationOptions{false, false});
   a.calibrate(dense, seqs, cs, calib_plain, "calibration, original");
@@ -97,8 +103,8 @@ void run(const Args& a) {
   for (const auto& type : a.types) {
     const auto [qp, bpw] = quantize_blocks(dense, calib_plain, type);
     const auto [qr, bpw_r] = quantize_blocks(rotated, calib_rot, type);
-    const nn::KlResult rp = nn::kl_divergence(dense, qp, eval_toks, window);
-    const nn::KlResult rr = nn::kl_divergence(dense, qr, eval_toks, window);
+    const nn::KlResult rp = judge(qp);
+    const nn::KlResult rr = judge(qr);
     const std::string fb = ggml::lower_name(ggml::fallback_type(ggml::quantizable_type(type), 576));
     std::printf("| %s (%s) | %.3f | %.5f | %.5f | %.3f | %.4f | %.4f | %.3f | %.3f |\n", type.c_str(), fb.c_str(), bpw,
                 rp.mean_kl, rr.mean_kl, rr.mean_kl / rp.mean_kl, rp.top1_agreement, rr.top1_agreement,
