@@ -12,7 +12,8 @@
 //  2. model/...: SparseGPT at 50% and GPTQ at 4 bits with the registered defaults (groups of 128,
 //     act-order, weighted clipping search, 10% dampening) over every linear layer of SmolLM2's 30
 //     blocks (210 layers), each from the same calibration. Baseline: the calibration itself
-//     (model/calibrate), timed in the same run.
+//     (model/calibrate), timed in the same run. Then GPTQ into q4_0 blocks (quant.ggml_gptq) over
+//     the same 210 layers, with ggml's imatrix rounding to q4_0 (quant.ggml) as its baseline.
 //
 // Usage (from the repository root; the model from models/ or STRATA_MODELS_DIR, the text from
 // ../shared/data or STRATA_SHARED_DATA):
@@ -299,12 +300,16 @@ void print_summary() {
   std::printf("\nWhole model (SmolLM2-135M, 210 block linear layers), %d threads\n", num_threads());
   std::printf("baseline: calibration on %lld x %lld SOTU tokens %.1f s\n", static_cast<long long>(g_config.sequences),
               static_cast<long long>(g_config.length), cal_s);
-  for (const char* name : {"model/sparsegpt_50", "model/gptq_4bit"}) {
+  for (const char* name : {"model/sparsegpt_50", "model/gptq_4bit", "model/quant.ggml:q4_0", "model/quant.ggml_gptq:q4_0"}) {
     const auto s = g_seconds.find(name);
     if (s == g_seconds.end()) continue;
-    std::printf("%-20s %-60s %8.1f s  (%.2f min, %.1fx the calibration)\n", name, g_knobs[name].c_str(), s->second,
+    std::printf("%-26s %-54s %8.1f s  (%.2f min, %.1fx the calibration)\n", name, g_knobs[name].c_str(), s->second,
                 s->second / 60, s->second / cal_s);
   }
+  const auto plain = g_seconds.find("model/quant.ggml:q4_0"), gptq = g_seconds.find("model/quant.ggml_gptq:q4_0");
+  if (plain != g_seconds.end() && gptq != g_seconds.end())
+    std::printf("GPTQ into q4_0 blocks / imatrix rounding to q4_0, 210 layers: %.1f s / %.2f s = %.1fx\n", gptq->second,
+                plain->second, gptq->second / plain->second);
 }
 
 }  // namespace
@@ -392,6 +397,15 @@ int main(int argc, char** argv) {
         ->Iterations(1)
         ->Unit(benchmark::kSecond)
         ->UseRealTime();
+    // GPTQ into ggml blocks against ggml's imatrix rounding of the same type, both at q4_0 (every
+    // block layer takes it; the k-quants would leave the 576-column layers out).
+    for (const char* c : {"quant.ggml", "quant.ggml_gptq"}) {
+      const std::string bench = std::string("model/") + c + ":q4_0";
+      benchmark::RegisterBenchmark(bench.c_str(), bm_compress_model, std::string(c), std::string("q4_0"), bench)
+          ->Iterations(1)
+          ->Unit(benchmark::kSecond)
+          ->UseRealTime();
+    }
   }
   benchmark::Initialize(&rest_argc, rest.data());
   if (benchmark::ReportUnrecognizedArguments(rest_argc, rest.data())) return 1;
