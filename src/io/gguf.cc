@@ -311,52 +311,62 @@ uint32_t alignment_of(const std::vector<GgufKV>& kvs, const std::string& where) 
 
 class GgufModel final : public Model {
  public:
-  GgufModel(GgufFile file, const std::filesystem::path& path) : file_(std::move(file)) {
+  // Keeps the mapping and the tensor table; the parsed key/values live on only as the JSON metadata
+  // (a tokenizer's vocabulary and merges would otherwise be held twice for the model's lifetime).
+  GgufModel(const GgufFile& file, const std::filesystem::path& path)
+      : owner_(file.owner()), bytes_(file.bytes()), name_(file.name()), gguf_tensors_(file.tensors()) {
     path_ = path;
-    tensors_.reserve(file_.tensors().size());
-    for (const auto& t : file_.tensors()) {
+    tensors_.reserve(gguf_tensors_.size());
+    for (std::size_t i = 0; i < gguf_tensors_.size(); ++i) {
+      const GgufTensorInfo& t = gguf_tensors_[i];
       TensorInfo info;
       info.name = t.name;
       info.shape = t.shape();
       info.type = std::string(kernels::ggml_type_name(t.type));
-      info.offset = file_.data_offset() + t.offset;
+      info.offset = file.data_offset() + t.offset;
       info.nbytes = t.nbytes;
       tensors_.push_back(std::move(info));
+      tensor_index_.emplace(t.name, i);
     }
-    for (const auto& kv : file_.metadata()) metadata_[sanitize_utf8(kv.key)] = gguf_to_json(kv.value);
-    fill_config();
+    for (const auto& kv : file.metadata()) metadata_[sanitize_utf8(kv.key)] = gguf_to_json(kv.value);
+    fill_config(file);
   }
 
   using Model::to_f32;
   FileFormat format() const override { return FileFormat::gguf; }
 
   std::span<const std::byte> raw(const TensorInfo& t) const override {
-    return file_.data(gguf_info(t));
+    return tensor_bytes(gguf_info(t));
   }
 
   strata::Tensor to_f32(const TensorInfo& t) const override {
     const GgufTensorInfo& g = gguf_info(t);
     const kernels::GgmlCodec& codec = kernels::ggml_codec(g.type);
-    require(codec.can_dequantize(), file_.name(), ": tensor '", g.name, "': type ", codec.name,
+    require(codec.can_dequantize(), name_, ": tensor '", g.name, "': type ", codec.name,
             " cannot be converted to float32");
     strata::Tensor out(DType::f32, g.shape());
     const int64_t n = g.numel();
     // The parser has checked the tensor's byte count against its type and shape.
-    if (n > 0) codec.dequantize_row(file_.data(g).data(), n, reinterpret_cast<float*>(out.raw()));
+    if (n > 0) codec.dequantize_row(tensor_bytes(g).data(), n, reinterpret_cast<float*>(out.raw()));
     return out;
   }
 
  private:
   const GgufTensorInfo& gguf_info(const TensorInfo& t) const {
-    const GgufTensorInfo* g = file_.find_tensor(t.name);
-    require(g != nullptr, file_.name(), ": no tensor named '", t.name, "'");
-    return *g;
+    auto it = tensor_index_.find(t.name);
+    require(it != tensor_index_.end(), name_, ": no tensor named '", t.name, "'");
+    return gguf_tensors_[it->second];
+  }
+
+  // The parser has checked every tensor's extent against the mapping.
+  std::span<const std::byte> tensor_bytes(const GgufTensorInfo& g) const {
+    return bytes_.subspan(tensors_[tensor_index_.at(g.name)].offset, g.nbytes);
   }
 
   // An integer hyper-parameter; per-layer arrays (some architectures vary heads or widths by layer)
   // are summarised by their largest entry.
-  int64_t int_param(const std::string& key) const {
-    const GgufValue* v = file_.find(key);
+  static int64_t int_param(const GgufFile& file, const std::string& key) {
+    const GgufValue* v = file.find(key);
     if (!v) return 0;
     if (auto i = gguf_as_int(*v)) return *i;
     if (const auto* a = std::get_if<GgufArray>(v)) {
@@ -380,41 +390,45 @@ class GgufModel final : public Model {
     return 0;
   }
 
-  double float_param(const std::string& key) const {
-    const GgufValue* v = file_.find(key);
+  static double float_param(const GgufFile& file, const std::string& key) {
+    const GgufValue* v = file.find(key);
     if (!v) return 0;
     return gguf_as_float(*v).value_or(0.0);
   }
 
-  void fill_config() {
+  void fill_config(const GgufFile& file) {
     auto& c = config_;
-    if (const auto* a = file_.find("general.architecture"); a && std::holds_alternative<std::string>(*a))
+    if (const auto* a = file.find("general.architecture"); a && std::holds_alternative<std::string>(*a))
       c.architecture = std::get<std::string>(*a);
-    if (const auto* n = file_.find("general.name"); n && std::holds_alternative<std::string>(*n))
+    if (const auto* n = file.find("general.name"); n && std::holds_alternative<std::string>(*n))
       c.name = std::get<std::string>(*n);
     const std::string p = c.architecture + ".";
-    c.n_layers = int_param(p + "block_count");
-    c.dim = int_param(p + "embedding_length");
-    c.hidden_dim = int_param(p + "feed_forward_length");
-    c.n_heads = int_param(p + "attention.head_count");
+    c.n_layers = int_param(file, p + "block_count");
+    c.dim = int_param(file, p + "embedding_length");
+    c.hidden_dim = int_param(file, p + "feed_forward_length");
+    c.n_heads = int_param(file, p + "attention.head_count");
     // llama.cpp reads a missing head_count_kv as "one KV head per query head".
-    c.n_kv_heads = file_.find(p + "attention.head_count_kv") ? int_param(p + "attention.head_count_kv") : c.n_heads;
-    c.head_dim = int_param(p + "attention.key_length");
+    c.n_kv_heads = file.find(p + "attention.head_count_kv") ? int_param(file, p + "attention.head_count_kv") : c.n_heads;
+    c.head_dim = int_param(file, p + "attention.key_length");
     if (c.head_dim == 0 && c.n_heads > 0) c.head_dim = c.dim / c.n_heads;
-    c.context_length = int_param(p + "context_length");
-    c.rope_theta = float_param(p + "rope.freq_base");
-    c.norm_eps = float_param(p + "attention.layer_norm_rms_epsilon");
-    if (c.norm_eps == 0) c.norm_eps = float_param(p + "attention.layer_norm_epsilon");
+    c.context_length = int_param(file, p + "context_length");
+    c.rope_theta = float_param(file, p + "rope.freq_base");
+    c.norm_eps = float_param(file, p + "attention.layer_norm_rms_epsilon");
+    if (c.norm_eps == 0) c.norm_eps = float_param(file, p + "attention.layer_norm_epsilon");
 
-    if (const auto* tok = file_.find("tokenizer.ggml.tokens"); tok && std::holds_alternative<GgufArray>(*tok))
+    if (const auto* tok = file.find("tokenizer.ggml.tokens"); tok && std::holds_alternative<GgufArray>(*tok))
       c.vocab_size = static_cast<int64_t>(std::get<GgufArray>(*tok).size());
-    if (c.vocab_size == 0) c.vocab_size = int_param(p + "vocab_size");
-    const GgufTensorInfo* emb = file_.find_tensor("token_embd.weight");
+    if (c.vocab_size == 0) c.vocab_size = int_param(file, p + "vocab_size");
+    const GgufTensorInfo* emb = file.find_tensor("token_embd.weight");
     if (c.vocab_size == 0 && emb && emb->ne.size() == 2) c.vocab_size = emb->ne[1];
-    c.tied_embeddings = emb != nullptr && file_.find_tensor("output.weight") == nullptr;
+    c.tied_embeddings = emb != nullptr && file.find_tensor("output.weight") == nullptr;
   }
 
-  GgufFile file_;
+  std::shared_ptr<const void> owner_;  // keeps the mapping alive
+  std::span<const std::byte> bytes_;
+  std::string name_;
+  std::vector<GgufTensorInfo> gguf_tensors_;
+  std::unordered_map<std::string, std::size_t> tensor_index_;
 };
 
 }  // namespace

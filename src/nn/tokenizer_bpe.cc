@@ -4,8 +4,10 @@
 #include <algorithm>
 #include <array>
 #include <climits>
+#include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <queue>
 #include <string>
 #include <unordered_map>
@@ -19,11 +21,63 @@ namespace strata::nn {
 
 namespace {
 
-struct StringHash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+// Token texts packed into one buffer: a 49,152-token vocabulary as std::strings costs about 1.5 MB
+// of string headers alone, and an engine holds the tokenizer for its whole lifetime.
+class PackedStrings {
+ public:
+  void reserve(std::size_t n, std::size_t chars) {
+    offsets_.reserve(n + 1);
+    chars_.reserve(chars);
+  }
+  void push_back(std::string_view s) {
+    chars_.append(s);
+    require(chars_.size() <= UINT32_MAX, "BPE vocabulary: more than 4 GiB of token text");
+    offsets_.push_back(static_cast<uint32_t>(chars_.size()));
+  }
+  std::size_t size() const { return offsets_.size() - 1; }
+  std::string_view operator[](std::size_t i) const {
+    return std::string_view(chars_).substr(offsets_[i], offsets_[i + 1] - offsets_[i]);
+  }
+  void shrink_to_fit() {
+    chars_.shrink_to_fit();
+    offsets_.shrink_to_fit();
+  }
+
+ private:
+  std::string chars_;
+  std::vector<uint32_t> offsets_{0};
 };
-using TokenIndex = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+
+// Text -> id over a PackedStrings, open addressing with linear probing: four bytes per slot instead
+// of a node with its own copy of the text per token.
+class TokenIndex {
+ public:
+  void build(const PackedStrings& texts) {
+    std::size_t slots = 16;
+    while (slots < 2 * texts.size()) slots *= 2;
+    slots_.assign(slots, -1);
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      std::size_t at = slot_of(texts, texts[i]);
+      if (slots_[at] < 0) slots_[at] = static_cast<int32_t>(i);  // a duplicate keeps its first id, as llama.cpp does
+    }
+  }
+  std::optional<int32_t> find(const PackedStrings& texts, std::string_view text) const {
+    const int32_t id = slots_[slot_of(texts, text)];
+    if (id < 0) return std::nullopt;
+    return id;
+  }
+
+ private:
+  // The slot holding `text`, or the empty slot where it would go.
+  std::size_t slot_of(const PackedStrings& texts, std::string_view text) const {
+    const std::size_t mask = slots_.size() - 1;
+    for (std::size_t at = std::hash<std::string_view>{}(text) & mask;; at = (at + 1) & mask) {
+      const int32_t id = slots_[at];
+      if (id < 0 || texts[static_cast<std::size_t>(id)] == text) return at;
+    }
+  }
+  std::vector<int32_t> slots_;
+};
 
 // GPT-2's byte-to-unicode alphabet: printable Latin-1 bytes stand for themselves, the other 68
 // bytes (controls, space, DEL, NBSP, soft hyphen) are moved to U+0100.. in byte order, so that
@@ -145,11 +199,21 @@ uint64_t pair_key(int32_t left, int32_t right) {
 }  // namespace
 
 struct BpeTokenizer::Impl {
-  std::vector<std::string> tokens;
-  std::vector<std::string> bytes;  // what each token decodes to
+  PackedStrings tokens;
+  PackedStrings bytes;  // what each token decodes to
   std::vector<TokenType> types;
-  TokenIndex index;
-  std::unordered_map<uint64_t, Merge> merges;
+  TokenIndex index;  // over `tokens`
+  // (left, right) pair key -> merge, sorted by key: half the size of a hash map's nodes, and the
+  // per-call word cache keeps lookups off the hot path.
+  std::vector<std::pair<uint64_t, Merge>> merges;
+
+  const Merge* find_merge(int32_t left, int32_t right) const {
+    const uint64_t key = pair_key(left, right);
+    auto it = std::lower_bound(merges.begin(), merges.end(), key,
+                               [](const std::pair<uint64_t, Merge>& e, uint64_t k) { return e.first < k; });
+    return it != merges.end() && it->first == key ? &it->second : nullptr;
+  }
+  std::optional<int32_t> find(std::string_view text) const { return index.find(tokens, text); }
   std::array<int32_t, 256> byte_token{};  // -1: the vocabulary has no token for the byte
   // Texts recognised in the input before pre-tokenization, longest first so that a special token
   // that is a prefix of another never wins over it.
@@ -195,7 +259,7 @@ struct BpeTokenizer::Impl {
       const int32_t r = next[static_cast<std::size_t>(pos)];
       if (r < 0) return;
       const int32_t a = id[static_cast<std::size_t>(pos)], b = id[static_cast<std::size_t>(r)];
-      if (auto it = merges.find(pair_key(a, b)); it != merges.end()) heap.push({it->second.rank, pos, a, b});
+      if (const Merge* m = find_merge(a, b)) heap.push({m->rank, pos, a, b});
     };
     for (int i = 0; i + 1 < n; ++i) consider(i);
     while (!heap.empty()) {
@@ -204,7 +268,7 @@ struct BpeTokenizer::Impl {
       const auto p = static_cast<std::size_t>(c.pos);
       const int32_t r = next[p];
       if (id[p] != c.left || r < 0 || id[static_cast<std::size_t>(r)] != c.right) continue;  // stale
-      id[p] = merges.at(pair_key(c.left, c.right)).result;
+      id[p] = find_merge(c.left, c.right)->result;
       id[static_cast<std::size_t>(r)] = -1;
       next[p] = next[static_cast<std::size_t>(r)];
       if (next[p] >= 0) prev[static_cast<std::size_t>(next[p])] = c.pos;
@@ -273,17 +337,20 @@ BpeTokenizer::BpeTokenizer(BpeVocab v) {
   std::unordered_map<char32_t, unsigned char> from_alphabet;
   for (int b = 0; b < 256; ++b) from_alphabet[alphabet[static_cast<std::size_t>(b)]] = static_cast<unsigned char>(b);
 
-  impl->index.reserve(n);
-  impl->bytes.resize(n);
+  std::size_t chars = 0;
+  for (const std::string& t : v.tokens) chars += t.size();
+  impl->tokens.reserve(n, chars);
+  impl->bytes.reserve(n, chars);
+  std::string out;
   for (std::size_t i = 0; i < n; ++i) {
     const std::string& t = v.tokens[i];
-    impl->index.try_emplace(t, static_cast<int32_t>(i));  // a duplicate keeps its first id, as llama.cpp does
+    impl->tokens.push_back(t);
     const TokenType type = impl->types[i];
-    std::string& out = impl->bytes[i];
     if (type == TokenType::control || type == TokenType::user_defined) {
-      out = t;  // stored as plain text, not in the byte alphabet
+      impl->bytes.push_back(t);  // stored as plain text, not in the byte alphabet
       continue;
     }
+    out.clear();
     for (std::size_t p = 0; p < t.size();) {
       const std::size_t start = p;
       const char32_t cp = unicode::next_code_point(t, p);
@@ -292,16 +359,18 @@ BpeTokenizer::BpeTokenizer(BpeVocab v) {
       else
         out.append(t, start, p - start);  // outside the alphabet: keep the character's own bytes
     }
+    impl->bytes.push_back(out);
   }
+  impl->bytes.shrink_to_fit();
+  impl->index.build(impl->tokens);
 
   std::string one(1, '\0');
   for (int b = 0; b < 256; ++b) {
     one.clear();
     unicode::append_utf8(one, alphabet[static_cast<std::size_t>(b)]);
-    auto it = impl->index.find(one);
     // Real vocabularies lack some bytes (SmolLM2 has no token for 21 of them: 0xC0, 0xC1, 0xF5-0xFF,
     // which UTF-8 never uses, and a few control characters); those bytes cannot be encoded.
-    impl->byte_token[static_cast<std::size_t>(b)] = it != impl->index.end() ? it->second : -1;
+    impl->byte_token[static_cast<std::size_t>(b)] = impl->find(one).value_or(-1);
   }
 
   impl->merges.reserve(v.merges.size());
@@ -313,12 +382,18 @@ BpeTokenizer::BpeTokenizer(BpeVocab v) {
             "') is not two tokens separated by a space");
     const std::string_view left = std::string_view(m).substr(0, space), right = std::string_view(m).substr(space + 1);
     joined.assign(left).append(right);
-    auto l = impl->index.find(left), rt = impl->index.find(right), j = impl->index.find(joined);
-    require(l != impl->index.end() && rt != impl->index.end() && j != impl->index.end(), "BPE merges: entry ", r, " ('",
-            m, "') names a token that is not in the vocabulary");
-    // A repeated pair keeps its first (highest-priority) rank.
-    impl->merges.try_emplace(pair_key(l->second, rt->second), Merge{static_cast<int32_t>(r), j->second});
+    const auto l = impl->find(left), rt = impl->find(right), j = impl->find(joined);
+    require(l && rt && j, "BPE merges: entry ", r, " ('", m, "') names a token that is not in the vocabulary");
+    impl->merges.push_back({pair_key(*l, *rt), Merge{static_cast<int32_t>(r), *j}});
   }
+  // A repeated pair keeps its first (highest-priority) rank: a stable sort puts it first, and the
+  // later copies are dropped.
+  std::stable_sort(impl->merges.begin(), impl->merges.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  impl->merges.erase(std::unique(impl->merges.begin(), impl->merges.end(),
+                                 [](const auto& a, const auto& b) { return a.first == b.first; }),
+                     impl->merges.end());
+  impl->merges.shrink_to_fit();
 
   for (std::size_t i = 0; i < n; ++i) {
     const TokenType type = impl->types[i];
@@ -331,7 +406,6 @@ BpeTokenizer::BpeTokenizer(BpeVocab v) {
   for (int32_t s : impl->specials)
     impl->special_first[static_cast<unsigned char>(v.tokens[static_cast<std::size_t>(s)][0])] = true;
 
-  impl->tokens = std::move(v.tokens);
   impl_ = std::move(impl);
 }
 
@@ -477,7 +551,7 @@ std::vector<std::string_view> BpeTokenizer::pre_tokenize(std::string_view text) 
 
 int32_t BpeTokenizer::vocab_size() const { return static_cast<int32_t>(impl_->tokens.size()); }
 
-const std::string& BpeTokenizer::token(int32_t id) const {
+std::string_view BpeTokenizer::token(int32_t id) const {
   require(id >= 0 && id < vocab_size(), "BPE: token id ", id, " is outside the vocabulary of ", vocab_size());
   return impl_->tokens[static_cast<std::size_t>(id)];
 }
@@ -492,11 +566,7 @@ TokenType BpeTokenizer::token_type(int32_t id) const {
   return impl_->types[static_cast<std::size_t>(id)];
 }
 
-std::optional<int32_t> BpeTokenizer::find(std::string_view token) const {
-  auto it = impl_->index.find(token);
-  if (it == impl_->index.end()) return std::nullopt;
-  return it->second;
-}
+std::optional<int32_t> BpeTokenizer::find(std::string_view token) const { return impl_->find(token); }
 
 BpePreTokenizer BpeTokenizer::pre_tokenizer() const { return impl_->pre; }
 int32_t BpeTokenizer::bos_id() const { return impl_->bos; }

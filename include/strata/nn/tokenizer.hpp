@@ -120,7 +120,7 @@ class BpeTokenizer {
   std::vector<std::string_view> pre_tokenize(std::string_view text) const;
 
   int32_t vocab_size() const;
-  const std::string& token(int32_t id) const;      // as stored in the vocabulary
+  std::string_view token(int32_t id) const;        // as stored in the vocabulary
   std::string_view token_bytes(int32_t id) const;  // the bytes it stands for
   TokenType token_type(int32_t id) const;
   std::optional<int32_t> find(std::string_view token) const;

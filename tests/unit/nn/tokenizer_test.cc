@@ -114,7 +114,7 @@ BpeVocab tiny_vocab(const std::vector<std::string>& merges, BpePreTokenizer pre 
 
 std::vector<std::string> token_texts(const BpeTokenizer& t, const std::vector<int32_t>& ids) {
   std::vector<std::string> out;
-  for (int32_t id : ids) out.push_back(t.token(id));
+  for (int32_t id : ids) out.emplace_back(t.token(id));
   return out;
 }
 
