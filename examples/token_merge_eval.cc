@@ -385,7 +385,7 @@ void run(const Args& a) {
     // The allocator at the constant schedule's FLOPs (under the token-linear cost model).
     try {
       measure(token::Method::merge, "allocator",
-              token::allocate_schedule(sens, c, token::schedule_cost(sens, c, constant)), rate);
+              token::allocate_schedule(sens, c, token::schedule_cost(sens, c, constant), constant.total()), rate);
     } catch (const Error& e) {
       std::printf("allocator at %.0f%%: %s\n", 100 * rate, e.what());
     }

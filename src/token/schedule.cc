@@ -119,13 +119,36 @@ double schedule_cost(const Sensitivity& s, const nn::BertConfig& c, const Schedu
   return cost;
 }
 
-Schedule allocate_schedule(const Sensitivity& s, const nn::BertConfig& c, double budget) {
+Schedule allocate_schedule(const Sensitivity& s, const nn::BertConfig& c, double budget, double max_total) {
+  require(max_total > 0 && max_total < 1, "token schedule: option 'max_total' is ", max_total,
+          "; it must be in (0, 1)");
   const budget::Table table = sensitivity_table(s, c);
-  const budget::Plan plan = budget::solve(table, {budget::Metric::flops, budget}, budget::Solver::dp);
-  Schedule out;
-  for (const auto& choice : plan.choices) out.fraction.push_back(std::stod(choice.knob));
-  require(out.total() < 1.0, "token schedule: the allocator's plan for option 'budget' ", budget, " removes ",
-          out.total(), " of the tokens; the total must be < 1");
+  // The plan with each option's error raised by penalty x its rate.
+  const auto solve = [&](double penalty) {
+    budget::Table t = table;
+    for (auto& layer : t.layers)
+      for (auto& option : layer.options) option.error += penalty * std::stod(option.knob);
+    const budget::Plan plan = budget::solve(t, {budget::Metric::flops, budget}, budget::Solver::dp);
+    Schedule out;
+    for (const auto& choice : plan.choices) out.fraction.push_back(std::stod(choice.knob));
+    return out;
+  };
+  constexpr double kSlack = 1e-9;
+  Schedule out = solve(0);
+  if (out.total() > max_total + kSlack) {
+    double lo = 0, hi = 1e-3;
+    while (solve(hi).total() > max_total + kSlack) {
+      lo = hi;
+      hi *= 4;
+      require(hi < 1e6, "token schedule: no plan within option 'budget' ", budget, " removes at most option 'max_total' ",
+              max_total, " of the tokens");
+    }
+    for (int i = 0; i < 40; ++i) {
+      const double mid = 0.5 * (lo + hi);
+      (solve(mid).total() > max_total + kSlack ? lo : hi) = mid;
+    }
+    out = solve(hi);
+  }
   return out;
 }
 

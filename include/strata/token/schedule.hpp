@@ -48,7 +48,13 @@ Sensitivity measure_sensitivity(const nn::BertEncoder& encoder, std::span<const 
 budget::Table sensitivity_table(const Sensitivity& s, const nn::BertConfig& config);
 // The cost of `schedule` under the table's cost model (comparable with the table's budgets).
 double schedule_cost(const Sensitivity& s, const nn::BertConfig& config, const Schedule& schedule);
-// The schedule of least summed loss whose cost is <= budget (exact multiple-choice knapsack).
-Schedule allocate_schedule(const Sensitivity& s, const nn::BertConfig& config, double budget);
+// The schedule of least summed loss whose cost is <= budget (exact multiple-choice knapsack) and whose
+// rates add up to at most max_total. Single-layer sensitivity is measured on full-length sequences and so
+// underrates a late layer's cut once earlier layers have removed tokens; max_total (the constant schedule's
+// total, for a comparison at equal token count) keeps the plan from piling removals there. The total is
+// held by a Lagrangian penalty on each layer's rate, the least one (bisection) that brings it within
+// max_total. Throws strata::Error naming "budget" or "max_total" when no plan meets them.
+Schedule allocate_schedule(const Sensitivity& s, const nn::BertConfig& config, double budget,
+                           double max_total = 0.99);
 
 }  // namespace strata::token

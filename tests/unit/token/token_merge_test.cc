@@ -380,6 +380,10 @@ TEST(Schedule, AllocatorMatchesExhaustiveSearch) {
       for (size_t i = 0; i < 3; ++i)
         if (std::abs(got.fraction[l] - s.fractions[i]) < 1e-9) loss += s.loss[l][i];
     EXPECT_NEAR(loss, best, 1e-12) << "total " << total;
+    // Held to the constant schedule's total as well: both limits met.
+    const Schedule capped = allocate_schedule(s, c, budget, total);
+    EXPECT_LE(schedule_cost(s, c, capped), budget * (1 + 1e-9));
+    EXPECT_LE(capped.total(), total + 1e-9);
   }
 }
 
