@@ -9,8 +9,8 @@
 // Then the stored KV formats in the decode loop (kv::CacheFormat): SmolLM2 run in its file's types
 // (LlamaModel::load_stored), a prompt of 2K and of 4K random tokens read once with the float32
 // cache, then for each format a session continuing from it with its cache re-stored in that format
-// (Session::with_format) decodes; the median step is compared with the float32 cache's in the same
-// run, with the Hadamard rotation's own work per step timed beside it, and llama.cpp's decode step
+// (Session::with_format) decodes, the formats taking turns step by step; the median step is compared
+// with the float32 cache's in the same run, with the Hadamard rotation's own work per step timed beside it, and llama.cpp's decode step
 // at the same depth on the same file when scripts/install-llama-cpp.sh has installed it.
 // Usage: bench_kv [--model PATH] [--budget 410] [--contexts 2048,4096] [--no-formats]
 //                 [--llama-cpp-python PATH] [benchmark flags].
@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -130,8 +131,17 @@ std::unique_ptr<strata::nn::LlamaModel> g_stored;  // the file's types
 std::map<int64_t, std::unique_ptr<strata::kv::Session>> g_prefilled;  // per context, float32 cache
 struct FormatRun {
   double step_ms = 0;
+  double cpu_ms = 0;  // CPU time of the whole process (all threads) per step
   double cache_mib = 0;
 };
+
+// CPU time of the process, all threads: on a shared machine a step's wall clock includes waiting for
+// a core, its CPU time does not.
+double process_cpu_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return 1e3 * static_cast<double>(ts.tv_sec) + 1e-6 * static_cast<double>(ts.tv_nsec);
+}
 std::map<int64_t, std::map<std::string, FormatRun>> g_format_runs;  // context -> format name -> run
 std::vector<std::pair<std::string, strata::kv::CacheFormat>> g_formats;
 std::map<int64_t, double> g_llama_ms;  // context -> llama.cpp's decode step
@@ -154,25 +164,32 @@ strata::kv::Session& prefilled(int64_t context) {
   return *s;
 }
 
-void BM_FormatDecode(benchmark::State& state, int64_t context, std::string name, strata::kv::CacheFormat format) {
+// Every format's session continues from the same prompt; the steps go round robin over the formats
+// (step i of each, then step i + 1), so that a change in the machine's load falls on all of them.
+void BM_FormatsDecode(benchmark::State& state, int64_t context) {
   strata::kv::Session& base = prefilled(context);
   const auto next = stored_tokens(context + kFormatSteps);
   std::vector<float> logits(static_cast<size_t>(g_stored->config().vocab_size));
-  std::vector<double> steps;
-  double mib = 0;
+  std::vector<std::vector<double>> steps(g_formats.size()), cpu(g_formats.size());
+  std::vector<double> mib(g_formats.size());
   for (auto _ : state) {
-    auto session = base.with_format(format);
-    for (int64_t i = 0; i < kFormatSteps; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      session->forward(std::span<const int32_t>(next).subspan(static_cast<size_t>(context + i), 1), logits.data(),
-                       strata::nn::Logits::last);
-      steps.push_back(ms_since(t0));
-    }
-    mib = static_cast<double>(session->cache_bytes()) / (1 << 20);
+    std::vector<std::unique_ptr<strata::kv::Session>> sessions;
+    for (const auto& [name, format] : g_formats) sessions.push_back(base.with_format(format));
+    for (int64_t i = 0; i < kFormatSteps; ++i)
+      for (size_t f = 0; f < sessions.size(); ++f) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const double c0 = process_cpu_ms();
+        sessions[f]->forward(std::span<const int32_t>(next).subspan(static_cast<size_t>(context + i), 1),
+                             logits.data(), strata::nn::Logits::last);
+        steps[f].push_back(ms_since(t0));
+        cpu[f].push_back(process_cpu_ms() - c0);
+      }
+    for (size_t f = 0; f < sessions.size(); ++f) mib[f] = static_cast<double>(sessions[f]->cache_bytes()) / (1 << 20);
   }
-  g_format_runs[context][name] = {median(steps), mib};
-  state.counters["step_ms"] = median(steps);
-  state.counters["cache_MiB"] = mib;
+  for (size_t f = 0; f < g_formats.size(); ++f) {
+    g_format_runs[context][g_formats[f].first] = {median(steps[f]), median(cpu[f]), mib[f]};
+    state.counters[g_formats[f].first + "_ms"] = median(steps[f]);
+  }
 }
 
 // The rotation's own work in one decode step, in the calls and shapes the session makes them: per
@@ -185,7 +202,7 @@ void BM_RotationWork(benchmark::State& state) {
   const strata::kernels::HadamardRotation rot(c.head_dim, 0);
   std::vector<float> row(static_cast<size_t>(group * c.head_dim), 0.5f);
   int64_t calls = 0;
-  const auto t0 = std::chrono::steady_clock::now();
+  const double c0 = process_cpu_ms();
   for (auto _ : state) {
     for (int64_t l = 0; l < c.n_layers; ++l)
       for (int64_t h = 0; h < c.n_kv_heads; ++h) {
@@ -197,7 +214,7 @@ void BM_RotationWork(benchmark::State& state) {
     benchmark::DoNotOptimize(row.data());
     ++calls;
   }
-  g_rotation_us = 1000 * ms_since(t0) / static_cast<double>(std::max<int64_t>(calls, 1));
+  g_rotation_us = 1000 * (process_cpu_ms() - c0) / static_cast<double>(std::max<int64_t>(calls, 1));
 }
 
 void register_formats(const std::vector<int64_t>& contexts) {
@@ -214,13 +231,10 @@ void register_formats(const std::vector<int64_t>& contexts) {
                {"q4_0", fmt(KvFormat::q4_0, false)},   {"q4_0+rot", fmt(KvFormat::q4_0, true)},
                {"kivi4", fmt(KvFormat::kivi4, false)}, {"kivi4+rot", fmt(KvFormat::kivi4, true)},
                {"kivi2", fmt(KvFormat::kivi2, false)}, {"kivi2+rot", fmt(KvFormat::kivi2, true)}};
-  for (const int64_t context : contexts)
-    for (const auto& [name, format] : g_formats) {
-      const std::string bm = "FormatDecode/" + std::to_string(context) + "/" + name;
-      benchmark::RegisterBenchmark(bm.c_str(), BM_FormatDecode, context, name, format)
-          ->Iterations(1)
-          ->Unit(benchmark::kMillisecond);
-    }
+  for (const int64_t context : contexts) {
+    const std::string bm = "FormatDecode/" + std::to_string(context);
+    benchmark::RegisterBenchmark(bm.c_str(), BM_FormatsDecode, context)->Iterations(1)->Unit(benchmark::kMillisecond);
+  }
   benchmark::RegisterBenchmark("FormatDecode/rotation_work_per_step", BM_RotationWork)->Unit(benchmark::kMicrosecond);
 }
 
@@ -229,26 +243,27 @@ void print_formats() {
   std::printf("\nStored KV formats, decode step after a prompt (same run; medians of %lld steps; SmolLM2 in its "
               "file's types, %d threads)\n",
               static_cast<long long>(kFormatSteps), strata::num_threads());
-  std::printf("%-8s %-10s %10s %11s %14s %12s\n", "context", "format", "step ms", "cache MiB", "f32 step / this",
-              "cache ratio");
+  std::printf("%-8s %-10s %10s %14s %11s %16s %16s %12s\n", "context", "format", "step ms", "step CPU ms",
+              "cache MiB", "f32 step / this", "f32 CPU / this", "cache ratio");
   for (const auto& [context, runs] : g_format_runs) {
     const auto f32 = runs.count("f32") ? runs.at("f32") : FormatRun{};
     for (const auto& [name, format] : g_formats) {
       if (!runs.count(name)) continue;
       const FormatRun& r = runs.at(name);
-      std::printf("%-8lld %-10s %10.2f %11.2f %14.2fx %11.2fx\n", static_cast<long long>(context), name.c_str(),
-                  r.step_ms, r.cache_mib, f32.step_ms / r.step_ms, f32.cache_mib > 0 ? r.cache_mib / f32.cache_mib : 0);
+      std::printf("%-8lld %-10s %10.2f %14.2f %11.2f %15.2fx %15.2fx %11.3fx\n", static_cast<long long>(context),
+                  name.c_str(), r.step_ms, r.cpu_ms, r.cache_mib, f32.step_ms / r.step_ms, f32.cpu_ms / r.cpu_ms,
+                  f32.cache_mib > 0 ? r.cache_mib / f32.cache_mib : 0);
     }
     if (g_llama_ms.count(context))
       std::printf("%-8lld %-10s %10.2f %11s %14.2fx   (llama.cpp / strata f32: %.2fx)\n", static_cast<long long>(context),
                   "llama.cpp", g_llama_ms[context], "", f32.step_ms / g_llama_ms[context],
                   g_llama_ms[context] / f32.step_ms);
     if (g_rotation_us > 0 && runs.count("q4_0+rot") && runs.count("q4_0"))
-      std::printf("rotation at %lld: its own work %.1f us per step = %.2f%% of the q4_0+rot step (%.2f ms); step "
-                  "difference q4_0+rot - q4_0 = %+.2f ms (%+.1f%%)\n",
-                  static_cast<long long>(context), g_rotation_us, 0.1 * g_rotation_us / runs.at("q4_0+rot").step_ms,
-                  runs.at("q4_0+rot").step_ms, runs.at("q4_0+rot").step_ms - runs.at("q4_0").step_ms,
-                  100 * (runs.at("q4_0+rot").step_ms - runs.at("q4_0").step_ms) / runs.at("q4_0").step_ms);
+      std::printf("rotation at %lld: its own work %.1f us CPU per step = %.2f%% of the q4_0+rot step's CPU time "
+                  "(%.2f ms); CPU time q4_0+rot - q4_0 = %+.2f ms (%+.1f%%)\n",
+                  static_cast<long long>(context), g_rotation_us, 0.1 * g_rotation_us / runs.at("q4_0+rot").cpu_ms,
+                  runs.at("q4_0+rot").cpu_ms, runs.at("q4_0+rot").cpu_ms - runs.at("q4_0").cpu_ms,
+                  100 * (runs.at("q4_0+rot").cpu_ms - runs.at("q4_0").cpu_ms) / runs.at("q4_0").cpu_ms);
   }
 }
 

@@ -61,21 +61,30 @@ void put_code(std::byte* row, int64_t i, uint8_t code, int bits) {
   const int64_t per = 8 / bits;
   row[i / per] |= static_cast<std::byte>(code << ((i % per) * bits));
 }
+// Every byte's codes as floats, low code first: 4 per byte at 2 bits, 2 per byte at 4 bits.
+struct CodeTables {
+  float two[256][4];
+  float four[256][2];
+  CodeTables() {
+    for (int b = 0; b < 256; ++b) {
+      for (int i = 0; i < 4; ++i) two[b][i] = static_cast<float>((b >> (2 * i)) & 3);
+      for (int i = 0; i < 2; ++i) four[b][i] = static_cast<float>((b >> (4 * i)) & 15);
+    }
+  }
+};
+const CodeTables& code_tables() {
+  static const CodeTables t;
+  return t;
+}
+
 // All d codes of a row as floats.
 void unpack_codes(const std::byte* row, int64_t d, int bits, float* out) {
   const uint8_t* b = reinterpret_cast<const uint8_t*>(row);
+  const CodeTables& t = code_tables();
   if (bits == 4) {
-    for (int64_t i = 0; i < d / 2; ++i) {
-      out[2 * i] = static_cast<float>(b[i] & 0x0F);
-      out[2 * i + 1] = static_cast<float>(b[i] >> 4);
-    }
+    for (int64_t i = 0; i < d / 2; ++i) std::memcpy(out + 2 * i, t.four[b[i]], sizeof t.four[0]);
   } else {
-    for (int64_t i = 0; i < d / 4; ++i) {
-      out[4 * i] = static_cast<float>(b[i] & 3);
-      out[4 * i + 1] = static_cast<float>((b[i] >> 2) & 3);
-      out[4 * i + 2] = static_cast<float>((b[i] >> 4) & 3);
-      out[4 * i + 3] = static_cast<float>(b[i] >> 6);
-    }
+    for (int64_t i = 0; i < d / 4; ++i) std::memcpy(out + 4 * i, t.two[b[i]], sizeof t.two[0]);
   }
 }
 
