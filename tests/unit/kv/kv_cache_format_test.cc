@@ -178,6 +178,27 @@ TEST(KvCacheFormat, RoundTripsMatchTheFormulas) {
   }
 }
 
+// Per layer, keys and values each in their own format.
+TEST(KvCacheFormat, PerLayerFormats) {
+  const int64_t tokens = 40;
+  const auto k = rows(tokens, 1, 21), v = rows(tokens, 1, 22);
+  CacheFormat f;
+  f.layers = {{KvFormat::q4_0, KvFormat::f32}, {KvFormat::f16, KvFormat::q8_0}};
+  Cache c(2, 1, kDim, 0, f);
+  for (int l = 0; l < 2; ++l) c.append(l, k.data(), v.data(), tokens, 0);
+  expect_equal(read(c, true, 0, 0), q4_0_formula(k), 1e-6f, "layer 0 keys");
+  EXPECT_EQ(read(c, false, 0, 0), v);
+  auto kh = k;
+  for (auto& x : kh) x = half(x);
+  expect_equal(read(c, true, 1, 0), kh, 1e-6f, "layer 1 keys");
+  expect_equal(read(c, false, 1, 0), q8_0_formula(v), 1e-6f, "layer 1 values");
+  EXPECT_EQ(c.bytes_per_token(0), 36u + 256u + 8u);
+  EXPECT_EQ(c.bytes_per_token(1), 128u + 68u + 8u);
+  EXPECT_FALSE(f.full_precision());
+  EXPECT_THROW(c.keys(0, 0), Error);
+  EXPECT_NE(c.values(0, 0), nullptr);  // float32 values of layer 0 are still rows in place
+}
+
 // Rotated: the stored rows are the formula applied to R x, read back through R^T.
 TEST(KvCacheFormat, RotatedRoundTripIsTheFormulaInTheRotatedBasis) {
   const int64_t tokens = 40;
