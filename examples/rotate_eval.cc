@@ -10,7 +10,7 @@
 // meaningful here.
 //
 //   rotate_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--eval TXT] [--eval-slice 0.9:1.0]
-//               [--types q4_0,q3_k,q2_k] [--kind hadamard|random] [--seed 0]
+//               [--types q4_0,q3_k,q2_k] [--kind hadamard|random] [--seed 0] [--fold-only]
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -35,11 +35,13 @@ struct Args : examples::RealDataArgs {
   std::vector<std::string> types = {"q4_0", "q3_k", "q2_k"};
   std::string kind = "hadamard";
   uint64_t seed = 0;
+  bool fold_only = false;
   void add_options(CLI::App& app) {
     RealDataArgs::add_options(app);
     examples::add_list(app, "--types", types, "ggml types every block layer is quantized to");
     app.add_option("--kind", kind, "rotation: hadamard or random")->capture_default_str();
     app.add_option("--seed", seed, "rotation seed")->capture_default_str();
+    app.add_flag("--fold-only", fold_only, "fold the norms without rotating: the folding's own share");
   }
 };
 
@@ -71,11 +73,12 @@ void run(const Args& a) {
   compress::RotateOptions ro;
   ro.kind = compress::parse_rotation_kind(a.kind);
   ro.seed = a.seed;
+  ro.rotate = !a.fold_only;
   compress::check_rotatable(*file, ro);
   const auto t0 = std::chrono::steady_clock::now();
   const auto rotated_file = compress::rotate_model(*file, ro);
-  std::printf("model: %s; rotated (%s, seed %llu) in %.1f s\n", a.model.c_str(), a.kind.c_str(),
-              static_cast<unsigned long long>(a.seed), examples::seconds_since(t0));
+  std::printf("model: %s; %s (%s, seed %llu) in %.1f s\n", a.model.c_str(), a.fold_only ? "norms folded, not rotated" : "rotated",
+              a.kind.c_str(), static_cast<unsigned long long>(a.seed), examples::seconds_since(t0));
   std::fflush(stdout);
   const nn::LlamaModel dense = nn::LlamaModel::load(*file);
   const nn::LlamaModel rotated = nn::LlamaModel::load(*rotated_file);
