@@ -1,23 +1,34 @@
 // Speed of strata's ggml row quantizers on one thread, in GB/s of float input: every type the codec
-// table writes, with and without an importance vector, the scalar Q4_K / Q6_K reference beside the
+// table writes, with and without an importance vector, the scalar Q4_K / Q5_K / Q6_K reference beside the
 // routed (SIMD) path, and a memcpy of the same input bytes measured in the same run as the ceiling.
 // The input is 4 MiB of float rows of 4096 (larger than L2, so the copy is not a cache-only figure):
 // normal values with a few outliers per row, the shape of real weights. Rates are per second of the
 // thread's CPU time, so that other processes on a shared machine do not count against them.
-// Usage: bench_quantize [benchmark flags].
+//
+// Then the whole-tensor path compressors and engines call (compress::ggml::quantize: rows in
+// parallel over strata's threads) for Q4_K, Q5_K and Q6_K at 1 and 2 threads, on a tensor larger than the
+// L3 (1.25x the size the CPU reports, read at run time), beside a memcpy of that tensor with the
+// same threads. These rates are per second of wall-clock time (what parallelism buys) and, beside
+// them, per second of the process's CPU time (what a loaded machine does not distort).
+// Usage: bench_quantize [benchmark flags]; --benchmark_repetitions=N reports the median of N.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <time.h>
 
 #include "../src/kernels/cpu/ggml_rows.hpp"  // the scalar references, to compare against
+#include "strata/compress/ggml/quantize.hpp"
 #include "strata/core/blas.hpp"
+#include "strata/core/parallel.hpp"
 #include "strata/kernels/ggml_codec.hpp"
 
 namespace {
@@ -74,6 +85,96 @@ void run(benchmark::State& state, const std::string& name, Body body) {
   g_gbps[name] = gbps;
 }
 
+std::string key(const sk::GgmlCodec& c, bool imatrix) { return sk::lower_name(c.type) + (imatrix ? "/imatrix" : ""); }
+
+// ---- whole tensors, larger than the L3 --------------------------------------------------------------
+
+std::map<std::string, std::vector<double>> g_wall, g_cpu;  // per repetition: wall-clock and CPU-time rates
+
+double process_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+uint64_t l3_size() {
+  uint64_t l3 = 0;
+  for (const auto& c : benchmark::CPUInfo::Get().caches)
+    if (c.level == 3) l3 = std::max<uint64_t>(l3, static_cast<uint64_t>(c.size));
+  return l3 > 0 ? l3 : uint64_t{32} << 20;
+}
+
+// Rows of kCols floats spanning 1.25x the L3 (at least 64 MiB): the 4 MiB input tiled, so the
+// values are those of the row benchmarks while no pass finds them in the cache.
+const std::vector<float>& tensor() {
+  static const std::vector<float> t = [] {
+    const uint64_t bytes = std::max<uint64_t>(l3_size() / 4 * 5, uint64_t{64} << 20);
+    const auto tiles = static_cast<std::size_t>((bytes + kInputBytes - 1) / kInputBytes);
+    const auto& w = weights();
+    std::vector<float> v(tiles * w.size());
+    for (std::size_t i = 0; i < tiles; ++i) std::copy(w.begin(), w.end(), v.begin() + i * w.size());
+    return v;
+  }();
+  return t;
+}
+
+int64_t tensor_rows() { return static_cast<int64_t>(tensor().size()) / kCols; }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Times `body` (one pass over the whole tensor) with `threads` threads, by wall clock and by CPU time.
+template <class Body>
+void run_tensor(benchmark::State& state, const std::string& name, int threads, Body body) {
+  strata::set_num_threads(threads);
+  const double bytes = static_cast<double>(tensor().size()) * sizeof(float);
+  double wall = 0, cpu = 0;
+  for (auto _ : state) {
+    const double c0 = process_seconds();
+    const auto t0 = std::chrono::steady_clock::now();
+    body();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    cpu += process_seconds() - c0;
+    wall += dt;
+    state.SetIterationTime(dt);
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters["GB/s"] = bytes * n / wall / 1e9;
+  state.counters["GB/s/cpu"] = bytes * n / cpu / 1e9;
+  g_wall[name].push_back(bytes * n / wall / 1e9);
+  g_cpu[name].push_back(bytes * n / cpu / 1e9);
+}
+
+void register_tensor(int threads) {
+  const std::string suffix = "/threads:" + std::to_string(threads);
+  benchmark::RegisterBenchmark(("tensor/memcpy" + suffix).c_str(), [=](benchmark::State& state) {
+    const auto& x = tensor();
+    std::vector<float> dst(x.size());
+    std::fill(dst.begin(), dst.end(), 0.f);  // pages touched outside the timing
+    const int64_t chunk = 1 << 20;
+    run_tensor(state, "memcpy" + suffix, threads, [&] {
+      strata::parallel_for(static_cast<int64_t>(x.size()), chunk, [&](int64_t b, int64_t e) {
+        std::memcpy(dst.data() + b, x.data() + b, static_cast<std::size_t>(e - b) * sizeof(float));
+      });
+      benchmark::DoNotOptimize(dst.data());
+      benchmark::ClobberMemory();
+    });
+  })->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseManualTime();
+  for (sk::GgmlType t : {sk::GgmlType::Q4_K, sk::GgmlType::Q5_K, sk::GgmlType::Q6_K})
+    for (bool imatrix : {false, true}) {
+      const std::string name = key(sk::ggml_codec(t), imatrix) + suffix;
+      benchmark::RegisterBenchmark(("tensor/" + name).c_str(), [=](benchmark::State& state) {
+        const std::span<const float> qw = imatrix ? std::span<const float>(importance()) : std::span<const float>();
+        run_tensor(state, name, threads, [&] {
+          const auto out = strata::compress::ggml::quantize(t, tensor().data(), tensor_rows(), kCols, qw);
+          benchmark::DoNotOptimize(out.data());
+        });
+      })->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseManualTime();
+    }
+}
+
 void BM_MemCopy(benchmark::State& state) {
   const auto& x = weights();
   std::vector<float> dst(x.size());
@@ -100,8 +201,6 @@ void register_quantizer(const std::string& name, sk::QuantizeRowFn fn, std::size
   })->Unit(benchmark::kMillisecond)->MinTime(0.3);
 }
 
-std::string key(const sk::GgmlCodec& c, bool imatrix) { return sk::lower_name(c.type) + (imatrix ? "/imatrix" : ""); }
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -117,12 +216,15 @@ int main(int argc, char** argv) {
     }
   const std::pair<sk::GgmlType, sk::QuantizeRowFn> refs[] = {
       {sk::GgmlType::Q4_K, &sk::detail::quantize_row_q4_k},
+      {sk::GgmlType::Q5_K, &sk::detail::quantize_row_q5_k},
       {sk::GgmlType::Q6_K, &sk::detail::quantize_row_q6_k},
   };
   for (const auto& [t, fn] : refs)
     for (bool imatrix : {false, true})
       register_quantizer("reference/" + key(sk::ggml_codec(t), imatrix), fn, sk::ggml_codec(t).row_bytes(kCols),
                          imatrix);
+
+  for (int threads : {1, 2}) register_tensor(threads);
 
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
@@ -145,6 +247,27 @@ int main(int argc, char** argv) {
       return std::string(buf);
     };
     std::printf("%-16s %s %s\n", sk::lower_name(c->type).c_str(), cell(false).c_str(), cell(true).c_str());
+  }
+
+  if (!g_wall.empty()) {
+    const double mib = static_cast<double>(tensor().size()) * sizeof(float) / (1 << 20);
+    std::printf("\nWhole tensors (compress::ggml::quantize), %lld x %lld floats = %.0f MiB, L3 %llu MiB; median of\n"
+                "repetitions; GB/s of float input per second of wall clock (per second of process CPU time),\n"
+                "and as a share of a memcpy of the same tensor with the same threads in the same run\n",
+                static_cast<long long>(tensor_rows()), static_cast<long long>(kCols), mib,
+                static_cast<unsigned long long>(l3_size() >> 20));
+    std::printf("%-16s %8s %18s %18s\n", "type", "threads", "GB/s wall (cpu)", "of copy wall (cpu)");
+    for (int threads : {1, 2}) {
+      const std::string suffix = "/threads:" + std::to_string(threads);
+      const double cw = median(g_wall["memcpy" + suffix]), cc = median(g_cpu["memcpy" + suffix]);
+      for (const char* name : {"memcpy", "q4_k", "q4_k/imatrix", "q5_k", "q5_k/imatrix", "q6_k", "q6_k/imatrix"}) {
+        const std::string k = name + suffix;
+        if (!g_wall.count(k)) continue;
+        const double w = median(g_wall[k]), c = median(g_cpu[k]);
+        std::printf("%-16s %8d %9.3f (%6.3f) %8.1f%% (%5.1f%%)\n", name, threads, w, c, cw > 0 ? 100 * w / cw : 0.0,
+                    cc > 0 ? 100 * c / cc : 0.0);
+      }
+    }
   }
   return 0;
 }

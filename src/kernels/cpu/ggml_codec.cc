@@ -80,7 +80,7 @@ constexpr RowFns kRowFns[] = {
     {GgmlType::Q2_K, &detail::quantize_row_q2_k, &detail::dequantize_row_q2_k},
     {GgmlType::Q3_K, &detail::quantize_row_q3_k, &detail::dequantize_row_q3_k},
     {GgmlType::Q4_K, &detail::quantize_row_q4_k_simd, &detail::dequantize_row_q4_k},
-    {GgmlType::Q5_K, &detail::quantize_row_q5_k, &detail::dequantize_row_q5_k},
+    {GgmlType::Q5_K, &detail::quantize_row_q5_k_simd, &detail::dequantize_row_q5_k},
     {GgmlType::Q6_K, &detail::quantize_row_q6_k_simd, &detail::dequantize_row_q6_k},
     {GgmlType::Q8_K, nullptr, &detail::dequantize_row_q8_k},
     {GgmlType::IQ4_NL, &detail::quantize_row_iq4_nl, &detail::dequantize_row_iq4_nl},

@@ -915,10 +915,17 @@ void encode_q4_k_scales(const float* scales, const float* mins, const float* sw,
   uint8_t Ls[kQK_K / 32], Lm[kQK_K / 32];
   const float d_block = make_qp_quants(kQK_K / 32, 63, scales, Ls, sw);
   const float m_block = make_qp_quants(kQK_K / 32, 63, mins, Lm, sw);
+  pack_q4_k_scales(Ls, Lm, d_block, m_block, y);
+}
+
+void pack_q4_k_scales(const uint8_t* Ls, const uint8_t* Lm, float d_block, float m_block, BlockQ4_K& y) {
+  std::memset(y.scales, 0, sizeof y.scales);
   for (int j = 0; j < kQK_K / 32; ++j) pack_scale_min_k4(j, Ls[j], Lm[j], y.scales);
   y.d = to_half(d_block);
   y.dmin = to_half(m_block);
 }
+
+void pack_q5_k_quants(const uint8_t* L, BlockQ5_K& y) { pack_q5k(L, y); }
 
 // The super-block half of Q6_K: the sixteen sub-block scales to signed 8 bits, the largest in
 // magnitude at -128. Returns false, with the block zeroed, when every scale vanishes.

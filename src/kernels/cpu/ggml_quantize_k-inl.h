@@ -8,7 +8,8 @@
 // k through exactly the scalar sequence of operations (every sum in the scalar order), with the
 // sub-blocks' elements transposed so that element l of every lane is one load. Branches of the
 // scalar code become per-lane selects. The elementwise steps (final quants against the stored
-// scales, packing) run in natural order, and the per-super-block steps (8 or 16 values) stay in
+// scales, packing) run in natural order. Of the per-super-block steps, Q4_K's make_qp_quants (with
+// importance) runs across N super-blocks the same way; the others (8 or 16 values, cheap) stay in
 // the shared scalar code.
 //
 // Exactness needs the same roundings as the reference, which keeps every product separate from the
@@ -25,7 +26,7 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
-#include <cstddef>
+#include <cstddef>  // offsetof
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -142,15 +143,15 @@ struct KxOut {
   float* l_min;
 };
 
-// make_qkx_quants of ggml_quantize.cc (nmax 15, n 32), lane k of group g on sub-block g * N + k of
-// xt / wt (K groups, each transposed, 32 x N). lq: scratch of K x 32 x N. K independent groups
+// make_qkx_quants of ggml_quantize.cc (n 32, nmax 15 for Q4_K or 31 for Q5_K), lane k of group g on
+// sub-block g * N + k of xt / wt (K groups, each transposed, 32 x N). lq: scratch of K x 32 x N. K independent groups
 // interleaved keep both vector pipes busy through the searches' chains of dependent adds.
-template <int K>
+template <int K, int nmax>
 HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt, float* HWY_RESTRICT lq,
                           float rmin, float rdelta, int nstep, const KxOut& out) {
   const DF df;
   const size_t N = hn::Lanes(df);
-  constexpr int n = 32, nmax = 15;
+  constexpr int n = 32;
   using M = hn::Mask<DF>;
   const VF zero = hn::Zero(df), vnmax = hn::Set(df, static_cast<float>(nmax)), magic = hn::Set(df, kMagic);
   auto at = [&](int k, int l) { return (static_cast<size_t>(k) * n + static_cast<size_t>(l)) * N; };
@@ -248,7 +249,7 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
       this_min[k] = hn::Div(hn::Sub(MulR(sum_l2[k], sum_x[k]), MulR(sum_l[k], sum_xl[k])), D);
       const M clip = hn::Gt(this_min[k], zero);
       this_min[k] = hn::IfThenElse(clip, zero, this_min[k]);
-      this_scale[k] = hn::IfThenElse(clip, hn::Div(sum_xl[k], sum_l2[k]), this_scale[k]);
+      if (!hn::AllFalse(df, clip)) this_scale[k] = hn::IfThenElse(clip, hn::Div(sum_xl[k], sum_l2[k]), this_scale[k]);
       cur_error[k] = zero;
     }
     if (!any) continue;
@@ -275,6 +276,141 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
     hn::Store(hn::Neg(min[k]), df, out.the_min + o);
     hn::Store(hn::IfThenZeroElse(flat[k], l_iscale[k]), df, out.l_iscale + o);
     hn::Store(hn::IfThenZeroElse(flat[k], l_min[k]), df, out.l_min + o);
+  }
+}
+
+// ggml's nearest_int as an integer, for every v: the low mantissa bits of v + 1.5 * 2^23.
+HWY_INLINE VI GgmlNearestInt(VF v) {
+  const DF df;
+  const DI di;
+  const VI b = hn::BitCast(di, hn::Add(v, hn::Set(df, kMagic)));
+  return hn::Sub(hn::And(b, hn::Set(di, 0x007FFFFF)), hn::Set(di, 0x00400000));
+}
+
+// make_qp_quants of ggml_quantize.cc (n 8, nmax 63) for N super-blocks at once: lane k fits the
+// eight values xt[i * N + k] (a super-block's sub-block scales or mins) with weights wt[i * N + k],
+// through the scalar sequence of operations, each branch a per-lane select. Stores the quants as
+// ggml keeps them (an int cast to uint8_t, so a negative quant wraps, as there) in L[i * N + k]
+// and returns the fitted scale per lane. The refinement tries stop when no lane changes: a lane
+// that changed nothing in a try would change nothing in the next, so running on is exact.
+HWY_INLINE VF QpQuants(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt, int32_t* HWY_RESTRICT L_out) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  constexpr int n = 8, nmax = 63;
+  using M = hn::Mask<DF>;
+  const VF zero = hn::Zero(df), one = hn::Set(df, 1.f);
+  const VI inmax = hn::Set(di, nmax), byte = hn::Set(di, 0xFF);
+  VF x[n], w[n], wx[n];
+  VF max = zero;
+  for (int i = 0; i < n; ++i) {
+    x[i] = hn::Load(df, xt + static_cast<size_t>(i) * N);
+    w[i] = hn::Load(df, wt + static_cast<size_t>(i) * N);
+    max = hn::IfThenElse(hn::Gt(max, x[i]), max, x[i]);
+  }
+  const M flat = hn::Lt(max, hn::Set(df, kGroupMaxEps));
+  VF iscale = hn::Div(hn::Set(df, static_cast<float>(nmax)), max);
+  VF best = zero;
+  {
+    const VF scale = hn::Div(one, iscale);
+    for (int i = 0; i < n; ++i) {
+      const VF l = hn::ConvertTo(df, hn::And(GgmlNearestInt(MulR(iscale, x[i])), byte));
+      const VF diff = hn::Sub(x[i], MulR(scale, l));
+      best = hn::Add(best, MulR(MulR(w[i], diff), diff));
+    }
+  }
+  for (int is = -4; is <= 4; ++is) {
+    if (is == 0) continue;
+    const VF isc = hn::Div(hn::Set(df, ProdS(0.1f, static_cast<float>(is)) + static_cast<float>(nmax)), max);
+    const VF sc = hn::Div(one, isc);
+    VF mse = zero;
+    for (int i = 0; i < n; ++i) {
+      const VF l = hn::ConvertTo(df, hn::Min(GgmlNearestInt(MulR(isc, x[i])), inmax));
+      const VF diff = hn::Sub(x[i], MulR(sc, l));
+      mse = hn::Add(mse, MulR(MulR(w[i], diff), diff));
+    }
+    const M better = hn::Lt(mse, best);
+    best = hn::IfThenElse(better, mse, best);
+    iscale = hn::IfThenElse(better, isc, iscale);
+  }
+  VI L[n];
+  VF sumlx = zero, suml2 = zero;
+  for (int i = 0; i < n; ++i) {
+    const VI li = hn::Min(GgmlNearestInt(MulR(iscale, x[i])), inmax);
+    L[i] = hn::And(li, byte);
+    const VF l = hn::ConvertTo(df, li);
+    wx[i] = MulR(w[i], x[i]);
+    sumlx = hn::Add(sumlx, MulR(wx[i], l));
+    suml2 = hn::Add(suml2, MulR(MulR(w[i], l), l));
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    M changed = hn::FirstN(df, 0);
+    for (int i = 0; i < n; ++i) {
+      const VF lo = hn::ConvertTo(df, L[i]);
+      const VF slx = hn::Sub(sumlx, MulR(wx[i], lo));
+      const VF sl2 = hn::Sub(suml2, MulR(MulR(w[i], lo), lo));
+      const M usable = hn::And(hn::Gt(slx, zero), hn::Gt(sl2, zero));
+      const VI li = hn::Min(GgmlNearestInt(hn::Div(MulR(x[i], sl2), slx)), inmax);
+      const M differs = hn::RebindMask(df, hn::Ne(li, L[i]));
+      const VF l = hn::ConvertTo(df, li);
+      const VF slx_new = hn::Add(slx, MulR(wx[i], l));
+      const VF sl2_new = hn::Add(sl2, MulR(MulR(w[i], l), l));
+      const M gains = hn::Gt(MulR(MulR(slx_new, slx_new), suml2), MulR(MulR(sumlx, sumlx), sl2_new));
+      const M accept = hn::And(hn::And(usable, differs), gains);
+      L[i] = hn::IfThenElse(hn::RebindMask(di, accept), hn::And(li, byte), L[i]);
+      sumlx = hn::IfThenElse(accept, slx_new, sumlx);
+      suml2 = hn::IfThenElse(accept, sl2_new, suml2);
+      changed = hn::Or(changed, accept);
+    }
+    if (hn::AllFalse(df, hn::AndNot(flat, changed))) break;
+  }
+  const auto iflat = hn::RebindMask(di, flat);
+  for (int i = 0; i < n; ++i) hn::Store(hn::IfThenZeroElse(iflat, L[i]), di, L_out + static_cast<size_t>(i) * N);
+  return hn::IfThenZeroElse(flat, hn::IfThenElseZero(hn::Gt(suml2, zero), hn::Div(sumlx, suml2)));
+}
+
+// quantize_row_q4_K_impl's (and q5_K's) super-block step for the nsb super-blocks of a row, N at a
+// time: the sub-block scales and mins (8 per super-block, in order) fitted by make_qp_quants with the
+// sub-blocks' summed weights sw, packed into y's d, dmin and scales as the reference packs them
+// (Q5_K's clamps the quants to 63 first, Q4_K's does not).
+HWY_INLINE void EncodeScalesQ4K(const float* HWY_RESTRICT scales, const float* HWY_RESTRICT mins,
+                                const float* HWY_RESTRICT sw, int64_t nsb, bool clamp63,
+                                kernels::BlockQ4_K* HWY_RESTRICT y) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  constexpr int n = 8;
+  auto buf = hwy::AllocateAligned<float>(3 * n * N);
+  auto ibuf = hwy::AllocateAligned<int32_t>(2 * n * N);
+  float* st = buf.get();
+  float* mt = st + n * N;
+  float* wt = mt + n * N;
+  int32_t* Ls = ibuf.get();
+  int32_t* Lm = Ls + n * N;
+  for (int64_t s0 = 0; s0 < nsb; s0 += static_cast<int64_t>(N)) {
+    const auto valid = static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(N), nsb - s0));
+    for (size_t k = 0; k < N; ++k) {
+      const int64_t o = n * (s0 + static_cast<int64_t>(std::min(k, valid - 1)));
+      for (int i = 0; i < n; ++i) {
+        st[static_cast<size_t>(i) * N + k] = scales[o + i];
+        mt[static_cast<size_t>(i) * N + k] = mins[o + i];
+        wt[static_cast<size_t>(i) * N + k] = sw[o + i];
+      }
+    }
+    HWY_ALIGN float d[hn::MaxLanes(df)], m[hn::MaxLanes(df)];
+    hn::Store(QpQuants(st, wt, Ls), df, d);
+    hn::Store(QpQuants(mt, wt, Lm), df, m);
+    for (size_t k = 0; k < valid; ++k) {
+      uint8_t ls[n], lm[n];
+      for (int i = 0; i < n; ++i) {
+        ls[i] = static_cast<uint8_t>(Ls[static_cast<size_t>(i) * N + k]);
+        lm[i] = static_cast<uint8_t>(Lm[static_cast<size_t>(i) * N + k]);
+        if (clamp63) {
+          ls[i] = std::min<uint8_t>(63, ls[i]);
+          lm[i] = std::min<uint8_t>(63, lm[i]);
+        }
+      }
+      kernels::detail::pack_q4_k_scales(ls, lm, d[k], m[k], y[s0 + static_cast<int64_t>(k)]);
+    }
   }
 }
 
@@ -319,10 +455,15 @@ HWY_INLINE void RequantizeK4(const float* HWY_RESTRICT x, float d, float dm, flo
   }
 }
 
-// Sub-blocks are searched N at a time across the row; then each super-block's scales are encoded
-// (scalar, shared with the reference) and its quants recomputed against them.
-inline void QuantizeRowQ4K(const float* HWY_RESTRICT x, int64_t n, kernels::BlockQ4_K* HWY_RESTRICT y,
-                           const float* HWY_RESTRICT importance) {
+// Q4_K (nmax 15) and Q5_K (nmax 31), which share the search, the scale encoding and the header
+// layout (d, dmin, twelve bytes of scales: BlockQ4_K's first fields). Sub-blocks are searched N at a
+// time across the row; then each super-block's scales are encoded and its quants recomputed against
+// them, and put(i, q) packs super-block i's 256 quants.
+template <int nmax, class Block, class Put>
+HWY_INLINE void QuantizeRowK45(const float* HWY_RESTRICT x, int64_t n, Block* HWY_RESTRICT y,
+                               const float* HWY_RESTRICT importance, const Put& put) {
+  static_assert(offsetof(Block, scales) == offsetof(kernels::BlockQ4_K, scales) &&
+                sizeof(Block::scales) == sizeof(kernels::BlockQ4_K::scales));
   using kernels::kQK_K;
   const DF df;
   const DI di;
@@ -380,33 +521,68 @@ inline void QuantizeRowQ4K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
       }
     }
     const KxOut out{scales + g, mins + g, l_iscale + g, l_min + g};
-    if (!importance)
-      SearchQkx<K>(xt, wt, lq, -1.f, 0.1f, 20, out);
+    if (importance)
+      SearchQkx<K, nmax>(xt, wt, lq, -0.9f, 0.05f, 36, out);
+    else if (nmax == 15)
+      SearchQkx<K, nmax>(xt, wt, lq, -1.f, 0.1f, 20, out);
     else
-      SearchQkx<K>(xt, wt, lq, -0.9f, 0.05f, 36, out);
+      SearchQkx<K, nmax>(xt, wt, lq, -0.5f, 0.1f, 15, out);
   }
 
+  // The headers: in place for Q4_K, staged for Q5_K.
+  hwy::AlignedFreeUniquePtr<kernels::BlockQ4_K[]> staged;
+  kernels::BlockQ4_K* heads;
+  if constexpr (std::is_same_v<Block, kernels::BlockQ4_K>) {
+    heads = y;
+  } else {
+    staged = hwy::AllocateAligned<kernels::BlockQ4_K>(static_cast<size_t>(nsb));
+    heads = staged.get();
+  }
+  if (importance) EncodeScalesQ4K(scales, mins, sw, nsb, nmax == 31, heads);
   HWY_ALIGN int32_t q[kQK_K];
   for (int64_t i = 0; i < nsb; ++i, x += kQK_K) {
-    kernels::BlockQ4_K& b = y[i];
+    kernels::BlockQ4_K& b = heads[i];
     const int64_t s0 = 8 * i;
-    kernels::detail::encode_q4_k_scales(scales + s0, mins + s0, importance ? sw + s0 : nullptr, b);
+    if (!importance) kernels::detail::encode_q4_k_scales(scales + s0, mins + s0, nullptr, b);
+    if constexpr (!std::is_same_v<Block, kernels::BlockQ4_K>) {
+      y[i].d = b.d;
+      y[i].dmin = b.dmin;
+      std::memcpy(y[i].scales, b.scales, sizeof b.scales);
+    }
     const float d_all = f16_to_f32(f16{b.d}), m_all = f16_to_f32(f16{b.dmin});
     for (int j = 0; j < kQK_K / 32; ++j) {
       uint8_t sc, m;
       kernels::detail::unpack_scale_min_k4(j, b.scales, sc, m);
       const float d = ProdS(d_all, static_cast<float>(sc));
       const float dm = ProdS(m_all, static_cast<float>(m));
-      RequantizeK4(x + 32 * j, d, dm, l_iscale[s0 + j], l_min[s0 + j], 15, 32, q + 32 * j);
+      RequantizeK4(x + 32 * j, d, dm, l_iscale[s0 + j], l_min[s0 + j], nmax, 32, q + 32 * j);
     }
+    put(i, q);
+  }
+}
+
+inline void QuantizeRowQ4K(const float* HWY_RESTRICT x, int64_t n, kernels::BlockQ4_K* HWY_RESTRICT y,
+                           const float* HWY_RESTRICT importance) {
+  const DI di;
+  const size_t N = hn::Lanes(di);
+  QuantizeRowK45<15>(x, n, y, importance, [&](int64_t i, const int32_t* HWY_RESTRICT q) {
     // Byte l of each 32-byte group: quant l of the even sub-block, quant l of the odd one above it.
     const hn::Rebind<uint8_t, DI> d8;
-    for (int j = 0; j < kQK_K; j += 64)
+    for (int j = 0; j < kernels::kQK_K; j += 64)
       for (int l = 0; l < 32; l += static_cast<int>(N)) {
         const VI lo = hn::Load(di, q + j + l), hi = hn::Load(di, q + j + l + 32);
-        hn::StoreU(hn::DemoteTo(d8, hn::Or(lo, hn::ShiftLeft<4>(hi))), d8, b.qs + j / 2 + l);
+        hn::StoreU(hn::DemoteTo(d8, hn::Or(lo, hn::ShiftLeft<4>(hi))), d8, y[i].qs + j / 2 + l);
       }
-  }
+  });
+}
+
+inline void QuantizeRowQ5K(const float* HWY_RESTRICT x, int64_t n, kernels::BlockQ5_K* HWY_RESTRICT y,
+                           const float* HWY_RESTRICT importance) {
+  QuantizeRowK45<31>(x, n, y, importance, [&](int64_t i, const int32_t* HWY_RESTRICT q) {
+    uint8_t L[kernels::kQK_K];
+    for (int l = 0; l < kernels::kQK_K; ++l) L[l] = static_cast<uint8_t>(q[l]);
+    kernels::detail::pack_q5_k_quants(L, y[i]);
+  });
 }
 
 // ---- Q6_K -------------------------------------------------------------------------------------------
@@ -532,6 +708,7 @@ inline void QuantizeRowQ6K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
 }  // namespace ggml_k
 
 using ggml_k::QuantizeRowQ4K;
+using ggml_k::QuantizeRowQ5K;
 using ggml_k::QuantizeRowQ6K;
 
 }  // namespace HWY_NAMESPACE

@@ -48,9 +48,10 @@ void quantize_row_iq4_nl(const float* x, int64_t n, void* out, const float* impo
 float legacy_row_sigma2(const float* x, int64_t n);
 void quantize_blocks_legacy(GgmlType t, const float* x, int64_t n, void* out, const float* importance, float sigma2);
 
-// Q4_K and Q6_K through the SIMD quantizers of ggml_quantize_k.cc, which the codec table routes to:
-// the same bytes as quantize_row_q4_k and quantize_row_q6_k above (the scalar references), faster.
+// Q4_K, Q5_K and Q6_K through the SIMD quantizers of ggml_quantize_k.cc, which the codec table routes
+// to: the same bytes as quantize_row_q4_k, _q5_k and _q6_k above (the scalar references), faster.
 void quantize_row_q4_k_simd(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q5_k_simd(const float* x, int64_t n, void* out, const float* importance);
 void quantize_row_q6_k_simd(const float* x, int64_t n, void* out, const float* importance);
 
 // The per-super-block steps the SIMD quantizers share with the references. encode_q4_k_scales sets
@@ -59,7 +60,12 @@ void quantize_row_q6_k_simd(const float* x, int64_t n, void* out, const float* i
 // encode_q6_k_scales sets d and the sixteen 8-bit scales, or zeroes y and returns false when every
 // scale vanishes.
 void encode_q4_k_scales(const float* scales, const float* mins, const float* sw, BlockQ4_K& y);
+// The last step of encode_q4_k_scales with importance: the eight quantized scales Ls and mins Lm
+// (make_qp_quants' quants, stored as ggml stores them) packed into y with d and dmin.
+void pack_q4_k_scales(const uint8_t* Ls, const uint8_t* Lm, float d_block, float m_block, BlockQ4_K& y);
 bool encode_q6_k_scales(const float* scales, BlockQ6_K& y);
+// Q5_K's 256 quants (0 .. 31) into y's qs (low four bits) and qh (fifth bits).
+void pack_q5_k_quants(const uint8_t* L, BlockQ5_K& y);
 
 // ---- alignment --------------------------------------------------------------------------------------
 // The kernels read and write typed blocks. Tensor data in a GGUF file and the buffers strata

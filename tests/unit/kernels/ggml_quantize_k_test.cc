@@ -1,5 +1,7 @@
-// The SIMD Q4_K and Q6_K quantizers, on every Highway target this CPU supports, against the scalar
-// references of ggml_quantize.cc: the same bytes for every row, with and without importance.
+// The SIMD Q4_K, Q5_K and Q6_K quantizers, on every Highway target this CPU supports, against the
+// scalar references of ggml_quantize.cc: the same bytes for every row, with and without importance;
+// and the whole-tensor path (compress::ggml::quantize, rows over strata's threads) against the
+// references row by row, at one and two threads.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/ggml_quantize_k_test.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
@@ -15,6 +17,8 @@
 
 #include "kernels/cpu/ggml_quantize_k-inl.h"
 #include "kernels/cpu/ggml_rows.hpp"
+#include "strata/compress/ggml/quantize.hpp"
+#include "strata/core/parallel.hpp"
 #include "strata/kernels/ggml_codec.hpp"
 
 #ifndef STRATA_GGML_QUANTIZE_K_TEST_ROWS_ONCE
@@ -105,6 +109,10 @@ void TestQ4KMatchesReference() {
   ExpectSameBytes<kernels::BlockQ4_K>(&kernels::detail::quantize_row_q4_k, &QuantizeRowQ4K, "q4_k");
 }
 
+void TestQ5KMatchesReference() {
+  ExpectSameBytes<kernels::BlockQ5_K>(&kernels::detail::quantize_row_q5_k, &QuantizeRowQ5K, "q5_k");
+}
+
 void TestQ6KMatchesReference() {
   ExpectSameBytes<kernels::BlockQ6_K>(&kernels::detail::quantize_row_q6_k, &QuantizeRowQ6K, "q6_k");
 }
@@ -117,13 +125,16 @@ HWY_AFTER_NAMESPACE();
 namespace strata {
 HWY_BEFORE_TEST(GgmlQuantizeKTest);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ4KMatchesReference);
+HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ5KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ6KMatchesReference);
 
-// The codec table routes Q4_K and Q6_K to the dispatched SIMD quantizers, misaligned output included.
+// The codec table routes Q4_K, Q5_K and Q6_K to the dispatched SIMD quantizers, misaligned output
+// included.
 TEST(GgmlQuantizeK, CodecRowsMatchReference) {
   using kernels::GgmlType;
   const auto rows = ggml_k_test::rows();
   for (auto [t, reference] : {std::pair{GgmlType::Q4_K, &kernels::detail::quantize_row_q4_k},
+                              std::pair{GgmlType::Q5_K, &kernels::detail::quantize_row_q5_k},
                               std::pair{GgmlType::Q6_K, &kernels::detail::quantize_row_q6_k}}) {
     const kernels::GgmlCodec& c = kernels::ggml_codec(t);
     for (std::size_t r = 0; r < rows.size(); r += 5) {
@@ -138,6 +149,40 @@ TEST(GgmlQuantizeK, CodecRowsMatchReference) {
       }
     }
   }
+}
+
+// A whole tensor of 37 rows of 1280 (rows of mixed kinds, so that the threads' chunks differ), with
+// and without importance, at one and two threads: each row's bytes are the reference's for that row.
+TEST(GgmlQuantizeK, TensorMatchesReferenceRows) {
+  using kernels::GgmlType;
+  constexpr int64_t rows = 37, cols = 1280;
+  std::vector<float> x;
+  for (const auto& row : ggml_k_test::rows())
+    if (row.x.size() == static_cast<std::size_t>(cols)) x.insert(x.end(), row.x.begin(), row.x.end());
+  ASSERT_GE(x.size(), static_cast<std::size_t>(cols) * 5);
+  for (std::size_t i = 0; x.size() < static_cast<std::size_t>(rows * cols); ++i) x.push_back(x[i] * -0.5f);
+  x.resize(static_cast<std::size_t>(rows * cols));
+  const int threads_before = num_threads();
+  for (auto [t, reference] : {std::pair{GgmlType::Q4_K, &kernels::detail::quantize_row_q4_k},
+                              std::pair{GgmlType::Q5_K, &kernels::detail::quantize_row_q5_k},
+                              std::pair{GgmlType::Q6_K, &kernels::detail::quantize_row_q6_k}}) {
+    const uint64_t row_bytes = kernels::ggml_codec(t).row_bytes(cols);
+    for (const auto& qv : ggml_k_test::importances(cols)) {
+      std::vector<std::byte> want(row_bytes * rows);
+      for (int64_t r = 0; r < rows; ++r)
+        reference(x.data() + r * cols, cols, want.data() + r * row_bytes, qv.empty() ? nullptr : qv.data());
+      for (int threads : {1, 2}) {
+        set_num_threads(threads);
+        const auto got = compress::ggml::quantize(t, x.data(), rows, cols, qv);
+        ASSERT_EQ(want.size(), got.size());
+        for (int64_t r = 0; r < rows; ++r)
+          ASSERT_EQ(0, std::memcmp(want.data() + r * row_bytes, got.data() + r * row_bytes, row_bytes))
+              << kernels::lower_name(t) << " row " << r << ", " << threads << " threads"
+              << (qv.empty() ? "" : ", importance");
+      }
+    }
+  }
+  set_num_threads(threads_before);
 }
 }  // namespace strata
 #endif
