@@ -342,6 +342,13 @@ void run(const Args& a) {
   const nn::BertEncoder& enc = model.encoder();
   const int64_t L = enc.config().n_layers, dim = enc.config().dim;
   for (int64_t k : a.layers) require(k >= 1 && k < L, "--layers: ", k, " is outside [1, ", L, ")");
+  for (const auto& c : a.codecs) {
+    if (c == "none") continue;
+    const gated::CodecOptions o = parse_codec(c);
+    const int64_t coords = o.rank > 0 ? o.rank : dim;
+    require(o.rank >= 0 && o.rank <= dim && o.keep >= 0 && o.keep <= coords, "--codecs: '", c, "' needs rank in [0, ",
+            dim, "] and keep in [0, ", coords, "]");
+  }
   const auto tokenize = [&](const gated::TaskSplit& s) {
     std::vector<std::vector<int32_t>> ids;
     for (const auto& t : s.text) ids.push_back(model.tokenizer().encode(t));
