@@ -345,9 +345,9 @@ void run(const Args& a) {
   for (const auto& c : a.codecs) {
     if (c == "none") continue;
     const gated::CodecOptions o = parse_codec(c);
+    require(o.rank >= 0 && o.rank <= dim, "--codecs: '", c, "' needs a rank in [0, ", dim, "]");
     const int64_t coords = o.rank > 0 ? o.rank : dim;
-    require(o.rank >= 0 && o.rank <= dim && o.keep >= 0 && o.keep <= coords, "--codecs: '", c, "' needs rank in [0, ",
-            dim, "] and keep in [0, ", coords, "]");
+    require(o.keep >= 0 && o.keep <= coords, "--codecs: '", c, "' keeps ", o.keep, " of ", coords, " coordinates");
   }
   const auto tokenize = [&](const gated::TaskSplit& s) {
     std::vector<std::vector<int32_t>> ids;
