@@ -11,8 +11,11 @@ llama.cpp. Run with the python of scripts/install-llama-cpp.sh (llama-cpp-python
   logits --model FILE.gguf --tokens IDS.txt --out LOGITS.f32
       llama.cpp's logits for every position of the token ids (whitespace separated), one forward pass
       with logits for all positions, written as float32 [tokens, vocab].
-  compare --model FILE.gguf --tokens IDS.txt --reference-logits REF.f32
+  compare --model FILE.gguf --tokens IDS.txt --reference-logits REF.f32 [--dequantize]
       mean KL(reference || llama.cpp) per position, the largest, and the top-1 agreement, as JSON.
+      llama.cpp multiplies quantized weights with activations it quantizes too (Q8_0 / Q8_K blocks);
+      --dequantize has llama.cpp's own dequantizer turn FILE into float32 first (a temporary file),
+      so that the forward pass sees exactly the weights FILE holds with float32 activations.
   eval --model FILE.gguf --reference REF.gguf --text FILE --slice 0.9:1.0 [--eval-tokens 2048] [--context 512]
       perplexity of both files and mean KL(reference || model) on windows of `context` tokens of a text
       slice (fractions of the file's bytes, both ends moved to the start of a line, as strata's
@@ -39,11 +42,6 @@ def fail(msg):
 
 
 # ---- quantize ----
-
-class ImatrixEntry(ctypes.Structure):
-    # struct llama_model_imatrix_data { const char * name; const float * data; size_t size; }
-    _fields_ = [("name", ctypes.c_char_p), ("data", ctypes.POINTER(ctypes.c_float)), ("size", ctypes.c_size_t)]
-
 
 def read_imatrix(path):
     """llama.cpp's legacy imatrix file -> {name: mean x^2 per column}."""
@@ -87,7 +85,8 @@ def quantize(a):
     keep = []
     if a.imatrix:
         im = read_imatrix(a.imatrix)
-        arr = (ImatrixEntry * (len(im) + 1))()
+        entry = llama_cpp.llama_model_imatrix_data
+        arr = (entry * (len(im) + 1))()
         for i, (name, values) in enumerate(sorted(im.items())):
             buf = np.ascontiguousarray(values, dtype=np.float32)
             keep.append((name.encode(), buf))
@@ -96,8 +95,7 @@ def quantize(a):
             arr[i].size = buf.size
         arr[len(im)].name = None
         keep.append(arr)
-        params.imatrix = ctypes.cast(arr, type(params.imatrix)) if not isinstance(params.imatrix, (int, type(None))) \
-            else ctypes.cast(arr, ctypes.c_void_p).value
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(entry))
     rc = llama_cpp.llama_model_quantize(a.model.encode(), a.out.encode(), ctypes.byref(params))
     if rc != 0:
         fail("llama_model_quantize %s -> %s (%s) returned %d" % (a.model, a.out, a.type, rc))
@@ -115,8 +113,9 @@ def types(a):
 # ---- logits ----
 
 def load(path, n_ctx, threads):
+    # Keys and values cached in float32 (type 0), not llama.cpp's default float16.
     return llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                           n_threads=threads, n_threads_batch=threads, verbose=False)
+                           n_threads=threads, n_threads_batch=threads, type_k=0, type_v=0, verbose=False)
 
 
 def window_logits(llm, tokens):
@@ -156,15 +155,38 @@ def logits(a):
     return {"model": a.model, "tokens": len(ids), "vocab": int(out.shape[1]), "out": a.out}
 
 
+def dequantized_copy(path, threads):
+    """FILE as float32 by llama.cpp's own dequantizer (llama_model_quantize to ALL_F32)."""
+    import os
+    import tempfile
+    fd, out = tempfile.mkstemp(suffix=".f32.gguf", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = 0  # LLAMA_FTYPE_ALL_F32
+    params.nthread = threads
+    params.allow_requantize = True
+    if llama_cpp.llama_model_quantize(path.encode(), out.encode(), ctypes.byref(params)) != 0:
+        os.remove(out)
+        fail("%s: llama.cpp could not dequantize it to float32" % path)
+    return out
+
+
 def compare(a):
+    import os
     ids = read_tokens(a.tokens)
-    llm = load(a.model, len(ids), a.threads)
+    path = dequantized_copy(a.model, a.threads) if a.dequantize else a.model
+    try:
+        llm = load(path, len(ids), a.threads)
+    finally:
+        if path != a.model:
+            os.remove(path)
     vocab = llm.n_vocab()
     ref = np.fromfile(a.reference_logits, dtype=np.float32)
     if ref.size != len(ids) * vocab:
         fail("%s: %d floats, expected %d tokens x %d vocabulary" % (a.reference_logits, ref.size, len(ids), vocab))
     res = kl_stats(ref.reshape(len(ids), vocab), window_logits(llm, ids))
     res["model"] = a.model
+    res["weights"] = "dequantized to float32 by llama.cpp" if a.dequantize else "as stored"
     return res
 
 
@@ -240,6 +262,7 @@ def main():
     c.add_argument("--model", required=True)
     c.add_argument("--tokens", required=True)
     c.add_argument("--reference-logits", required=True)
+    c.add_argument("--dequantize", action="store_true")
     e = sub.add_parser("eval")
     e.add_argument("--model", required=True)
     e.add_argument("--reference", required=True)

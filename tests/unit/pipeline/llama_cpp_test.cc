@@ -4,7 +4,8 @@
 //    per-tensor types of pipeline::llama_mix_types;
 //  - every ggml type strata writes, uniform over the layers, runs in llama.cpp with the logits of
 //    strata's engine on the same file (mean KL below 1e-3, same top-1 on at least 99% of positions)
-//    on a window of Moby-Dick.
+//    on a window of Moby-Dick, the weights dequantized by llama.cpp itself; and in the file's stored
+//    types, where llama.cpp's 8-bit activation blocks add their own small difference.
 // Skips, saying how to install it, where the environment is absent.
 #include <gtest/gtest.h>
 
@@ -174,14 +175,25 @@ TEST_F(LlamaCppTest, LogitsAgreeWithStratasEngineOnEveryWrittenType) {
       std::ofstream f(ref, std::ios::binary);
       f.write(reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(4 * logits.size()));
     }
-    const auto r = nlohmann::json::parse(run(script_ + " compare --model " + quoted(file) + " --tokens " + quoted(ids) +
-                                             " --reference-logits " + quoted(ref)));
-    EXPECT_EQ(r["positions"].get<int64_t>(), n_tokens) << knob;
-    EXPECT_LT(r["mean_kl"].get<double>(), 1e-3) << knob;
-    EXPECT_GE(r["top1_agreement"].get<double>(), 0.99) << knob;
-    std::printf("%-7s llama.cpp vs strata on %s: mean KL %.3g, max KL %.3g, top-1 agreement %.4f\n", knob.c_str(),
-                file.filename().c_str(), r["mean_kl"].get<double>(), r["max_kl"].get<double>(),
-                r["top1_agreement"].get<double>());
+    const std::string cmd = script_ + " compare --model " + quoted(file) + " --tokens " + quoted(ids) +
+                            " --reference-logits " + quoted(ref);
+    // The file's weights as llama.cpp's dequantizer reads them, float32 activations: the same function.
+    const auto exact = nlohmann::json::parse(run(cmd + " --dequantize 2>/dev/null"));
+    EXPECT_EQ(exact["positions"].get<int64_t>(), n_tokens) << knob;
+    EXPECT_LT(exact["mean_kl"].get<double>(), 1e-3) << knob;
+    EXPECT_GE(exact["top1_agreement"].get<double>(), 0.99) << knob;
+    // The file run in its stored types: llama.cpp also rounds the activations to 8-bit blocks (Q8_0 /
+    // Q8_K) for its quantized products, which strata's engine does not; that alone moves SmolLM2's
+    // logits by a mean KL of a few 1e-3 (docs/ggml-quantization.md), so the bound here is looser.
+    const auto stored = nlohmann::json::parse(run(cmd));
+    EXPECT_LT(stored["mean_kl"].get<double>(), 2e-2) << knob;
+    EXPECT_GE(stored["top1_agreement"].get<double>(), 0.9) << knob;
+    std::printf("%-7s llama.cpp vs strata: dequantized mean KL %.3g (top-1 %.4f); stored types mean KL %.3g, "
+                "p99 %.3g (top-1 %.4f)\n",
+                knob.c_str(), exact["mean_kl"].get<double>(), exact["top1_agreement"].get<double>(),
+                stored["mean_kl"].get<double>(), stored["p99_kl"].get<double>(),
+                stored["top1_agreement"].get<double>());
+    std::fflush(stdout);
     fs::remove(file);
   }
 }
