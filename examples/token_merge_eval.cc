@@ -131,7 +131,7 @@ std::vector<std::string> passages(const nn::TextSlice& slice, const nn::WordPiec
     }
   }
   end_paragraph();
-  require(!out.empty(), "token_merge_eval: no passage of ", a.min_tokens, " tokens or more in ", slice.describe(),
+  require(!out.empty(), "no passage of ", a.min_tokens, " tokens or more in ", slice.describe(),
           " (option --min-tokens)");
   return out;
 }
@@ -296,10 +296,10 @@ void write_report(const Args& a, const std::vector<Row>& rows, const std::string
 void run(const Args& a) {
   const nn::TextSlice tune = nn::TextSlice::parse(a.text, a.tune_slice),
                       report = nn::TextSlice::parse(a.text, a.report_slice);
-  require(!tune.overlaps(report), "token_merge_eval: --tune-slice ", tune.describe(), " overlaps --report-slice ",
-          report.describe(), "; choose disjoint slices");
-  for (double r : a.rates)
-    require(r > 0 && r < 1, "token_merge_eval: option --rates holds ", r, "; rates are in (0, 1)");
+  require(!tune.overlaps(report), "--tune-slice ", tune.describe(), " overlaps --report-slice ", report.describe(),
+          "; choose disjoint slices");
+  const token::Metric metric = token::parse_metric(a.metric);
+  for (double r : a.rates) require(r > 0 && r < 1, "option --rates holds ", r, "; rates are in (0, 1)");
   const nn::SentenceEncoder se = nn::SentenceEncoder::open(a.model);
   const nn::BertEncoder& enc = se.encoder();
   const nn::BertConfig& c = enc.config();
@@ -325,7 +325,7 @@ void run(const Args& a) {
 
   token::SensitivityOptions so;
   so.fractions = a.fractions;
-  so.metric = token::parse_metric(a.metric);
+  so.metric = metric;
   const auto t0 = std::chrono::steady_clock::now();
   const token::Sensitivity sens = token::measure_sensitivity(enc, tb.batches, so);
   std::printf("sensitivity (1 - mean cosine, tuning slice, %.0f s):\n", ex::seconds_since(t0));
@@ -347,7 +347,7 @@ void run(const Args& a) {
     // The allocator's plan may ask more of the last layers than the shortest passages hold.
     o.allow_shortfall = name == "allocator";
     o.method = m;
-    o.metric = token::parse_metric(a.metric);
+    o.metric = metric;
     o.schedule = s;
     token::Reducer reducer(o);
     const Run run = encode(enc, rb, &reducer, a.repeats);
