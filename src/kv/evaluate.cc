@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <optional>
+#include <random>
 
 #include "strata/core/error.hpp"
 #include "strata/io/model.hpp"
@@ -138,12 +139,14 @@ Policy eval_policy(const EvalConfig& c, int64_t budget, int64_t prompt, const Ev
 void for_each_fork(const nn::LlamaModel& model, std::span<const int32_t> prompt, int64_t max_tokens,
                    std::span<const EvalConfig> configs, std::span<const double> fractions, int64_t base,
                    const Schedule& schedule, const EvictionSettings& settings, AllocationTables* tables,
-                   const ForkVisitor& visit) {
+                   const ForkVisitor& visit, const FullVisitor& full) {
   const int64_t n = static_cast<int64_t>(prompt.size());
   std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
+  size_t first_end = 0;
   for (size_t i = 0; i < configs.size();) {
     size_t end = i;
     while (end < configs.size() && configs[end].scorer == configs[i].scorer) ++end;
+    if (i == 0) first_end = end;
     // The parent observes the prompt with the group's scorer and a budget it never exceeds.
     std::optional<Eviction> observe;
     if (!configs[i].streaming()) observe = Eviction{make_scorer(configs[i].scorer), Policy::uniform(0, 0), n};
@@ -157,6 +160,7 @@ void for_each_fork(const nn::LlamaModel& model, std::span<const int32_t> prompt,
         fork->compress();
         visit(configs[i], f, *fork, logits);
       }
+    if (full && i == first_end) full(parent, logits);
   }
 }
 
@@ -229,6 +233,129 @@ DecodeResult evaluate_decode(const nn::LlamaModel& model, std::span<const std::v
                     r.window_kl.push_back(s.kl / static_cast<double>(s.count));
                     report(progress, ++done, total);
                   });
+  }
+  return result;
+}
+
+// ---- decode-time compression over a long generation ----
+
+std::string GenerationRow::label() const {
+  if (!threshold) return config.label();
+  char t[48];
+  std::snprintf(t, sizeof t, " t>%g", *threshold);
+  return config.label() + t;
+}
+
+const GenerationRow& GenerationResult::row(const std::string& label, double budget) const {
+  for (const auto& r : rows)
+    if (r.budget == budget && r.label() == label) return r;
+  fail("kv evaluation: no generation result for '", label, "' at budget ", budget);
+}
+
+GenerationResult evaluate_generation(const nn::LlamaModel& model, std::span<const std::vector<int32_t>> sequences,
+                                     std::span<const EvalConfig> configs, const GenerationOptions& o,
+                                     const Progress& progress) {
+  require(o.prompt >= 1 && o.steps >= 1, "kv evaluation: generation needs a prompt (", o.prompt, ") and steps (",
+          o.steps, ") of at least one token");
+  require(o.every >= 1, "kv evaluation: generation compresses every ", o.every, " steps; must be >= 1");
+  require(!o.sample || o.temperature > 0, "kv evaluation: generation temperature ", o.temperature, " must be > 0");
+  require(!sequences.empty(), "kv evaluation: no generation sequences");
+  const int64_t length = o.prompt + o.steps;
+  for (const auto& q : sequences)
+    require(static_cast<int64_t>(q.size()) >= (o.sample ? o.prompt : length), "kv evaluation: a sequence of ",
+            q.size(), " tokens; generation needs ", o.sample ? o.prompt : length);
+  GenerationResult result;
+  result.sequences = static_cast<int64_t>(sequences.size());
+  result.length = length;
+  for (const auto& c : configs) {
+    require(c.budgeting != Budgeting::allocated || c.streaming(), "kv evaluation: '", c.label(),
+            "' is not measured during generation (its allocation is measured on prompts)");
+    for (const double f : o.budgets) {
+      require(f > 0, "kv evaluation: budget fraction ", f, " is not positive");
+      GenerationRow r;
+      r.config = c;
+      r.budget = f;
+      r.tokens = tokens_of(f, length);
+      result.rows.push_back(std::move(r));
+    }
+  }
+  for (const auto& c : configs)
+    for (const double t : o.thresholds) {
+      if (c.streaming() || c.budgeting != Budgeting::uniform) continue;
+      GenerationRow r;
+      r.config = c;
+      r.threshold = t;
+      r.tokens = length;
+      result.rows.push_back(std::move(r));
+    }
+  const int64_t vocab = model.config().vocab_size;
+  const Schedule schedule{.prefill = true, .decode = true, .every = o.every};
+  const auto& c = model.config();
+  const double heads = static_cast<double>(c.n_layers * c.n_kv_heads);
+  int64_t done = 0;
+  for (const auto& seq : sequences) {
+    std::vector<int32_t> tokens(seq.begin(), seq.begin() + (o.sample ? o.prompt : length));
+    Session full(model, length);
+    std::vector<std::unique_ptr<Session>> sessions;
+    for (const auto& r : result.rows) {
+      Policy policy = r.threshold ? Policy::thresholded(*r.threshold, o.eviction.sinks, o.eviction.recent)
+                                  : eval_policy(r.config, r.tokens, length, o.eviction, nullptr);
+      std::shared_ptr<Scorer> scorer = r.config.streaming() ? nullptr : make_scorer(r.config.scorer);
+      sessions.push_back(std::make_unique<Session>(model, length, Eviction{std::move(scorer), policy, r.tokens}, schedule));
+    }
+    std::vector<float> full_logits(static_cast<size_t>(vocab));
+    std::vector<std::vector<float>> last(sessions.size(), std::vector<float>(static_cast<size_t>(vocab)));
+    const std::span<const int32_t> prompt(tokens.data(), static_cast<size_t>(o.prompt));
+    full.forward(prompt, full_logits.data(), nn::Logits::last);
+    for (size_t k = 0; k < sessions.size(); ++k) sessions[k]->forward(prompt, last[k].data(), nn::Logits::last);
+    std::mt19937_64 rng(o.seed + static_cast<uint64_t>(&seq - sequences.data()));
+    std::vector<double> p, q;
+    std::vector<double> seq_kl(sessions.size(), 0.0);
+    for (int64_t t = 0; t < o.steps; ++t) {
+      nn::log_softmax(full_logits.data(), vocab, p);
+      const auto top = std::max_element(p.begin(), p.end()) - p.begin();
+      for (size_t k = 0; k < sessions.size(); ++k) {
+        nn::log_softmax(last[k].data(), vocab, q);
+        double kl = 0;
+        for (size_t v = 0; v < p.size(); ++v) kl += std::exp(p[v]) * (p[v] - q[v]);
+        GenerationRow& r = result.rows[k];
+        r.kl += kl;
+        seq_kl[k] += kl;
+        r.top1 += std::max_element(q.begin(), q.end()) - q.begin() == top;
+        ++r.count;
+        const Cache& cache = sessions[k]->cache();
+        int64_t most = 0;
+        for (int l = 0; l < c.n_layers; ++l)
+          for (int h = 0; h < c.n_kv_heads; ++h) most = std::max(most, cache.length(l, h));
+        r.held += static_cast<double>(cache.total_tokens()) / heads;
+        r.max_held = std::max(r.max_held, most);
+      }
+      int32_t next;
+      if (o.sample) {
+        // Inverse CDF of softmax(log p / T), 53 random bits.
+        double z = 0;
+        for (const double lp : p) z += std::exp(lp / o.temperature);
+        double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * z;
+        next = static_cast<int32_t>(vocab - 1);
+        for (int64_t v = 0; v < vocab; ++v)
+          if ((u -= std::exp(p[static_cast<size_t>(v)] / o.temperature)) < 0) {
+            next = static_cast<int32_t>(v);
+            break;
+          }
+        tokens.push_back(next);
+      } else {
+        next = tokens[static_cast<size_t>(o.prompt + t)];
+      }
+      if (t + 1 == o.steps) break;
+      const std::span<const int32_t> one(&next, 1);
+      full.forward(one, full_logits.data(), nn::Logits::last);
+      for (size_t k = 0; k < sessions.size(); ++k) sessions[k]->forward(one, last[k].data(), nn::Logits::last);
+      report(progress, ++done, result.sequences * o.steps);
+    }
+    report(progress, ++done, result.sequences * o.steps);
+    for (size_t k = 0; k < sessions.size(); ++k)
+      result.rows[k].sequence_kl.push_back(seq_kl[k] / static_cast<double>(o.steps));
+    result.tokens.push_back(std::move(tokens));
   }
   return result;
 }

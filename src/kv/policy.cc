@@ -44,6 +44,12 @@ Policy Policy::streaming_llm(int64_t sinks) {
   return p;
 }
 
+Policy Policy::thresholded(double threshold, int64_t sinks, int64_t recent) {
+  Policy p = uniform(sinks, recent);
+  p.threshold = threshold;
+  return p;
+}
+
 std::string describe(const Policy& p) {
   std::ostringstream s;
   if (p.streaming) {
@@ -51,6 +57,7 @@ std::string describe(const Policy& p) {
   } else {
     if (p.layers == LayerBudget::pyramid) s << "pyramid(beta=" << p.pyramid_beta << ")";
     else if (p.layers == LayerBudget::layerwise) s << "layerwise";
+    else if (p.threshold) s << "threshold(" << *p.threshold << ")";
     else if (!p.headwise) s << "uniform";
     if (p.headwise) s << (p.layers == LayerBudget::uniform ? "" : "+") << "adakv(floor=" << p.adakv_floor << ")";
   }
@@ -83,6 +90,8 @@ void check(const Policy& p) {
           p.recent_share);
   require(!(p.streaming && p.headwise), "kv policy: StreamingLLM keeps sinks + window in every head; it has no "
                                         "head-wise allocation");
+  require(!p.threshold || (!p.streaming && !p.headwise && std::isfinite(*p.threshold)),
+          "kv policy: a score threshold needs a finite value and a per-head, scored policy");
 }
 
 }  // namespace
@@ -176,6 +185,20 @@ std::vector<std::vector<int64_t>> select(const Policy& p, int64_t layer_budget, 
     std::iota(keep[static_cast<size_t>(h)].begin(), keep[static_cast<size_t>(h)].end(), 0);
   };
 
+  if (p.threshold) {
+    // Every candidate above the threshold, then the ceiling on what the head holds.
+    for (int64_t h = 0; h < heads; ++h) {
+      const auto& s = scores[static_cast<size_t>(h)];
+      std::vector<int64_t> above;
+      for (int64_t j = cand_begin[static_cast<size_t>(h)]; j < cand_end[static_cast<size_t>(h)]; ++j)
+        if (s[static_cast<size_t>(j)] > *p.threshold) above.push_back(j);
+      const int64_t n = lengths[static_cast<size_t>(h)];
+      const int64_t room = layer_budget - (n - (cand_end[static_cast<size_t>(h)] - cand_begin[static_cast<size_t>(h)]));
+      finish(h, static_cast<int64_t>(above.size()) <= room ? std::move(above) : best(h, room));
+    }
+    return keep;
+  }
+
   if (!p.headwise) {
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t n = lengths[static_cast<size_t>(h)];
@@ -243,7 +266,7 @@ int64_t Eviction::compress_layer(Cache& cache, int layer, int64_t layer_budget) 
     total += lengths[static_cast<size_t>(h)];
     over = over || lengths[static_cast<size_t>(h)] > layer_budget;
   }
-  if (policy.headwise ? total <= heads * layer_budget : !over) return 0;
+  if (!policy.threshold && (policy.headwise ? total <= heads * layer_budget : !over)) return 0;
   std::vector<std::vector<float>> scores;
   if (!policy.streaming) {
     require(scorer != nullptr, "kv::Eviction: policy '", describe(policy), "' needs a scorer");

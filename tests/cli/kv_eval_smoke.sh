@@ -72,6 +72,12 @@ expect_refusal scorer "h3o" "${common[@]}" --scorers h3o --skip-needle --skip-la
 expect_refusal overlap "overlaps" "${common[@]}" --calib-slice 0.5:0.6 --skip-needle --skip-layers
 expect_refusal budget "budget 1.5" "${common[@]}" --budgets 0.2,1.5 --skip-needle --skip-layers
 expect_refusal model "no-such.gguf" --model "$work/no-such.gguf" --text "$moby"
+# Long-context tasks and generations: bad settings are refused before the model is read.
+expect_refusal task "--tasks: kv tasks: task .needle." "${common[@]}" --tasks needle --skip-decode --skip-needle --skip-layers
+expect_refusal vt_hops "vt hops" "${common[@]}" --tasks vt --vt-hops -1 --skip-decode --skip-needle --skip-layers
+expect_refusal task_budget "task-budgets 2" "${common[@]}" --tasks qa --task-budgets 2 --skip-decode --skip-needle --skip-layers
+expect_refusal gen_every "gen-every 0" "${common[@]}" --gen-sequences 1 --gen-every 0 --skip-decode --skip-needle --skip-layers
+expect_refusal gen_policy "allocated" "${common[@]}" --gen-sequences 1 --gen-policies allocated --skip-decode --skip-needle --skip-layers
 # Without --model / --text the defaults come from STRATA_MODELS_DIR and STRATA_SHARED_DATA.
 STRATA_MODELS_DIR="$work/models-here" expect_refusal models_dir "$work/models-here/smollm2-135m-instruct-q4_1.gguf" \
   --text "$moby"

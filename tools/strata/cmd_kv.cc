@@ -21,6 +21,7 @@
 #include "strata/io/mapped_file.hpp"
 #include "strata/io/model.hpp"
 #include "strata/kv/evaluate.hpp"
+#include "strata/kv/tasks.hpp"
 #include "strata/nn/dataset.hpp"
 #include "strata/nn/llama.hpp"
 #include "strata/nn/tokenizer.hpp"
@@ -52,6 +53,23 @@ struct Options {
   double layer_budget = 0.2;
   bool skip_decode = false, skip_needle = false, skip_layers = false;
   bool needle_decode = false;  // also hold the budget while answering (default: compress the prompt only)
+  // Long-context tasks (kv/tasks.hpp); none by default.
+  std::vector<std::string> tasks;
+  std::string task_slice = "0.7:0.9";
+  std::vector<int64_t> task_lengths = {2048};
+  int64_t task_instances = 4, task_answer_tokens = 24;
+  uint64_t task_seed = 1;
+  std::vector<double> task_budgets = {0.2};
+  std::vector<std::string> task_scorers = {"snapkv", "chunkkv"}, task_policies = {"uniform", "adakv"};
+  kv::TaskSettings task_settings;
+  // Decode-time compression over long generations; none by default.
+  int64_t gen_sequences = 0, gen_prompt = 64, gen_steps = 2048, gen_every = 8;
+  std::string gen_slice = "0.6:0.7";
+  std::vector<double> gen_budgets = {0.1}, thresholds;
+  std::vector<std::string> gen_scorers = {"tova", "h2o", "snapkv"}, gen_policies = {"uniform", "adakv"};
+  bool gen_text = false;
+  double temperature = 1.0;
+  uint64_t gen_seed = 1;
 };
 
 std::string fmt(double v, int digits = 3) {
@@ -172,6 +190,50 @@ void register_kv(CLI::App& app) {
   cmd->add_flag("--skip-layers", o.skip_layers);
   cmd->add_flag("--needle-decode", o.needle_decode,
                 "hold the cache at the budget while answering too (default: compress the prompt once, as SnapKV)");
+  cmd->add_option("--tasks", o.tasks,
+                  "long-context tasks to run: niah_single, niah_multikey, niah_multivalue, vt, cwe, qa, or all "
+                  "(default none)")
+      ->delimiter(',');
+  cmd->add_option("--task-slice", o.task_slice, "the tasks' haystack and word list come from here")
+      ->capture_default_str();
+  cmd->add_option("--task-lengths", o.task_lengths, "prompt lengths in tokens")->delimiter(',')->capture_default_str();
+  cmd->add_option("--task-instances", o.task_instances, "instances of each task at each length")
+      ->capture_default_str();
+  cmd->add_option("--task-seed", o.task_seed, "instances are a function of this seed")->capture_default_str();
+  cmd->add_option("--task-budgets", o.task_budgets, "fractions of the task length")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--task-scorers", o.task_scorers, "scorers for the tasks ('none': full cache and StreamingLLM)")
+      ->delimiter(',');
+  cmd->add_option("--task-policies", o.task_policies)->delimiter(',');
+  cmd->add_option("--task-answer-tokens", o.task_answer_tokens)->capture_default_str();
+  cmd->add_option("--value-digits", o.task_settings.value_digits, "digits of a needle's value")->capture_default_str();
+  cmd->add_option("--multikey-keys", o.task_settings.multikey_keys)->capture_default_str();
+  cmd->add_option("--multivalue-values", o.task_settings.multivalue_values)->capture_default_str();
+  cmd->add_option("--vt-hops", o.task_settings.vt_hops, "assignments after the first in the asked chain")
+      ->capture_default_str();
+  cmd->add_option("--vt-chains", o.task_settings.vt_chains, "distracting chains")->capture_default_str();
+  cmd->add_option("--cwe-words", o.task_settings.cwe_words, "most common words asked")->capture_default_str();
+  cmd->add_option("--cwe-common", o.task_settings.cwe_common, "occurrences of a common word")->capture_default_str();
+  cmd->add_option("--cwe-rare", o.task_settings.cwe_rare, "occurrences of any other word")->capture_default_str();
+  cmd->add_option("--qa-distractors", o.task_settings.qa_distractors, "facts about other people")
+      ->capture_default_str();
+  cmd->add_option("--gen-sequences", o.gen_sequences,
+                  "long generations with decode-time compression (default 0: none)")
+      ->capture_default_str();
+  cmd->add_option("--gen-prompt", o.gen_prompt, "prompt tokens of each generation")->capture_default_str();
+  cmd->add_option("--gen-steps", o.gen_steps, "tokens generated after the prompt")->capture_default_str();
+  cmd->add_option("--gen-every", o.gen_every, "compress every N generated tokens (a buffer of up to N - 1)")
+      ->capture_default_str();
+  cmd->add_option("--gen-slice", o.gen_slice, "the generations' prompts come from here")->capture_default_str();
+  cmd->add_option("--gen-budgets", o.gen_budgets, "fractions of prompt + steps")->delimiter(',')->capture_default_str();
+  cmd->add_option("--gen-scorers", o.gen_scorers)->delimiter(',');
+  cmd->add_option("--gen-policies", o.gen_policies, "uniform, pyramid, adakv")->delimiter(',');
+  cmd->add_option("--thresholds", o.thresholds, "score thresholds: a row per uniform scored policy and threshold")
+      ->delimiter(',');
+  cmd->add_flag("--gen-text", o.gen_text, "read the slice's own text after the prompt instead of sampling");
+  cmd->add_option("--temperature", o.temperature, "sampling temperature of the full cache")->capture_default_str();
+  cmd->add_option("--gen-seed", o.gen_seed)->capture_default_str();
   cmd->callback([] {
     const auto t_start = std::chrono::steady_clock::now();
     require(o.prefill > o.sinks + o.recent && o.decode >= 1 && o.windows >= 1, "kv-eval: need P > sinks + recent (",
@@ -186,6 +248,51 @@ void register_kv(CLI::App& app) {
     for (const auto* fractions : {&o.budgets, &o.needle_budgets})
       for (const double f : *fractions) require(f > 0 && f <= 1, "kv-eval: budget ", f, " is not in (0, 1]");
     for (const double d : o.depths) require(d >= 0 && d <= 1, "kv-eval: needle depth ", d, " is not in [0, 1]");
+    std::vector<kv::TaskKind> task_kinds;
+    for (const auto& t : o.tasks) {
+      if (t == "all") {
+        task_kinds = kv::all_tasks();
+        continue;
+      }
+      try {
+        task_kinds.push_back(kv::parse_task(t));
+      } catch (const Error& e) {
+        fail("kv-eval: --tasks: ", e.what());
+      }
+    }
+    std::vector<kv::EvalConfig> task_configs, gen_configs;
+    if (!task_kinds.empty()) {
+      kv::check(o.task_settings);
+      require(o.task_instances >= 1, "kv-eval: --task-instances ", o.task_instances, " must be >= 1");
+      require(o.task_answer_tokens >= 1, "kv-eval: --task-answer-tokens ", o.task_answer_tokens, " must be >= 1");
+      for (const int64_t n : o.task_lengths)
+        require(n >= 256, "kv-eval: --task-lengths ", n, " is below 256 tokens");
+      for (const double f : o.task_budgets) require(f > 0 && f <= 1, "kv-eval: --task-budgets ", f, " is not in (0, 1]");
+      std::vector<kv::Budgeting> task_rules;
+      for (const auto& p : o.task_policies) task_rules.push_back(kv::parse_budgeting(p));
+      // "none": the full cache and StreamingLLM only.
+      std::vector<std::string> scorers;
+      for (const auto& sc : o.task_scorers)
+        if (sc != "none") scorers.push_back(sc);
+      task_configs = kv::eval_configs(scorers, task_rules, o.recent_shares);
+    }
+    if (o.gen_sequences > 0) {
+      require(o.gen_prompt >= 1 && o.gen_steps >= 1, "kv-eval: --gen-prompt (", o.gen_prompt, ") and --gen-steps (",
+              o.gen_steps, ") must be >= 1");
+      require(o.gen_every >= 1, "kv-eval: --gen-every ", o.gen_every, " must be >= 1");
+      require(o.gen_text || o.temperature > 0, "kv-eval: --temperature ", o.temperature, " must be > 0");
+      for (const double f : o.gen_budgets) require(f > 0 && f <= 1, "kv-eval: --gen-budgets ", f, " is not in (0, 1]");
+      for (const double t : o.thresholds) require(std::isfinite(t), "kv-eval: --thresholds ", t, " is not finite");
+      std::vector<kv::Budgeting> gen_rules;
+      for (const auto& p : o.gen_policies) {
+        gen_rules.push_back(kv::parse_budgeting(p));
+        require(gen_rules.back() != kv::Budgeting::allocated, "kv-eval: --gen-policies: 'allocated' is measured on "
+                                                              "prompts, not generations");
+      }
+      gen_configs = kv::eval_configs(o.gen_scorers, gen_rules, o.recent_shares);
+    } else {
+      require(o.gen_sequences == 0, "kv-eval: --gen-sequences ", o.gen_sequences, " is negative");
+    }
     const std::shared_ptr<const io::Model> file = io::open_model(o.model);
     const nn::LlamaModel model = nn::LlamaModel::load_stored(file);  // the file's own types, no float32 copy
     require(file->metadata().contains("tokenizer.ggml.tokens"), o.model, ": no tokenizer in the file");
@@ -199,8 +306,10 @@ void register_kv(CLI::App& app) {
     settings.sinks = o.sinks;
     settings.recent = o.recent;
     settings.probe = o.probe;
-    kv::AllocationTables tables(model, nn::tokenize_slice(tok, cs, std::max(o.prefill, o.needle_tokens) + o.probe),
-                                settings);
+    int64_t longest = std::max(o.prefill, o.needle_tokens);
+    if (!task_kinds.empty())
+      for (const int64_t n : o.task_lengths) longest = std::max(longest, n);
+    kv::AllocationTables tables(model, nn::tokenize_slice(tok, cs, longest + o.probe), settings);
     const std::filesystem::path dir(o.report);
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
@@ -438,6 +547,160 @@ void register_kv(CLI::App& app) {
                   tables.table(s, o.prefill, w), std::llround(f * static_cast<double>(o.prefill)));
     }
 
+    // ---- (d) long-context tasks ----
+    if (!task_kinds.empty()) {
+      const nn::TextSlice ts = nn::TextSlice::parse(o.text, o.task_slice);
+      require(!cs.overlaps(ts), "kv-eval: the calibration slice (", cs.describe(), ") overlaps --task-slice (",
+              ts.describe(), ")");
+      for (const int64_t n : o.task_lengths)
+        require(model.config().context_length <= 0 || n + o.task_answer_tokens <= model.config().context_length,
+                "kv-eval: --task-lengths ", n, " and ", o.task_answer_tokens, " answer tokens exceed the model's ",
+                model.config().context_length, "-token context");
+      const std::string corpus = ts.read();
+      const auto prompts = kv::task_prompts(tok, kv::chat_format(*file), corpus, task_kinds, o.task_lengths,
+                                            o.task_instances, o.task_seed, o.task_settings);
+      std::printf("\ntasks: %zu prompts (%lld per task and length, seed %llu) from %s\n", prompts.size(),
+                  static_cast<long long>(o.task_instances), static_cast<unsigned long long>(o.task_seed),
+                  ts.describe().c_str());
+      kv::TaskOptions options;
+      options.budgets = o.task_budgets;
+      options.answer_tokens = o.task_answer_tokens;
+      options.decode = o.needle_decode;
+      options.eviction = settings;
+      const kv::TaskResult r =
+          kv::evaluate_tasks(model, tok, prompts, task_configs, options, &tables, progress_line("tasks", "prompts"));
+      for (const auto& a : r.answers)
+        json["tasks"]["answers"].push_back({{"task", kv::task_name(a.kind)},
+                                            {"length", a.length},
+                                            {"instance", a.instance},
+                                            {"policy", a.label},
+                                            {"budget", a.budget},
+                                            {"answer", a.answer},
+                                            {"correct", a.correct}});
+      std::string csv = "task,length,policy,budget,correct,total,accuracy,wilson95_low,wilson95_high\n";
+      auto cell = [](const kv::TaskScore& sc) {
+        const kv::Interval i = sc.interval();
+        return std::to_string(sc.correct) + "/" + std::to_string(sc.total) + " " + percent(sc.rate()) + " [" +
+               percent(i.low) + ", " + percent(i.high) + "]";
+      };
+      std::vector<std::pair<std::string, double>> rows = {{"full cache", 1.0}};
+      for (const double f : o.task_budgets)
+        for (const auto& c : task_configs) rows.push_back({c.label(), f});
+      std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> lines;
+      for (const int64_t len : o.task_lengths) {
+        Table t{"Long-context tasks at " + std::to_string(len) + " tokens: correct/asked, accuracy [95% Wilson "
+                    "interval]; budget = fraction of " + std::to_string(len) + " tokens",
+                {"policy", "budget"},
+                {}};
+        for (const auto k : task_kinds) t.header.push_back(std::string(kv::task_name(k)));
+        t.header.push_back("all tasks");
+        for (const auto& [label, f] : rows) {
+          std::vector<std::string> row = {label, f == 1.0 ? "100%" : percent(f)};
+          for (const auto k : task_kinds) {
+            const kv::TaskScore sc = r.score(k, len, label, f);
+            row.push_back(cell(sc));
+            const kv::Interval i = sc.interval();
+            csv += std::string(kv::task_name(k)) + "," + std::to_string(len) + "," + label + "," + fmt(f, 4) + "," +
+                   std::to_string(sc.correct) + "," + std::to_string(sc.total) + "," + fmt(sc.rate(), 4) + "," +
+                   fmt(i.low, 4) + "," + fmt(i.high, 4) + "\n";
+          }
+          const kv::TaskScore all = r.overall(len, label, f);
+          row.push_back(cell(all));
+          const kv::Interval i = all.interval();
+          csv += "all," + std::to_string(len) + "," + label + "," + fmt(f, 4) + "," + std::to_string(all.correct) + "," +
+                 std::to_string(all.total) + "," + fmt(all.rate(), 4) + "," + fmt(i.low, 4) + "," + fmt(i.high, 4) +
+                 "\n";
+          t.rows.push_back(row);
+          if (f != 1.0) {
+            const std::string name = label + " @" + std::to_string(len);
+            auto it = std::find_if(lines.begin(), lines.end(), [&](const auto& l) { return l.first == name; });
+            if (it == lines.end()) it = lines.insert(lines.end(), {name, {}});
+            it->second.push_back({100 * f, 100 * all.rate()});
+          }
+        }
+        emit(t);
+        lines.push_back({"full cache @" + std::to_string(len), {}});
+        for (const double f : o.task_budgets)
+          lines.back().second.push_back({100 * f, 100 * r.overall(len, "full cache", 1.0).rate()});
+      }
+      write_file(dir / "tasks.csv", csv);
+      write_plot(dir, "tasks_vs_budget", "Long-context task accuracy (all tasks) vs KV budget",
+                 "budget (% of the context)", "accuracy (%)", false, lines);
+      plots.push_back("tasks_vs_budget");
+    }
+
+    // ---- (e) decode-time compression over long generations ----
+    if (o.gen_sequences > 0) {
+      const nn::TextSlice gs = nn::TextSlice::parse(o.text, o.gen_slice);
+      const int64_t length = o.gen_prompt + o.gen_steps;
+      require(model.config().context_length <= 0 || length <= model.config().context_length, "kv-eval: --gen-prompt + "
+              "--gen-steps (", length, ") exceed the model's ", model.config().context_length, "-token context");
+      const int64_t per = o.gen_text ? length : o.gen_prompt;
+      const auto text = nn::tokenize_slice(tok, gs, o.gen_sequences * per);
+      require(static_cast<int64_t>(text.size()) >= o.gen_sequences * per, "kv-eval: ", gs.describe(), " has ",
+              text.size(), " tokens, ", o.gen_sequences, " sequences need ", o.gen_sequences * per);
+      kv::GenerationOptions options;
+      options.prompt = o.gen_prompt;
+      options.steps = o.gen_steps;
+      options.budgets = o.gen_budgets;
+      options.thresholds = o.thresholds;
+      options.every = o.gen_every;
+      options.sample = !o.gen_text;
+      options.temperature = o.temperature;
+      options.seed = o.gen_seed;
+      options.eviction = settings;
+      std::printf("\ngeneration: %lld sequences, a %lld-token prompt from %s, then %lld tokens %s, compressed every "
+                  "%lld\n",
+                  static_cast<long long>(o.gen_sequences), static_cast<long long>(o.gen_prompt), gs.describe().c_str(),
+                  static_cast<long long>(o.gen_steps),
+                  o.gen_text ? "of the text read one at a time" : "sampled from the full cache",
+                  static_cast<long long>(o.gen_every));
+      const kv::GenerationResult g = kv::evaluate_generation(
+          model, kv::split_windows(text, per, o.gen_sequences), gen_configs, options, progress_line("generation", "steps"));
+      Table t{"Decode-time compression over " + std::to_string(o.gen_steps) + "-token generations (" +
+                  std::to_string(o.gen_sequences) + " sequences, compressed every " + std::to_string(o.gen_every) +
+                  " steps): KL(full || compressed), nats per token; ratio = KL / StreamingLLM's at the same budget",
+              {"policy", "budget", "tokens per head (mean / max held)", "KL", "per sequence", "ratio", "top-1"},
+              {}};
+      std::string csv = "policy,budget,threshold,budget_tokens,mean_held,max_held,kl,top1,ratio_to_streaming\n";
+      std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> lines;
+      for (const auto& r : g.rows) {
+        const double base = r.threshold ? 0.0 : g.row("streaming-llm", r.budget).mean_kl();
+        std::string per_seq;
+        for (const double k : r.sequence_kl) per_seq += (per_seq.empty() ? "" : " ") + fmt(k, 4);
+        const std::string ratio = base > 0 ? fmt(r.mean_kl() / base, 3) + "x" : "-";
+        t.rows.push_back({r.label(), r.threshold ? "threshold" : percent(r.budget) + " (" + std::to_string(r.tokens) + ")",
+                          fmt(r.mean_held(), 1) + " / " + std::to_string(r.max_held), fmt(r.mean_kl(), 4), per_seq,
+                          ratio, fmt(100 * r.top1_rate(), 1) + "%"});
+        csv += r.label() + "," + fmt(r.budget, 4) + "," + (r.threshold ? fmt(*r.threshold, 6) : std::string()) + "," +
+               std::to_string(r.tokens) + "," + fmt(r.mean_held(), 2) + "," + std::to_string(r.max_held) + "," +
+               fmt(r.mean_kl(), 6) + "," + fmt(r.top1_rate(), 4) + "," + (base > 0 ? fmt(r.mean_kl() / base, 4) : "") +
+               "\n";
+        json["generation"]["results"].push_back({{"policy", r.label()},
+                                                 {"budget", r.budget},
+                                                 {"tokens", r.tokens},
+                                                 {"mean_held", r.mean_held()},
+                                                 {"max_held", r.max_held},
+                                                 {"kl", r.mean_kl()},
+                                                 {"sequence_kl", r.sequence_kl},
+                                                 {"top1", r.top1_rate()}});
+        const std::string name = r.threshold ? r.config.label() + " threshold" : r.config.label();
+        auto it = std::find_if(lines.begin(), lines.end(), [&](const auto& l) { return l.first == name; });
+        if (it == lines.end()) it = lines.insert(lines.end(), {name, {}});
+        it->second.push_back({r.mean_held(), r.mean_kl()});
+      }
+      json["generation"]["prompt"] = o.gen_prompt;
+      json["generation"]["steps"] = o.gen_steps;
+      json["generation"]["every"] = o.gen_every;
+      json["generation"]["sampled"] = !o.gen_text;
+      json["generation"]["slice"] = gs.describe();
+      emit(t);
+      write_file(dir / "generation.csv", csv);
+      write_plot(dir, "generation_kl", "Decode-time KL over long generations vs tokens held",
+                 "mean tokens held per KV head", "KL (nats / token)", true, lines);
+      plots.push_back("generation_kl");
+    }
+
     write_file(dir / "report.md", md);
     json["seconds"] = seconds_since(t_start);
     write_file(dir / "report.json", json.dump(2) + "\n");
@@ -447,8 +710,10 @@ void register_kv(CLI::App& app) {
       for (const auto& p : plots)
         if (!run_gnuplot(dir, p + ".gp")) std::printf("gnuplot failed on %s.gp; see gnuplot.log\n", p.c_str());
     }
-    std::printf("\nreport: %s/report.md, report.json, kl_vs_budget.png, layer_error.png (%.0f s)\n",
-                o.report.c_str(), seconds_since(t_start));
+    std::string pngs;
+    for (const auto& p : plots) pngs += ", " + p + ".png";
+    std::printf("\nreport: %s/report.md, report.json%s (%.0f s)\n", o.report.c_str(), pngs.c_str(),
+                seconds_since(t_start));
   });
 }
 

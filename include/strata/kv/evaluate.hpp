@@ -20,6 +20,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -104,12 +105,15 @@ Policy eval_policy(const EvalConfig& config, int64_t budget, int64_t prompt, con
 // scorer's configs and each budget (fractions of `base` tokens), compresses the fork and hands it to
 // `visit` with the prompt's last logits (over the full cache, as a session that compresses after its
 // prefill computes them). Configs of one scorer must be adjacent (eval_configs groups them).
+// `full`, when set, is then handed the first group's parent session, which evicts nothing: the full
+// cache, without a prompt pass of its own.
 using ForkVisitor =
     std::function<void(const EvalConfig& config, double fraction, Session& fork, std::span<const float> logits)>;
+using FullVisitor = std::function<void(Session& full, std::span<const float> logits)>;
 void for_each_fork(const nn::LlamaModel& model, std::span<const int32_t> prompt, int64_t max_tokens,
                    std::span<const EvalConfig> configs, std::span<const double> fractions, int64_t base,
                    const Schedule& schedule, const EvictionSettings& settings, AllocationTables* tables,
-                   const ForkVisitor& visit);
+                   const ForkVisitor& visit, const FullVisitor& full = {});
 
 // ---- decode-time KL, perplexity, top-1 ----
 
@@ -154,6 +158,59 @@ DecodeResult evaluate_decode(const nn::LlamaModel& model, std::span<const std::v
 
 // `count` consecutive windows of `length` tokens from the start of `tokens` (strata::Error when short).
 std::vector<std::vector<int32_t>> split_windows(std::span<const int32_t> tokens, int64_t length, int64_t count);
+
+// ---- decode-time compression over a long generation ----
+
+// A short prompt, then a long output read one token at a time by the full cache and by a session per
+// configuration that compresses while generating, every `every` steps (Schedule{prefill, decode,
+// every}: between compressions the new tokens wait in a buffer of up to every - 1 tokens above the
+// budget), as an engine runs it. All sessions read the same tokens in lock step: those the full cache
+// samples (temperature, seeded; EOS is not special), or the sequence's own tokens (sample = false).
+// Each step's KL(full || compressed) and top-1 agreement are summed; the tokens each head holds are
+// averaged over steps. Threshold rows (Policy::thresholded, one per scored config and threshold) keep
+// what scores above the threshold; their ceiling is the whole sequence, so what they hold is theirs.
+struct GenerationOptions {
+  int64_t prompt = 64;    // tokens of each sequence read as the prompt (compressed after it, if over)
+  int64_t steps = 2048;   // tokens generated after it
+  std::vector<double> budgets = {0.1};  // fractions of prompt + steps, tokens per KV head
+  std::vector<double> thresholds;       // threshold rows, per scored config
+  int64_t every = 8;
+  bool sample = true;
+  double temperature = 1.0;
+  uint64_t seed = 1;
+  EvictionSettings eviction;
+};
+
+struct GenerationRow {
+  EvalConfig config;
+  double budget = 0;                  // fraction; 0 for a threshold row
+  std::optional<double> threshold;
+  int64_t tokens = 0;                 // budget in tokens per KV head (threshold rows: the ceiling)
+  double kl = 0, held = 0;            // sums over steps (held: mean tokens per KV head after the step)
+  int64_t top1 = 0, count = 0, max_held = 0;
+  std::vector<double> sequence_kl;    // mean KL of each sequence
+
+  // "tova/uniform" or "tova/uniform t>0.002".
+  std::string label() const;
+  double mean_kl() const { return kl / static_cast<double>(count); }
+  double mean_held() const { return held / static_cast<double>(count); }
+  double top1_rate() const { return static_cast<double>(top1) / static_cast<double>(count); }
+};
+
+struct GenerationResult {
+  int64_t sequences = 0, length = 0;  // length = prompt + steps
+  std::vector<GenerationRow> rows;    // budget rows config-major, then threshold rows
+  std::vector<std::vector<int32_t>> tokens;  // each sequence as read (prompt and output)
+  // strata::Error when there is no such row.
+  const GenerationRow& row(const std::string& label, double budget) const;
+};
+
+// strata::Error (naming the setting) for an empty prompt, no steps, every < 1, a temperature <= 0, a
+// sequence shorter than prompt (sample) or prompt + steps (not), or an "allocated" config (its
+// tables are measured on prompts, not generations). Progress counts steps over all sequences.
+GenerationResult evaluate_generation(const nn::LlamaModel& model, std::span<const std::vector<int32_t>> sequences,
+                                     std::span<const EvalConfig> configs, const GenerationOptions& options,
+                                     const Progress& progress = {});
 
 // ---- needle in a haystack ----
 

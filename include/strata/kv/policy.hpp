@@ -34,6 +34,7 @@
 // is needed.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -55,12 +56,17 @@ struct Policy {
   int64_t recent = 32;           // newest tokens always kept
   double recent_share = 0;       // ... or this fraction of the layer's budget, when more (H2O: 0.5)
   bool streaming = false;        // StreamingLLM: recent = budget - sinks, scores unused
+  // Threshold mode (per head, not head-wise or streaming): a head keeps its protected tokens and every
+  // other token whose score is above the threshold, however many; the budget is only a ceiling (past
+  // it, the highest scores). Each compression scores every layer, over its budget or not.
+  std::optional<double> threshold;
 
   static Policy uniform(int64_t sinks = 4, int64_t recent = 32);
   static Policy pyramid(double beta = 20, int64_t sinks = 4, int64_t recent = 32);
   static Policy adakv(double floor = 0.2, int64_t sinks = 4, int64_t recent = 32);
   static Policy layerwise(std::vector<int64_t> per_layer, int64_t sinks = 4, int64_t recent = 32);
   static Policy streaming_llm(int64_t sinks = 4);
+  static Policy thresholded(double threshold, int64_t sinks = 4, int64_t recent = 32);
 };
 
 // "pyramid(beta=20) sinks=4 recent=32", "adakv(floor=0.2) ...", "streaming-llm sinks=4" for reports.

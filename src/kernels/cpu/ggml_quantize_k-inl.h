@@ -466,7 +466,6 @@ HWY_INLINE void QuantizeRowK45(const float* HWY_RESTRICT x, int64_t n, Block* HW
                 sizeof(Block::scales) == sizeof(kernels::BlockQ4_K::scales));
   using kernels::kQK_K;
   const DF df;
-  const DI di;
   const size_t N = hn::Lanes(df);
   const int64_t nsb = n / kQK_K, nsub = n / 32;
   // Scratch: xt, wt, lq (32 x G each), then per sub-block scale, -min, sw, l_iscale, l_min, then sigma2.

@@ -18,6 +18,7 @@
 #include "kernels/cpu/ggml_quantize_k-inl.h"
 #include "kernels/cpu/ggml_rows.hpp"
 #include "strata/compress/ggml/quantize.hpp"
+#include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
 #include "strata/kernels/ggml_codec.hpp"
 
@@ -181,6 +182,16 @@ TEST(GgmlQuantizeK, TensorMatchesReferenceRows) {
               << (qv.empty() ? "" : ", importance");
       }
     }
+  }
+  // A value that is not finite, deep in the tensor: refused, naming its row and column.
+  x[static_cast<std::size_t>(20 * cols + 1000)] = -INFINITY;
+  x[static_cast<std::size_t>(31 * cols + 3)] = std::nanf("");
+  set_num_threads(2);
+  try {
+    compress::ggml::quantize(GgmlType::Q4_K, x.data(), rows, cols, {});
+    ADD_FAILURE() << "a tensor holding -inf and NaN was quantized";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("row 20, column 1000"), std::string::npos) << e.what();
   }
   set_num_threads(threads_before);
 }
