@@ -7,19 +7,18 @@
 //   llama_mix_imatrix --out FILE.dat [--model GGUF] [--calib TXT] [--calib-slice 0:0.5]
 //                     [--sequences 32] [--length 512]
 //
-// Legacy layout, little-endian: int32 entry count; per entry int32 name length, the name, int32 call
-// count, int32 value count, float32 values (sums of x^2 over the calls, divided by the call count on
-// reading); then int32 the last call and the dataset name (int32 length, bytes). One call per entry
-// here, so the values are the means themselves.
+// The file is written by io::write_imatrix: llama.cpp's legacy layout for a .dat name, its GGUF
+// layout otherwise (docs/imatrix-files.md).
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "real_data_args.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/error.hpp"
+#include "strata/io/imatrix.hpp"
+#include "strata/nn/calibration.hpp"
 #include "strata/pipeline/pipeline.hpp"
 
 namespace {
@@ -27,38 +26,14 @@ namespace {
 using namespace strata;
 
 void write_imatrix(const std::filesystem::path& out, const pipeline::Model& model, const nn::Calibration& stats,
-                   const std::string& dataset) {
-  std::vector<std::string> names;
-  for (const auto& n : model.dense->linear_names())
-    if ((n != "output.weight" || !model.tied_output()) && stats.has(n)) names.push_back(n);
-  require(!names.empty(), "no linear layer has calibration statistics");
-  const std::filesystem::path tmp = out.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    require(static_cast<bool>(f), tmp.string(), ": cannot write");
-    auto i32 = [&](int64_t v) {
-      const auto x = static_cast<int32_t>(v);
-      f.write(reinterpret_cast<const char*>(&x), 4);
-    };
-    i32(static_cast<int64_t>(names.size()));
-    for (const auto& n : names) {
-      const Vector<double> ms = stats.stats(n).mean_sq();
-      i32(static_cast<int64_t>(n.size()));
-      f.write(n.data(), static_cast<std::streamsize>(n.size()));
-      i32(1);
-      i32(ms.size());
-      for (int64_t j = 0; j < ms.size(); ++j) {
-        const auto v = static_cast<float>(ms[j]);
-        f.write(reinterpret_cast<const char*>(&v), 4);
-      }
-    }
-    i32(1);
-    i32(static_cast<int64_t>(dataset.size()));
-    f.write(dataset.data(), static_cast<std::streamsize>(dataset.size()));
-    require(static_cast<bool>(f), tmp.string(), ": write failed");
-  }
-  std::filesystem::rename(tmp, out);
-  std::printf("wrote %s: %zu tensors\n", out.string().c_str(), names.size());
+                   int64_t tokens_per_sequence, const std::string& dataset) {
+  io::Imatrix imatrix = nn::to_imatrix(stats, tokens_per_sequence, dataset);
+  // A tied head has no tensor of its own in the file, so llama.cpp's quantizer has no use for it.
+  if (model.tied_output())
+    std::erase_if(imatrix.entries, [](const io::ImatrixEntry& e) { return e.name == "output.weight"; });
+  require(!imatrix.entries.empty(), "no linear layer has calibration statistics");
+  io::write_imatrix(imatrix, out);
+  std::printf("wrote %s: %zu tensors\n", out.string().c_str(), imatrix.entries.size());
 }
 
 }  // namespace
@@ -82,6 +57,6 @@ int main(int argc, char** argv) {
     const pipeline::Model model = pipeline::Model::load(a.model, /*need_tokenizer=*/true);
     const pipeline::Calibration c = pipeline::calibrate(model, slice, {a.sequences, a.length, {}});
     std::printf("calibration: %s (%.0f s)\n", c.source.c_str(), c.seconds);
-    write_imatrix(out, model, c.stats, c.source);
+    write_imatrix(out, model, c.stats, a.length, c.source);
   });
 }
