@@ -10,10 +10,6 @@
 //
 //   gated_eval [--layers 1,2,3] [--recalls 0.9,0.95,0.97,0.99] [--codecs none,dense,r128,r64,...]
 //              [--report DIR]
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -30,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "gnuplot.hpp"
 #include "real_data_args.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/error.hpp"
@@ -39,7 +36,6 @@
 #include "strata/gated/task.hpp"
 #include "strata/nn/bert.hpp"
 
-extern char** environ;
 
 namespace strata::examples {
 namespace {
@@ -216,35 +212,6 @@ std::string table_row(const Row& r) {
   return buf;
 }
 
-// Runs gnuplot on `script` in `dir`, without a shell; false when it is absent or fails.
-bool run_gnuplot(const std::filesystem::path& dir, const std::string& script) {
-  bool found = false;
-  if (const char* path = std::getenv("PATH")) {
-    std::stringstream ss(path);
-    for (std::string d; std::getline(ss, d, ':');)
-      if (!d.empty() && ::access((std::filesystem::path(d) / "gnuplot").c_str(), X_OK) == 0) found = true;
-  }
-  if (!found) return false;
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  const std::string log = (dir / "gnuplot.log").string();
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  const std::string script_path = (dir / script).string();
-  char name[] = "gnuplot";
-  std::string arg = script_path;
-  char* argv[] = {name, arg.data(), nullptr};
-  // gnuplot resolves the output names relative to its working directory: the script names them in full.
-  pid_t pid = 0;
-  const int rc = posix_spawnp(&pid, "gnuplot", &actions, nullptr, argv, environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) return false;
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) return false;
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
-
 // A gnuplot string literal for a path: single quotes, doubled inside.
 std::string quoted(const std::filesystem::path& p) {
   std::string out = "'";
@@ -310,7 +277,8 @@ void write_report(const Args& a, const std::vector<Row>& rows, const std::string
        << " with points pointsize 1.5 title 'after layer " << a.layers[i] << "'";
   gp << "\nunset multiplot\n";
   gp.close();
-  if (run_gnuplot(a.report, "gated.gp"))
+  // The script names its files as given on the command line, so gnuplot runs where this program does.
+  if (strata::examples::run_gnuplot(std::filesystem::current_path(), a.report / "gated.gp", a.report / "gnuplot.log"))
     std::printf("report: %s (gated.md, gated.csv, gated.png)\n", a.report.c_str());
   else
     std::printf("report: %s (gated.md, gated.csv; gnuplot absent or failed, no plot)\n", a.report.c_str());

@@ -5,10 +5,6 @@
 // (disjoint from the report slice), at the constant schedule's FLOPs.
 //
 //   token_merge_eval --report /tmp/tome     (docs/token-merging.md shows the figures)
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -18,6 +14,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "gnuplot.hpp"
 #include "real_data_args.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/parallel.hpp"
@@ -25,7 +22,6 @@
 #include "strata/token/merge.hpp"
 #include "strata/token/schedule.hpp"
 
-extern char** environ;
 
 namespace {
 
@@ -207,27 +203,6 @@ struct Row {
   double rate = 0, tokens_left = 0, flops = 0, cos_mean = 0, cos_min = 0, nn_agree = 0, seconds = 0, speedup = 0;
 };
 
-// gnuplot `script` in `dir`, without a shell; false when gnuplot is absent or fails.
-bool run_gnuplot(const std::filesystem::path& dir, const std::string& script) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addchdir_np(&actions, dir.c_str());
-  const std::string log = (dir / "gnuplot.log").string();
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  char name[] = "gnuplot";
-  std::string arg = script;
-  char* argv[] = {name, arg.data(), nullptr};
-  pid_t pid = 0;
-  const int rc = posix_spawnp(&pid, name, &actions, nullptr, argv, environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) return false;
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) return false;
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
-
 void write_report(const Args& a, const std::vector<Row>& rows, const std::string& header) {
   std::filesystem::create_directories(a.report);
   {
@@ -286,7 +261,7 @@ void write_report(const Args& a, const std::vector<Row>& rows, const std::string
     }
     gp << "unset multiplot\n";
   }
-  if (!run_gnuplot(a.report, "tokens.gp"))
+  if (!strata::examples::run_gnuplot(a.report, a.report / "tokens.gp", a.report / "gnuplot.log"))
     std::printf(
         "gnuplot absent or failed (see gnuplot.log): tokens.png not "
         "rendered; tokens.dat and tokens.gp are in %s\n",
