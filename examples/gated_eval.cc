@@ -36,7 +36,6 @@
 #include "strata/gated/task.hpp"
 #include "strata/nn/bert.hpp"
 
-
 namespace strata::examples {
 namespace {
 
