@@ -336,31 +336,33 @@ class GgufModel final : public Model {
   FileFormat format() const override { return FileFormat::gguf; }
 
   std::span<const std::byte> raw(const TensorInfo& t) const override {
-    return tensor_bytes(gguf_info(t));
+    return tensor_bytes(index_of(t));
   }
 
   strata::Tensor to_f32(const TensorInfo& t) const override {
-    const GgufTensorInfo& g = gguf_info(t);
+    const std::size_t i = index_of(t);
+    const GgufTensorInfo& g = gguf_tensors_[i];
     const kernels::GgmlCodec& codec = kernels::ggml_codec(g.type);
     require(codec.can_dequantize(), name_, ": tensor '", g.name, "': type ", codec.name,
             " cannot be converted to float32");
     strata::Tensor out(DType::f32, g.shape());
     const int64_t n = g.numel();
     // The parser has checked the tensor's byte count against its type and shape.
-    if (n > 0) codec.dequantize_row(tensor_bytes(g).data(), n, reinterpret_cast<float*>(out.raw()));
+    if (n > 0) codec.dequantize_row(tensor_bytes(i).data(), n, reinterpret_cast<float*>(out.raw()));
     return out;
   }
 
  private:
-  const GgufTensorInfo& gguf_info(const TensorInfo& t) const {
+  std::size_t index_of(const TensorInfo& t) const {
     auto it = tensor_index_.find(t.name);
     require(it != tensor_index_.end(), name_, ": no tensor named '", t.name, "'");
-    return gguf_tensors_[it->second];
+    return it->second;
   }
 
-  // The parser has checked every tensor's extent against the mapping.
-  std::span<const std::byte> tensor_bytes(const GgufTensorInfo& g) const {
-    return bytes_.subspan(tensors_[tensor_index_.at(g.name)].offset, g.nbytes);
+  // The parser has checked every tensor's extent against the mapping; tensors_ and gguf_tensors_
+  // share their order.
+  std::span<const std::byte> tensor_bytes(std::size_t i) const {
+    return bytes_.subspan(tensors_[i].offset, gguf_tensors_[i].nbytes);
   }
 
   // An integer hyper-parameter; per-layer arrays (some architectures vary heads or widths by layer)
