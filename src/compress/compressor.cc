@@ -1,6 +1,11 @@
 #include "strata/compress/compressor.hpp"
 
+#include <cblas.h>
+
+#include <algorithm>
 #include <sstream>
+
+#include "strata/core/parallel.hpp"
 
 namespace strata::compress {
 
@@ -10,20 +15,48 @@ uint64_t Compressed::stored_bytes() const {
   return total;
 }
 
+OutputErrorMeter::OutputErrorMeter(const RowMatrix<float>& w, const Matrix<double>* hessian) : w_(w) {
+  if (hessian != nullptr) {
+    require(hessian->rows() == w.cols() && hessian->cols() == w.cols(), "output_error: Hessian is [",
+            hessian->rows(), ", ", hessian->cols(), "] for a layer with ", w.cols(), " inputs");
+    weighted_ = true;
+    h_ = hessian->cast<float>();
+  }
+  denominator_ = quadratic(w);
+}
+
+double OutputErrorMeter::quadratic(const RowMatrix<float>& d) const {
+  if (!weighted_) return d.cast<double>().squaredNorm();
+  const int64_t rows = d.rows(), cols = d.cols();
+  RowMatrix<float> dh(rows, cols);
+  // H is symmetric, so d H = d H^T; ssymm would read only one triangle but runs single-threaded here.
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols),
+              static_cast<int>(cols), 1.0f, d.data(), static_cast<int>(cols), h_.data(), static_cast<int>(cols), 0.0f,
+              dh.data(), static_cast<int>(cols));
+  return parallel_reduce(
+      rows, 64, 0.0,
+      [&](int64_t b, int64_t e) {
+        double acc = 0;
+        for (int64_t i = b; i < e; ++i)
+          for (int64_t j = 0; j < cols; ++j)
+            acc += static_cast<double>(dh(i, j)) * static_cast<double>(d(i, j));
+        return acc;
+      },
+      [](double a, double b) { return a + b; });
+}
+
+double OutputErrorMeter::operator()(const RowMatrix<float>& w_hat) const {
+  require(w_.rows() == w_hat.rows() && w_.cols() == w_hat.cols(), "output_error: shapes differ, [", w_.rows(),
+          ", ", w_.cols(), "] vs [", w_hat.rows(), ", ", w_hat.cols(), "]");
+  if (denominator_ <= 0) return 0.0;
+  const RowMatrix<float> dw = w_ - w_hat;
+  return std::max(quadratic(dw), 0.0) / denominator_;
+}
+
 double output_error(const RowMatrix<float>& w, const RowMatrix<float>& w_hat, const Matrix<double>* hessian) {
   require(w.rows() == w_hat.rows() && w.cols() == w_hat.cols(), "output_error: shapes differ, [", w.rows(), ", ",
           w.cols(), "] vs [", w_hat.rows(), ", ", w_hat.cols(), "]");
-  const RowMatrix<double> wd = w.cast<double>();
-  const RowMatrix<double> dw = wd - w_hat.cast<double>();
-  if (hessian == nullptr) {
-    const double denom = wd.squaredNorm();
-    return denom > 0 ? dw.squaredNorm() / denom : 0.0;
-  }
-  require(hessian->rows() == w.cols() && hessian->cols() == w.cols(), "output_error: Hessian is [", hessian->rows(),
-          ", ", hessian->cols(), "] for a layer with ", w.cols(), " inputs");
-  const double num = ((dw * *hessian).array() * dw.array()).sum();
-  const double denom = ((wd * *hessian).array() * wd.array()).sum();
-  return denom > 0 ? std::max(num, 0.0) / denom : 0.0;
+  return OutputErrorMeter(w, hessian)(w_hat);
 }
 
 void check_shape(const Layer& layer) {
@@ -34,10 +67,10 @@ void check_shape(const Layer& layer) {
 std::vector<Option> WeightCompressor::options_for(const Layer& layer, const LayerCalibration& calib,
                                                   const std::vector<std::string>& knobs) const {
   std::vector<Option> out;
+  const OutputErrorMeter error(*layer.weight, calib.hessian);
   for (const auto& knob : knobs) {
     const Compressed c = apply(layer, calib, knob);
-    const RowMatrix<float> w_hat = reconstruct(c);
-    out.push_back({knob, cost(layer, knob), output_error(*layer.weight, w_hat, calib.hessian)});
+    out.push_back({knob, cost(layer, knob), error(reconstruct(c))});
   }
   return out;
 }

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <set>
 
 #include "strata/budget/table.hpp"
@@ -174,17 +175,22 @@ void check_request(std::string_view request) {
 LayerBank::LayerBank(const Model& model, const nn::Calibration* calibration, uint64_t cache_bytes)
     : model_(model), calibration_(calibration), cache_limit_(cache_bytes) {}
 
-compress::LayerCalibration LayerBank::calibration(std::string_view tensor) {
+compress::LayerCalibration LayerBank::calibration(std::string_view tensor, bool with_hessian) {
   compress::LayerCalibration lc;
   if (calibration_ == nullptr || !calibration_->has(tensor)) return lc;  // the embedding: weight error
   const nn::InputStats& st = calibration_->stats(tensor);
   if (stats_for_ != &st) {
-    hessian_ = st.has_gram ? st.hessian() : Matrix<double>();
     mean_sq_ = st.mean_sq();
     mean_abs_ = st.mean_abs();
     stats_for_ = &st;
   }
-  if (hessian_.size() > 0) lc.hessian = &hessian_;
+  if (with_hessian && st.has_gram) {
+    if (hessian_for_ != &st) {
+      hessian_ = st.hessian();
+      hessian_for_ = &st;
+    }
+    lc.hessian = &hessian_;
+  }
   lc.mean_sq = &mean_sq_;
   lc.mean_abs = &mean_abs_;
   lc.tokens = st.tokens;
@@ -201,7 +207,8 @@ std::shared_ptr<const compress::Compressed> LayerBank::compressed(const std::str
   const compress::WeightCompressor& c = compress::find_compressor(method);
   const RowMatrix<float> w = model_.weight(tensor);
   const compress::Layer layer{tensor, &w};
-  auto value = std::make_shared<const compress::Compressed>(c.apply(layer, calibration(tensor), knob));
+  auto value =
+      std::make_shared<const compress::Compressed>(c.apply(layer, calibration(tensor, c.reads_hessian()), knob));
   const uint64_t bytes = value->stored_bytes();
   while (!cache_.empty() && cached_bytes_ + bytes > cache_limit_) {
     auto oldest = std::min_element(cache_.begin(), cache_.end(),
@@ -785,14 +792,24 @@ Evaluation evaluate(const budget::Plan& plan, LayerBank& bank, const nn::KlEvalu
   }
   const int64_t total = 1 + (table != nullptr ? 2 * static_cast<int64_t>(options.compare.size()) : 0);
   int64_t done = 0;
+  // Comparison points often land on a plan already judged (the allocation at the written plan's
+  // size, or two sizes the allocator fills with the same choices): each distinct plan runs once.
+  std::map<std::string, nn::KlResult> judged;
   auto judge_plan = [&](const budget::Plan& p, std::string label) {
     report(progress, "evaluating", done++, total);
     Variant v;
     v.label = std::move(label);
     v.plan = p;
-    const nn::LlamaModel m = apply(p, bank);
-    if (ev.variants.empty()) ev.plan_forms = layer_forms(m);
-    v.result = judge(m);
+    std::string key;
+    for (const auto& ch : p.choices) key += ch.tensor + '\0' + ch.method + '\0' + ch.knob + '\n';
+    if (auto it = judged.find(key); it != judged.end()) {
+      v.result = it->second;
+    } else {
+      const nn::LlamaModel m = apply(p, bank);
+      if (ev.variants.empty()) ev.plan_forms = layer_forms(m);
+      v.result = judge(m);
+      judged.emplace(std::move(key), v.result);
+    }
     v.bytes = p.total_cost().bytes;
     v.bits_per_weight = p.bits_per_weight(params);
     return v;

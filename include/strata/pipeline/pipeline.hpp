@@ -113,7 +113,10 @@ class LayerBank {
   const Model& model() const { return model_; }
   // Statistics of the tensor's input; empty (all null) for the embedding or without calibration.
   // The pointers stay valid until the next call for another input.
-  compress::LayerCalibration calibration(std::string_view tensor);
+  compress::LayerCalibration calibration(std::string_view tensor) { return calibration(tensor, true); }
+  // Without `with_hessian` the Hessian is not formed (lc.hessian stays null): compressors that do not
+  // need it (needs_hessian() false) are applied without paying for it.
+  compress::LayerCalibration calibration(std::string_view tensor, bool with_hessian);
   // The compressed form (cached).
   std::shared_ptr<const compress::Compressed> compressed(const std::string& tensor, const std::string& method,
                                                          const std::string& knob);
@@ -135,6 +138,7 @@ class LayerBank {
   std::map<Key, Entry> cache_;
   // The Hessian of the last input asked for: q/k/v (and gate/up) share theirs, asked in a row.
   const nn::InputStats* stats_for_ = nullptr;
+  const nn::InputStats* hessian_for_ = nullptr;
   Matrix<double> hessian_;
   Vector<double> mean_sq_, mean_abs_;
 };

@@ -106,6 +106,7 @@ class GgmlCompressor : public WeightCompressor {
   explicit GgmlCompressor(bool use_imatrix) : use_imatrix_(use_imatrix) {}
 
   std::string_view name() const override { return use_imatrix_ ? kWithImatrix : kNoImatrix; }
+  bool reads_hessian() const override { return false; }  // the imatrix (mean x^2) is all it weighs by
   std::string_view description() const override {
     return use_imatrix_ ? "llama.cpp block formats (q2_k ... q8_0, iq4_nl), byte-exact with ggml, weighted by the "
                           "imatrix (mean x^2 per input column) when calibration provides it"
@@ -225,6 +226,7 @@ class GgmlGptqCompressor final : public GgmlCompressor {
            "chosen by ggml's imatrix-weighted search; knob TYPE[,damp=X,block=N,act_order=0|1]";
   }
   bool needs_hessian() const override { return true; }
+  bool reads_hessian() const override { return true; }
 
   Cost cost(const Layer& layer, std::string_view knob) const override {
     return GgmlCompressor::cost(layer, lower_name(parse_gptq_knob(knob, layer.name).type));

@@ -128,12 +128,13 @@ class SparseGptCompressor final : public PruneCompressor {
     detail::check_weight(*layer.weight, layer.name);
     const SparseGptFactor f = factor(layer, calib);
     std::vector<Option> out;
+    const OutputErrorMeter error(*layer.weight, calib.hessian);
     for (const auto& knob : knobs) {
       const Setting s = parse(knob, layer.name);
       fits(layer, s.pattern);
       const Compressed c =
           encode(sparsegpt(*layer.weight, f, s.pattern, options(s), layer.name), s, std::string(name()), knob);
-      out.push_back({knob, cost(layer, knob), output_error(*layer.weight, decode(c), calib.hessian)});
+      out.push_back({knob, cost(layer, knob), error(decode(c))});
     }
     return out;
   }

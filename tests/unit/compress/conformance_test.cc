@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "strata/compress/compressor.hpp"
@@ -95,6 +96,29 @@ TEST_P(Conformance, OptionsMatchApplyAndAreDeterministic) {
   EXPECT_EQ(c.reconstruct(a), c.reconstruct(b)) << "apply must be deterministic";
   const double err = output_error(tl.w, c.reconstruct(a), &tl.h);
   EXPECT_NEAR(mid.error, err, 1e-6 + 1e-4 * err) << c.name() << " " << mid.knob;
+}
+
+// A compressor that declares it never reads the Hessian is applied without one by the pipeline (to
+// save forming it): its result must then be the same.
+TEST_P(Conformance, HessianUnreadWhenDeclaredSo) {
+  const WeightCompressor& c = *GetParam();
+  if (c.reads_hessian()) GTEST_SKIP() << c.name() << " reads the Hessian";
+  EXPECT_FALSE(c.needs_hessian()) << c.name() << " needs a Hessian it says it never reads";
+  const TestLayer& tl = test_layer();
+  const Layer layer{"test.weight", &tl.w};
+  LayerCalibration without = tl.calib();
+  without.hessian = nullptr;
+  for (const auto& knob : c.knobs(layer)) {
+    const Compressed a = c.apply(layer, tl.calib(), knob), b = c.apply(layer, without, knob);
+    ASSERT_EQ(a.tensors.size(), b.tensors.size()) << c.name() << " " << knob;
+    for (const auto& [name, t] : a.tensors) {
+      const auto it = b.tensors.find(name);
+      ASSERT_NE(it, b.tensors.end()) << c.name() << " " << knob << ": " << name;
+      ASSERT_EQ(t.nbytes(), it->second.nbytes()) << c.name() << " " << knob << ": " << name;
+      EXPECT_EQ(std::memcmp(t.raw(), it->second.raw(), static_cast<size_t>(t.nbytes())), 0)
+          << c.name() << " " << knob << ": " << name << " differs without the Hessian";
+    }
+  }
 }
 
 TEST_P(Conformance, BadInputIsRejected) {
