@@ -5,15 +5,14 @@
 #include <functional>
 
 #include "strata/core/parallel.hpp"
+#include "strata/kernels/softmax.hpp"
 
 namespace strata::nn {
 
 void log_softmax(const float* logits, int64_t n, std::vector<double>& out) {
   out.resize(static_cast<size_t>(n));
-  const float mx = *std::max_element(logits, logits + n);
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i] - mx));
-  const double lse = static_cast<double>(mx) + std::log(sum);
+  const float mx = kernels::row_max(logits, n);
+  const double lse = static_cast<double>(mx) + std::log(kernels::sum_exp(logits, n, mx));
   for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = static_cast<double>(logits[i]) - lse;
 }
 
@@ -166,15 +165,10 @@ class BlockInputs final : public ForwardHooks {
   std::vector<RowMatrix<float>>& out_;
 };
 
-// log-softmax of `rows` rows in place through log_softmax (double sums), stored back as floats.
+// log-softmax of `rows` rows in place (sums in double).
 void log_softmax_rows(float* logits, int64_t rows, int64_t vocab) {
   parallel_for(rows, 8, [&](int64_t r0, int64_t r1) {
-    std::vector<double> lp;
-    for (int64_t r = r0; r < r1; ++r) {
-      float* x = logits + r * vocab;
-      log_softmax(x, vocab, lp);
-      for (int64_t i = 0; i < vocab; ++i) x[i] = static_cast<float>(lp[static_cast<size_t>(i)]);
-    }
+    for (int64_t r = r0; r < r1; ++r) kernels::log_softmax_inplace(logits + r * vocab, vocab);
   });
 }
 
@@ -235,12 +229,9 @@ KlResult KlEvaluator::operator()(const LlamaModel& model, int first_block) const
     const float* m = logits.data();
     parallel_for(n - 1, 8, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        double s = 0;
         const float* pr = p + r * vocab_;
         const float* mr = m + r * vocab_;
-        for (int64_t i = 0; i < vocab_; ++i)
-          s += std::exp(static_cast<double>(pr[i])) * (static_cast<double>(pr[i]) - static_cast<double>(mr[i]));
-        kl[static_cast<size_t>(base + r)] = std::max(0.0, s);
+        kl[static_cast<size_t>(base + r)] = std::max(0.0, kernels::kl_from_log_probs(pr, mr, vocab_));
         const auto top = static_cast<int32_t>(std::max_element(mr, mr + vocab_) - mr);
         agree[static_cast<size_t>(base + r)] = top == reference_top1_[static_cast<size_t>(base + r)];
       }
