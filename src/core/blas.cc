@@ -68,7 +68,7 @@ std::string BlasInfo::describe() const {
     if (coretype_from_env) out << " OPENBLAS_CORETYPE=" << std::getenv("OPENBLAS_CORETYPE");
     if (slow_kernels()) out << " [SLOW KERNELS]";
   }
-  for (const char* var : {"OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT"})
+  for (const char* var : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT"})
     if (const char* v = std::getenv(var)) out << " " << var << "=" << v;
   return out.str();
 }
@@ -109,6 +109,14 @@ void ensure_fast_blas(int argc, char** argv) {
   // forward pass of SmolLM2 ran 2x slower. Both read these only at start-up.
   if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
     setenv("OMP_WAIT_POLICY", "passive", 1);
+    reexec = true;
+  }
+  // Passive waiting alone makes every parallel region wake its threads from sleep, tens of
+  // microseconds each; a decode step runs hundreds of small regions back to back (SmolLM2's on two
+  // threads ran slower than on one). A short spin first (about 0.1 ms, 3000 pause loops) keeps the
+  // team awake between consecutive regions and still frees the core long before a BLAS call needs it.
+  if (std::getenv("GOMP_SPINCOUNT") == nullptr) {
+    setenv("GOMP_SPINCOUNT", "3000", 1);
     reexec = true;
   }
   if (std::getenv("OPENBLAS_THREAD_TIMEOUT") == nullptr) {

@@ -26,8 +26,10 @@ BlasInfo blas_info();
 // disables this) when the environment lacks what fast BLAS-heavy work needs, each only when unset:
 // OPENBLAS_CORETYPE, when OpenBLAS chose kernels weaker than this CPU runs; OMP_WAIT_POLICY=passive
 // and OPENBLAS_THREAD_TIMEOUT=4, so that idle threads of strata's OpenMP loops and of OpenBLAS's pool
-// sleep instead of spinning against each other. Returns normally when nothing needs fixing or exec
-// fails.
+// sleep instead of spinning against each other; GOMP_SPINCOUNT=3000, so that strata's threads first
+// spin for about 0.1 ms (decoding runs hundreds of small parallel loops per token, each of which
+// would otherwise wake its threads from sleep). Returns normally when nothing needs fixing or exec
+// fails. An engine that starts its own threads' environment sets these itself.
 void ensure_fast_blas(int argc, char** argv);
 
 // Prints, once per process, a warning with the fix when the BLAS kernels are slow for this CPU.
