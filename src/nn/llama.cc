@@ -8,6 +8,7 @@
 #include "strata/nn/attention.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/parallel.hpp"
+#include "strata/kernels/softmax.hpp"
 
 namespace strata::nn {
 
@@ -365,7 +366,7 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
     float* g = gate.data();
     const float* u = up.data();
     const int64_t gn = n * c.hidden_dim;
-    for (int64_t i = 0; i < gn; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    kernels::silu_mul(g, u, gn);
     if (hooks) {
       const std::string names[1] = {prefix + "ffn_down.weight"};
       hooks->on_linear_input(li, names, gate.data(), n, c.hidden_dim);

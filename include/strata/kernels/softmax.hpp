@@ -23,6 +23,12 @@ double exp_shift(float* x, int64_t n, float shift);
 // In place: x_i <- x_i - log(sum_j exp(x_j)) (a log-softmax), the sum shifted by the row's maximum.
 void log_softmax_inplace(float* x, int64_t n);
 
+// SwiGLU's gate in place: gate_i <- silu(gate_i) * up_i = gate_i / (1 + exp(-gate_i)) * up_i.
+// SIMD to about 1e-6 relative of silu_mul_reference (double exponential); a gate below -88 gives
+// 0 up to 1e-36 (its exact value is smaller still).
+void silu_mul(float* gate, const float* up, int64_t n);
+void silu_mul_reference(float* gate, const float* up, int64_t n);
+
 // KL(P || Q) = sum_i exp(lp_i) (lp_i - lq_i) for two rows of log-probabilities.
 double kl_from_log_probs(const float* lp, const float* lq, int64_t n);
 double kl_from_log_probs_reference(const float* lp, const float* lq, int64_t n);

@@ -14,6 +14,7 @@
 #include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -97,6 +98,20 @@ inline void SubtractAll(float* x, int64_t n, float offset) {
   int64_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(hn::Sub(hn::LoadU(d, x + i), v), d, x + i);
   for (; i < n; ++i) x[i] -= offset;
+}
+
+// gate_i <- gate_i / (1 + exp(-gate_i)) * up_i; the exponent is capped at 88 (exp stays finite).
+inline void SiluMul(float* HWY_RESTRICT gate, const float* HWY_RESTRICT up, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto one = hn::Set(d, 1.0f), cap = hn::Set(d, 88.0f);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto g = hn::LoadU(d, gate + i);
+    const auto e = hn::Exp(d, hn::Min(hn::Neg(g), cap));
+    hn::StoreU(hn::Mul(hn::Div(g, hn::Add(one, e)), hn::LoadU(d, up + i)), d, gate + i);
+  }
+  for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(std::min(-gate[i], 88.0f))) * up[i];
 }
 
 // sum_i exp(lp_i) (lp_i - lq_i).

@@ -19,6 +19,7 @@ HWY_EXPORT(RowMax);
 HWY_EXPORT(SumExp);
 HWY_EXPORT(SubtractAll);
 HWY_EXPORT(KlFromLogProbs);
+HWY_EXPORT(SiluMul);
 
 float row_max(const float* x, int64_t n) {
   require(n >= 1 && x != nullptr, "kernels::row_max: need at least one value, got ", n);
@@ -47,6 +48,19 @@ void log_softmax_inplace(float* x, int64_t n) {
   const float mx = row_max(x, n);
   const double lse = static_cast<double>(mx) + std::log(HWY_DYNAMIC_DISPATCH(SumExp)(x, n, mx, nullptr));
   HWY_DYNAMIC_DISPATCH(SubtractAll)(x, n, static_cast<float>(lse));
+}
+
+void silu_mul(float* gate, const float* up, int64_t n) {
+  require(n >= 0, "kernels::silu_mul: negative length ", n);
+  if (n > 0) HWY_DYNAMIC_DISPATCH(SiluMul)(gate, up, n);
+}
+
+void silu_mul_reference(float* gate, const float* up, int64_t n) {
+  require(n >= 0, "kernels::silu_mul_reference: negative length ", n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    gate[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * static_cast<double>(up[i]));
+  }
 }
 
 double kl_from_log_probs(const float* lp, const float* lq, int64_t n) {

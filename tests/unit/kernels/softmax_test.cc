@@ -45,6 +45,7 @@ namespace softmax_simd {
 namespace HWY_NAMESPACE {
 using strata::HWY_NAMESPACE::KlFromLogProbs;
 using strata::HWY_NAMESPACE::RowMax;
+using strata::HWY_NAMESPACE::SiluMul;
 using strata::HWY_NAMESPACE::SumExp;
 namespace kernels = strata::kernels;
 namespace st = strata::softmax_test;
@@ -95,6 +96,25 @@ void TestKlMatchesReference() {
   }
 }
 
+void TestSiluMulMatchesReference() {
+  for (int64_t n : st::lengths()) {
+    auto gate = st::logit_row(n, static_cast<uint32_t>(n) + 5, 6.0f);
+    if (n > 4) {
+      gate[0] = -120.0f;  // exp(120) overflows float: the cap keeps the result 0
+      gate[1] = 95.0f;
+      gate[2] = 0.0f;
+    }
+    const auto up = st::logit_row(n, static_cast<uint32_t>(n) + 6, 1.0f);
+    auto simd = gate, ref = gate;
+    SiluMul(simd.data(), up.data(), n);
+    kernels::silu_mul_reference(ref.data(), up.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float r = ref[static_cast<size_t>(i)];
+      ASSERT_NEAR(simd[static_cast<size_t>(i)], r, 2e-6f * std::abs(r) + 1e-30f) << "n = " << n << ", i = " << i;
+    }
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace softmax_simd
 HWY_AFTER_NAMESPACE();
@@ -105,6 +125,7 @@ HWY_BEFORE_TEST(SoftmaxTest);
 HWY_EXPORT_AND_TEST_P(SoftmaxTest, TestRowMaxExact);
 HWY_EXPORT_AND_TEST_P(SoftmaxTest, TestSumExpMatchesReference);
 HWY_EXPORT_AND_TEST_P(SoftmaxTest, TestKlMatchesReference);
+HWY_EXPORT_AND_TEST_P(SoftmaxTest, TestSiluMulMatchesReference);
 }  // namespace softmax_simd
 
 namespace strata {
@@ -127,6 +148,11 @@ TEST(Softmax, ReferencesMatchClosedForms) {
   const float inf = std::numeric_limits<float>::infinity();
   const std::vector<float> lp0 = {0.0f, -inf}, lq0 = {0.0f, -inf};
   EXPECT_EQ(kernels::kl_from_log_probs(lp0.data(), lq0.data(), 2), 0.0);
+  // silu(x) = x sigmoid(x): silu(0) = 0, silu(log 3) = log(3) * 3/4.
+  std::vector<float> g = {0.0f, static_cast<float>(std::log(3.0))}, u = {5.0f, 2.0f};
+  kernels::silu_mul_reference(g.data(), u.data(), 2);
+  EXPECT_EQ(g[0], 0.0f);
+  EXPECT_NEAR(g[1], std::log(3.0) * 0.75 * 2.0, 1e-6);
 }
 
 TEST(Softmax, LogSoftmaxInPlaceNormalizes) {
