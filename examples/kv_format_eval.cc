@@ -8,14 +8,25 @@
 // Reported per format: mean KL(p_float || p_format) over the decoded tokens' next-token
 // distributions, perplexity of the decoded tokens, and the cache's bytes.
 //
+// With --kv-bits B1,B2,..: per-layer formats chosen by strata's allocator (kv/format_allocate.hpp).
+// The KL cost of every (layer, keys or values, format) is measured on calibration text (--calib,
+// SOTU by default, disjoint from the evaluation text), once without and once with rotation; each
+// budget in bits per element is spent by budget::solve, and the allocated formats are evaluated on
+// the windows beside the uniform ones.
+//
 //   kv_format_eval [--model GGUF] [--text TXT] [--slice 0.7:0.8] [--context 2048] [--steps 64]
 //                  [--windows 2] [--formats f16,q8_0,q4_0,kivi4,kivi2] [--kivi-group 32]
 //                  [--kivi-residual 32] [--seed 0] [--budget 0]
+//                  [--kv-bits 3.5,4.5,5] [--menu f16,q8_0,q4_0,kivi4,kivi2] [--calib SOTU]
+//                  [--calib-slice 0.5:0.6] [--calib-windows 1] [--calib-length 2048] [--calib-probe 32]
+//                  [--alloc-rotation both] [--tables-out JSON] [--tables-in JSON]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -23,7 +34,9 @@
 #include "strata/core/blas.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
+#include "strata/io/mapped_file.hpp"
 #include "strata/io/model.hpp"
+#include "strata/kv/format_allocate.hpp"
 #include "strata/kv/session.hpp"
 #include "strata/nn/dataset.hpp"
 #include "strata/nn/llama.hpp"
@@ -42,6 +55,12 @@ struct Args {
   int64_t context = 2048, steps = 64, windows = 2, kivi_group = 32, kivi_residual = 32, budget = 0;
   uint64_t seed = 0;
   std::vector<std::string> formats = {"f16", "q8_0", "q4_0", "kivi4", "kivi2"};
+  // Allocation: budgets, the menu, the calibration text and where the measured tables go.
+  std::vector<double> kv_bits;
+  std::vector<std::string> menu = {"f16", "q8_0", "q4_0", "kivi4", "kivi2"};
+  fs::path calib = examples::data_paths().sotu(), tables_out, tables_in;
+  std::string calib_slice = "0.5:0.6", alloc_rotation = "both";
+  int64_t calib_windows = 1, calib_length = 2048, calib_probe = 32;
 
   void add_options(CLI::App& app) {
     examples::add_model_option(app, model);
@@ -56,6 +75,29 @@ struct Args {
     app.add_option("--seed", seed, "the rotation's random signs")->capture_default_str();
     app.add_option("--budget", budget, "tokens per KV head kept at the prompt (SnapKV, AdaKV); 0 = no eviction")
         ->capture_default_str();
+    examples::add_list(app, "--kv-bits", kv_bits, "budgets in bits per element for allocated per-layer formats");
+    examples::add_list(app, "--menu", menu, "formats the allocator chooses from, per layer for keys and values");
+    app.add_option("--calib", calib, "calibration text for the allocation")->check(CLI::ExistingFile)->capture_default_str();
+    app.add_option("--calib-slice", calib_slice, "calibration slice BEGIN:END of --calib")->capture_default_str();
+    app.add_option("--calib-windows", calib_windows, "calibration windows")->check(CLI::PositiveNumber)->capture_default_str();
+    app.add_option("--calib-length", calib_length, "tokens per calibration window, probe included")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("--calib-probe", calib_probe, "tokens at the end of each calibration window scored over the stored cache")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("--alloc-rotation", alloc_rotation, "allocate without rotation (off), with it (on) or both")
+        ->check(CLI::IsMember({"off", "on", "both"}))
+        ->capture_default_str();
+    app.add_option("--tables-out", tables_out, "write the measured cost tables (JSON)");
+    app.add_option("--tables-in", tables_in, "read cost tables written by --tables-out instead of measuring")
+        ->check(CLI::ExistingFile);
+  }
+
+  std::vector<bool> rotations() const {
+    if (alloc_rotation == "off") return {false};
+    if (alloc_rotation == "on") return {true};
+    return {false, true};
   }
 };
 
@@ -78,6 +120,89 @@ std::vector<std::pair<std::string, kv::CacheFormat>> parse_formats(const Args& a
       out.emplace_back(name + (rotate ? "+rot" : ""), f);
     }
   return out;
+}
+
+// The allocator's menu and budgets, checked before the model is read.
+std::vector<kv::KvFormat> parse_menu(const Args& a) {
+  std::vector<kv::KvFormat> menu;
+  for (const auto& name : a.menu) menu.push_back(kv::parse_kv_format(name, "--menu"));
+  if (a.kv_bits.empty()) return menu;
+  for (double bits : a.kv_bits) kv::check_bits_budget(bits, menu, a.kivi_group, "--kv-bits");
+  require(a.calib_length > a.calib_probe, "--calib-length ", a.calib_length, " must exceed --calib-probe ",
+          a.calib_probe);
+  const bool kivi = std::any_of(menu.begin(), menu.end(), kv::is_kivi);
+  require(a.budget == 0 || !kivi || a.budget >= a.kivi_residual, "--budget ", a.budget, " cannot hold --kivi-residual ",
+          a.kivi_residual, " float32 tokens per KV head (--menu has KIVI)");
+  return menu;
+}
+
+// Cost tables for the allocation, one per rotation setting: measured on the calibration windows, or
+// read from --tables-in.
+std::map<bool, budget::Table> cost_tables(const Args& a, const nn::LlamaModel& model, const nn::BpeTokenizer& tok,
+                                          const std::vector<kv::KvFormat>& menu) {
+  const char* keys[2] = {"plain", "rotated"};
+  std::map<bool, budget::Table> out;
+  const int64_t rows = 2 * model.config().n_layers;
+  if (!a.tables_in.empty()) {
+    std::ifstream in(a.tables_in);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      fail("--tables-in ", a.tables_in.string(), ": not JSON (", e.what(), ")");
+    }
+    for (bool rotate : a.rotations()) {
+      require(j.is_object() && j.contains(keys[rotate]), "--tables-in ", a.tables_in.string(), ": no '",
+              keys[rotate], "' table");
+      out[rotate] = budget::Table::from_json(j[keys[rotate]]);
+      require(static_cast<int64_t>(out[rotate].layers.size()) == rows, "--tables-in ", a.tables_in.string(), ": '",
+              keys[rotate], "' has ", out[rotate].layers.size(), " rows, the model needs ", rows);
+    }
+    return out;
+  }
+  const nn::TextSlice cs = nn::TextSlice::parse(a.calib, a.calib_slice);
+  const auto windows =
+      nn::cut_sequences(nn::tokenize_slice(tok, cs, a.calib_windows * a.calib_length), a.calib_windows, a.calib_length, -1);
+  nlohmann::json j = nlohmann::json::object();
+  for (bool rotate : a.rotations()) {
+    kv::FormatTableOptions o;
+    o.formats = menu;
+    o.rotate = rotate;
+    o.rotation_seed = a.seed;
+    o.kivi_group = a.kivi_group;
+    o.kivi_residual = a.kivi_residual;
+    o.probe = a.calib_probe;
+    const auto ts = std::chrono::steady_clock::now();
+    out[rotate] = kv::format_table(model, windows, o, [&](int64_t done, int64_t total) {
+      if (done % std::max<int64_t>(1, total / 10) == 0)
+        std::fprintf(stderr, "cost table%s: %lld of %lld options measured, %.0f s\n", rotate ? " (rotated)" : "",
+                     static_cast<long long>(done), static_cast<long long>(total), seconds_since(ts));
+    });
+    std::printf("cost table%s: %s, %lld windows of %lld tokens (%lld scored), %.1f s\n", rotate ? " (rotated)" : "",
+                cs.describe().c_str(), static_cast<long long>(a.calib_windows), static_cast<long long>(a.calib_length),
+                static_cast<long long>(a.calib_probe), seconds_since(ts));
+    j[keys[rotate]] = out[rotate].to_json();
+  }
+  if (!a.tables_out.empty()) {
+    io::AtomicFileWriter w(a.tables_out);
+    const std::string text = j.dump(1);
+    w.write(text.data(), text.size());
+    w.commit();
+  }
+  return out;
+}
+
+// The cost table as text: per layer, keys then values, the KL of each format of the menu.
+void print_table(const budget::Table& t, bool rotate) {
+  std::printf("\nKL when only this layer's keys (k) or values (v) are stored in the format%s:\n", rotate ? ", rotated" : "");
+  std::printf("%-16s", "row");
+  for (const auto& o : t.layers[0].options) std::printf(" %10s", o.knob.c_str());
+  std::printf("\n");
+  for (const auto& row : t.layers) {
+    std::printf("%-16s", row.tensor.c_str());
+    for (const auto& o : row.options) std::printf(" %10.5f", o.error);
+    std::printf("\n");
+  }
 }
 
 // log-softmax of one row of logits.
@@ -107,14 +232,40 @@ void decode(kv::Session& s, const std::vector<int32_t>& window, int64_t context,
 }
 
 void run(const Args& a) {
-  const auto formats = parse_formats(a);
+  auto formats = parse_formats(a);
+  const auto menu = parse_menu(a);
   const auto t0 = std::chrono::steady_clock::now();
   const nn::TextSlice slice = nn::TextSlice::parse(a.text, a.slice);
+  if (!a.kv_bits.empty() && a.tables_in.empty()) {
+    const nn::TextSlice cs = nn::TextSlice::parse(a.calib, a.calib_slice);
+    require(!cs.overlaps(slice), "calibration text ", cs.describe(), " (", a.calib.string(), ") overlaps evaluation text ",
+            slice.describe(), " (", a.text.string(), "): choose disjoint --calib-slice and --slice");
+  }
   std::shared_ptr<const io::Model> file = io::open_model(a.model);
   const nn::LlamaModel model = nn::LlamaModel::load_stored(file);
   const auto& c = model.config();
   for (const auto& [name, f] : formats) f.validate(c.n_layers, c.head_dim);
   const nn::BpeTokenizer tok = nn::BpeTokenizer::from_model(*file);
+  if (!a.kv_bits.empty()) {
+    const auto tables = cost_tables(a, model, tok, menu);
+    for (const auto& [rotate, table] : tables) {
+      print_table(table, rotate);
+      kv::CacheFormat base;
+      base.kivi_group = a.kivi_group;
+      base.kivi_residual = a.kivi_residual;
+      base.rotate = rotate;
+      base.rotation_seed = a.seed;
+      for (double bits : a.kv_bits) {
+        const kv::FormatAllocation alloc = kv::allocate_formats(table, bits, base, "--kv-bits");
+        char name[32];
+        std::snprintf(name, sizeof name, "alloc%g%s", bits, rotate ? "+rot" : "");
+        std::printf("%s: %.3f bits per element, summed table KL %.5f: %s\n", name, alloc.bits_per_element,
+                    alloc.predicted_error, alloc.format.describe().c_str());
+        formats.emplace_back(name, alloc.format);
+      }
+    }
+    std::printf("\n");
+  }
   const int64_t length = a.context + a.steps, vocab = c.vocab_size;
   const auto windows = nn::cut_sequences(nn::tokenize_slice(tok, slice, a.windows * length), a.windows, length, -1);
   std::printf("model: %s in its file's types (%lld layers, %lld KV heads of %lld), %d threads\n",
@@ -170,15 +321,16 @@ void run(const Args& a) {
     }
   }
   const double ref_ppl = std::exp(reference.nll / static_cast<double>(reference.tokens));
-  std::printf("%-11s %10s %10s %12s %10s %13s %9s\n", "format", "cache MiB", "vs f32", "mean KL", "ppl", "ppl vs f32",
-              "decode s");
-  std::printf("%-11s %10.2f %9.3fx %12s %10.3f %13s %9.1f\n", "f32", reference.mib, 1.0, "0", ref_ppl, "",
+  std::printf("%-14s %6s %10s %10s %12s %10s %13s %9s\n", "format", "bits", "cache MiB", "vs f32", "mean KL", "ppl",
+              "ppl vs f32", "decode s");
+  std::printf("%-14s %6.2f %10.2f %9.3fx %12s %10.3f %13s %9.1f\n", "f32", 32.0, reference.mib, 1.0, "0", ref_ppl, "",
               reference.seconds);
   for (size_t i = 0; i < formats.size(); ++i) {
     const Result& r = results[i];
     const double ppl = std::exp(r.nll / static_cast<double>(r.tokens));
-    std::printf("%-11s %10.2f %9.3fx %12.5f %10.3f %+12.2f%% %9.1f\n", formats[i].first.c_str(), r.mib,
-                r.mib / reference.mib, r.kl / static_cast<double>(r.tokens), ppl, 100 * (ppl / ref_ppl - 1), r.seconds);
+    std::printf("%-14s %6.2f %10.2f %9.3fx %12.5f %10.3f %+12.2f%% %9.1f\n", formats[i].first.c_str(),
+                kv::format_bits(formats[i].second, c.n_layers, c.head_dim), r.mib, r.mib / reference.mib,
+                r.kl / static_cast<double>(r.tokens), ppl, 100 * (ppl / ref_ppl - 1), r.seconds);
   }
   std::printf("\ntotal %.1f s\n", seconds_since(t0));
 }

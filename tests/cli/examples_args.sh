@@ -78,6 +78,15 @@ expect_parsed docs_prune_eval prune_eval --sequences 32 --patterns "" --blocks "
 expect_parsed docs_lowrank_eval lowrank_eval --keep 0.9,0.95
 expect_parsed docs_ggml_imatrix_eval ggml_imatrix_eval
 expect_parsed docs_kv_quant_eval kv_quant_eval
+
+# kv_format_eval's allocation: budgets, menu and calibration text checked before the model is read.
+expect_refusal kv_format_eval_bits_below "--kv-bits" kv_format_eval --kv-bits 2.5
+expect_refusal kv_format_eval_bits_negative "--kv-bits" kv_format_eval --kv-bits=-4
+expect_refusal kv_format_eval_menu "--menu" kv_format_eval --kv-bits 4 --menu q4_0,q5_0
+expect_refusal kv_format_eval_overlap "overlaps evaluation text" kv_format_eval --kv-bits 4 \
+  --calib "$work/linked.txt" --calib-slice 0.75:0.9
+expect_parsed docs_kv_format_eval_alloc kv_format_eval --windows 2 --steps 64 --formats q4_0,kivi4,kivi2 \
+  --kv-bits 3.5,4.5,5 --tables-out "$work/tables.json"
 expect_parsed docs_quant_eval quant_eval --no-minilm --no-grid-check --calib-cache "$work/cache.bin" --configs 3:128 \
   --methods rtn,rtn_clip,quant.gptq:act_order+clip=0+damp=0.1,gptq_natural,gptq@seq5
 # The tuning- and report-slice commands of docs/quantization.md, pruning.md and lowrank.md.
