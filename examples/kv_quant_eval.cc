@@ -1,7 +1,8 @@
 // Measured figures for docs/kv-cache.md: SmolLM2-135M's real K/V caches (every layer and KV head,
 // one prefill of real text) compressed by KIVI quantization, llama.cpp's ggml cache types, MiniCache
-// cross-layer merging and Palu/xKV low-rank projection, each judged by the relative error of the
-// attention output of the last queries (all 9 query heads of all 30 layers):
+// cross-layer merging and PCA of calibration K/V rows (per head, per layer, xKV's cross-layer
+// basis), each judged by the relative error of the attention output of the last queries (all 9
+// query heads of all 30 layers):
 //   error = ||O - O'||_F / ||O||_F, O = softmax(q K^T / sqrt(d)) V with the exact cache, O' with the
 //   compressed one, summed over layers and heads.
 // Bytes per token are per KV head for its key and value (float16 = 256 for head_dim 64).
@@ -304,8 +305,8 @@ void lowrank(const Capture& calib, const Capture& cap, const nn::LlamaConfig& c,
   auto energy = [](const RowMatrix<float>& x, const RowMatrix<float>& xr) {
     return (x.cast<double>() - xr.cast<double>()).squaredNorm() / x.cast<double>().squaredNorm();
   };
-  // Per head, with keys after RoPE (what the cache holds) and before it (Palu's choice: the cache
-  // holds pre-RoPE coefficients and RoPE is applied after reconstruction).
+  // Per head, with keys after RoPE (what the cache holds) and before it (the choice of
+  // Palu, whose cache holds pre-RoPE latents and applies RoPE after reconstruction).
   for (bool pre_rope : {false, true})
     for (int64_t r : {8, 16, 32, 48}) {
       double ck_e = 0, cv_e = 0, ek_e = 0, ev_e = 0;

@@ -1,8 +1,12 @@
 #pragma once
-// Low-rank KV caches after Palu (Chang et al. 2024, "Palu: compressing KV-cache with low-rank
-// projection") and xKV (Chang et al. 2025, "xKV: cross-layer SVD for KV-cache compression"): keys
-// (or values) of a layer live close to a low-dimensional subspace, so a cache can hold r
-// coefficients per token instead of the full row and reconstruct rows when attention needs them.
+// PCA of calibration K/V rows: keys (or values) of a layer live close to a low-dimensional
+// subspace, so a cache can hold r coefficients per token instead of the full row and reconstruct
+// rows when attention needs them. The basis is fitted to cached rows recorded on calibration text
+// (per head, or per layer), not to the projection weights: this is not Palu (Chang et al. 2024),
+// which factorizes W_k / W_v and caches the latent of the factorization. The cross-layer variant
+// follows xKV (Chang et al. 2025, "xKV: cross-layer SVD for KV-cache compression").
+//
+// These classes work on recorded caches (examples/kv_quant_eval); kv::Session does not run them.
 //
 // The basis comes from calibration caches X [tokens, features] (one head: features = head_dim; a
 // whole layer: n_kv_heads * head_dim; several caches are stacked along tokens). With the SVD

@@ -11,6 +11,8 @@
 // (angular distance Omega / pi above a threshold) are retained: both layers' rows kept exactly.
 //
 // Per head and token pair, a merged token stores head_dim + 2 floats instead of 2 head_dim.
+//
+// This works on recorded caches (examples/kv_quant_eval); kv::Session does not run it.
 #include <cstdint>
 #include <span>
 #include <vector>
