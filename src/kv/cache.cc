@@ -360,12 +360,22 @@ void Cache::append_head(int layer, int head, float* k, float* v, int64_t tokens,
 void Cache::append(int layer, const float* k, const float* v, int64_t tokens, int64_t pos0) {
   require(tokens >= 0 && pos0 >= 0, "kv::Cache::append: layer ", layer, ": bad token count ", tokens,
           " or position ", pos0);
-  if (tokens == 0) return;
-  require(k != nullptr && v != nullptr, "kv::Cache::append: layer ", layer, ": null keys or values");
-  const int64_t stride = n_kv_heads_ * head_dim_, d = head_dim_;
-  std::vector<float> kh(static_cast<size_t>(tokens * d)), vh(static_cast<size_t>(tokens * d));
   std::vector<int64_t> pos(static_cast<size_t>(tokens));
   for (int64_t t = 0; t < tokens; ++t) pos[static_cast<size_t>(t)] = pos0 + t;
+  append(layer, k, v, pos);
+}
+
+void Cache::append(int layer, const float* k, const float* v, std::span<const int64_t> pos) {
+  const int64_t tokens = static_cast<int64_t>(pos.size());
+  if (tokens == 0) return;
+  require(k != nullptr && v != nullptr, "kv::Cache::append: layer ", layer, ": null keys or values");
+  for (int64_t t = 0; t < tokens; ++t)
+    require(pos[static_cast<size_t>(t)] >= 0 && (t == 0 || pos[static_cast<size_t>(t)] > pos[static_cast<size_t>(t - 1)]),
+            "kv::Cache::append: layer ", layer, ": position ", pos[static_cast<size_t>(t)], " of new token ", t,
+            " is negative or not after the previous one");
+  const int64_t pos0 = pos[0];
+  const int64_t stride = n_kv_heads_ * head_dim_, d = head_dim_;
+  std::vector<float> kh(static_cast<size_t>(tokens * d)), vh(static_cast<size_t>(tokens * d));
   for (int h = 0; h < n_kv_heads_; ++h) {
     const Head& s = at(layer, h);
     const int64_t last = s.length > 0 ? s.positions[static_cast<size_t>(s.length - 1)] : -1;

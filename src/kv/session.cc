@@ -95,7 +95,11 @@ int64_t Session::compress() {
 
 void Session::forward(std::span<const int32_t> tokens, float* logits, nn::Logits which, nn::ForwardHooks* hooks) {
   const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t pos0 = session_.position();
   session_.forward(tokens, logits, which, hooks);
+  const nn::PrefillPruner* pruner = hooks ? hooks->prefill_pruner() : nullptr;
+  if (pruner && n > 1 && pruner->options().evict_early_layers && !pruner->options().steps.empty())
+    keep_pruned(*pruner, pos0);
   if (!eviction_ || n == 0) return;
   if (n > 1) {
     if (schedule_.prefill) compress();
@@ -104,9 +108,36 @@ void Session::forward(std::span<const int32_t> tokens, float* logits, nn::Logits
   if (schedule_.decode && ++steps_since_compress_ >= schedule_.every) compress();
 }
 
+void Session::keep_pruned(const nn::PrefillPruner& pruner, int64_t pos0) {
+  const auto kept = pruner.kept_positions();
+  Scorer* scorer = eviction_ ? eviction_->scorer.get() : nullptr;
+  std::vector<int64_t> indices;
+  for (int l = 0; l < pruner.options().steps.back().layer; ++l)
+    for (int h = 0; h < cache_.n_kv_heads(); ++h) {
+      const auto pos = cache_.positions(l, h);
+      indices.clear();
+      for (size_t i = 0; i < pos.size(); ++i)
+        if (pos[i] < pos0 || std::binary_search(kept.begin(), kept.end(), pos[i]))
+          indices.push_back(static_cast<int64_t>(i));
+      if (indices.size() == pos.size()) continue;
+      cache_.keep(l, h, indices);
+      if (scorer) scorer->kept(l, h, indices);
+    }
+}
+
 void Session::attend(int layer, const float* q, const float* k, const float* v, int64_t n, int64_t pos0, float* out,
                      nn::ForwardHooks* hooks) {
   cache_.append(layer, k, v, n, pos0);
+  attend_new(layer, q, n, pos0, out, hooks);
+}
+
+void Session::attend_at(int layer, const float* q, const float* k, const float* v, int64_t n, const int64_t* positions,
+                        float* out, nn::ForwardHooks* hooks) {
+  cache_.append(layer, k, v, std::span<const int64_t>(positions, static_cast<size_t>(n)));
+  attend_new(layer, q, n, positions[0], out, hooks);
+}
+
+void Session::attend_new(int layer, const float* q, int64_t n, int64_t pos0, float* out, nn::ForwardHooks* hooks) {
   const nn::LlamaConfig& c = model_.config();
   const int64_t hd = c.head_dim, n_heads = c.n_heads, group = c.n_heads / c.n_kv_heads, q_dim = n_heads * hd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));

@@ -48,16 +48,16 @@ void rms_norm(const float* x, const Vector<float>& w, float eps, int64_t tokens,
   }
 }
 
-}  // namespace
-
-void apply_rope(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, int64_t pos0, float theta) {
+// RoPE of row t at position_of(t).
+template <class PositionOf>
+void rope_rows(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, float theta, PositionOf position_of) {
   const int64_t half = head_dim / 2;
   std::vector<float> inv_freq(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i)
     inv_freq[static_cast<size_t>(i)] =
         static_cast<float>(std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(head_dim)));
   for (int64_t t = 0; t < tokens; ++t) {
-    const double pos = static_cast<double>(pos0 + t);
+    const double pos = static_cast<double>(position_of(t));
     for (int64_t i = 0; i < half; ++i) {
       const double angle = pos * inv_freq[static_cast<size_t>(i)];
       const float c = static_cast<float>(std::cos(angle)), s = static_cast<float>(std::sin(angle));
@@ -69,6 +69,25 @@ void apply_rope(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, int
       }
     }
   }
+}
+
+}  // namespace
+
+void apply_rope(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, int64_t pos0, float theta) {
+  rope_rows(x, tokens, n_heads, head_dim, theta, [pos0](int64_t t) { return pos0 + t; });
+}
+
+void apply_rope_at(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, const int64_t* positions,
+                   float theta) {
+  rope_rows(x, tokens, n_heads, head_dim, theta, [positions](int64_t t) { return positions[t]; });
+}
+
+void LlamaSession::KvStore::attend_at(int layer, const float* q, const float* k, const float* v, int64_t tokens,
+                                      const int64_t* positions, float* out, ForwardHooks* hooks) {
+  for (int64_t t = 1; t < tokens; ++t)
+    require(positions[t] == positions[0] + t, "LlamaSession::KvStore: layer ", layer,
+            ": this store takes consecutive positions only (prefill pruning needs kv::Session)");
+  attend(layer, q, k, v, tokens, positions[0], out, hooks);
 }
 
 LlamaModel LlamaModel::load(const io::Model& file) { return load_impl(file, Overrides{}, nullptr); }
@@ -253,9 +272,22 @@ void LlamaSession::forward(std::span<const int32_t> tokens, float* logits, Logit
   require(which == Logits::none || logits != nullptr, "LlamaSession::forward: logits requested into a null buffer");
   for (int32_t t : tokens)
     require(t >= 0 && t < c.vocab_size, "LlamaSession: token id ", t, " outside the vocabulary of ", c.vocab_size);
+  // A prefill pruner acts on prompts only: a single token has nothing to prune.
+  PrefillPruner* pruner = hooks ? hooks->prefill_pruner() : nullptr;
+  if (pruner && n == 1) {
+    pruner = nullptr;
+    hooks = nullptr;
+  }
+  if (pruner) {
+    require(store_ != nullptr,
+            "LlamaSession: prefill pruning needs a KV store whose heads keep their own positions (kv::Session)");
+    require(which != Logits::all, "LlamaSession: prefill pruning with Logits::all; dropped prompt tokens have no "
+                                  "logits (ask Logits::last)");
+    pruner->begin(c, n, pos_);
+  }
   RowMatrix<float> x(n, c.dim);
   for (int64_t t = 0; t < n; ++t) model_.token_embedding().lookup(tokens[static_cast<size_t>(t)], x.row(t).data());
-  run_blocks(x, 0, static_cast<int>(c.n_layers), logits, which, hooks);
+  run_blocks(x, 0, static_cast<int>(c.n_layers), logits, which, hooks, pruner);
 }
 
 void LlamaSession::forward_hidden(int first_block, const float* hidden, int64_t n, float* logits, Logits which,
@@ -285,13 +317,20 @@ void LlamaSession::forward_blocks(int first_block, int last_block, float* hidden
 }
 
 void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_block, float* logits, Logits which,
-                              ForwardHooks* hooks) {
+                              ForwardHooks* hooks, PrefillPruner* pruner) {
   const LlamaConfig& c = model_.config();
-  const int64_t n = x.rows();
+  int64_t n = x.rows();  // shrinks when a pruner drops prompt tokens
   const int64_t dim = c.dim, hd = c.head_dim, n_heads = c.n_heads, n_kv = c.n_kv_heads;
   const int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, group = n_heads / n_kv;
   const int64_t pos0 = pos_, total = pos0 + n;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // With a pruner the hooks are the pruner, which reads attention only; rows keep their positions here.
+  ForwardHooks* observer = pruner ? nullptr : hooks;
+  std::vector<int64_t> positions;
+  if (pruner) {
+    positions.resize(static_cast<size_t>(n));
+    for (int64_t t = 0; t < n; ++t) positions[static_cast<size_t>(t)] = pos0 + t;
+  }
 
   RowMatrix<float> xn(n, dim), q(n, q_dim), att(n, q_dim), tmp(n, dim);
   RowMatrix<float> gate(n, c.hidden_dim), up(n, c.hidden_dim);
@@ -302,27 +341,43 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
   }
   for (int64_t l = first_block; l < last_block; ++l) {
     const int li = static_cast<int>(l);
+    if (pruner && pruner->reduce(li, x, positions)) {
+      n = x.rows();
+      for (RowMatrix<float>* m : {&xn, &tmp}) m->resize(n, dim);
+      for (RowMatrix<float>* m : {&q, &att}) m->resize(n, q_dim);
+      for (RowMatrix<float>* m : {&gate, &up}) m->resize(n, c.hidden_dim);
+      for (RowMatrix<float>* m : {&k_rows, &v_rows}) m->resize(n, kv_dim);
+    }
     const auto& blk = model_.blocks()[static_cast<size_t>(l)];
-    const std::string prefix = hooks ? "blk." + std::to_string(l) + "." : std::string();
+    const std::string prefix = observer ? "blk." + std::to_string(l) + "." : std::string();
     RowMatrix<float> block_in;
-    if (hooks) block_in = x;
+    if (observer) block_in = x;
 
     rms_norm(x.data(), blk.attn_norm, c.norm_eps, n, dim, xn.data());
-    if (hooks) {
+    if (observer) {
       const std::string names[3] = {prefix + "attn_q.weight", prefix + "attn_k.weight", prefix + "attn_v.weight"};
-      hooks->on_linear_input(li, names, xn.data(), n, dim);
+      observer->on_linear_input(li, names, xn.data(), n, dim);
     }
     float* k_new = store_ ? k_rows.data() : k_cache_[static_cast<size_t>(l)].data() + pos0 * kv_dim;
     float* v_new = store_ ? v_rows.data() : v_cache_[static_cast<size_t>(l)].data() + pos0 * kv_dim;
     model_.layer(li, LlamaModel::kQ).forward(xn.data(), n, q.data());
     model_.layer(li, LlamaModel::kK).forward(xn.data(), n, k_new);
     model_.layer(li, LlamaModel::kV).forward(xn.data(), n, v_new);
-    apply_rope(q.data(), n, n_heads, hd, pos0, c.rope_theta);
-    apply_rope(k_new, n, n_kv, hd, pos0, c.rope_theta);
+    if (pruner) {
+      apply_rope_at(q.data(), n, n_heads, hd, positions.data(), c.rope_theta);
+      apply_rope_at(k_new, n, n_kv, hd, positions.data(), c.rope_theta);
+    } else {
+      apply_rope(q.data(), n, n_heads, hd, pos0, c.rope_theta);
+      apply_rope(k_new, n, n_kv, hd, pos0, c.rope_theta);
+    }
 
     // A KvStore stores the new keys and values and attends over what it holds; the dense cache
     // attends below.
-    if (store_) store_->attend(li, q.data(), k_new, v_new, n, pos0, att.data(), hooks);
+    if (store_ && pruner) {
+      store_->attend_at(li, q.data(), k_new, v_new, n, positions.data(), att.data(), hooks);
+    } else if (store_) {
+      store_->attend(li, q.data(), k_new, v_new, n, pos0, att.data(), hooks);
+    }
     // Causal attention, one query head per task; each head's work is independent, so the result
     // does not depend on the thread count.
     const float* kc = store_ ? nullptr : k_cache_[static_cast<size_t>(l)].data();
@@ -348,17 +403,17 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
       }
     });
 
-    if (hooks) {
+    if (observer) {
       const std::string names[1] = {prefix + "attn_output.weight"};
-      hooks->on_linear_input(li, names, att.data(), n, q_dim);
+      observer->on_linear_input(li, names, att.data(), n, q_dim);
     }
     model_.layer(li, LlamaModel::kO).forward(att.data(), n, tmp.data());
     x += tmp;
 
     rms_norm(x.data(), blk.ffn_norm, c.norm_eps, n, dim, xn.data());
-    if (hooks) {
+    if (observer) {
       const std::string names[2] = {prefix + "ffn_gate.weight", prefix + "ffn_up.weight"};
-      hooks->on_linear_input(li, names, xn.data(), n, dim);
+      observer->on_linear_input(li, names, xn.data(), n, dim);
     }
     model_.layer(li, LlamaModel::kGate).forward(xn.data(), n, gate.data());
     model_.layer(li, LlamaModel::kUp).forward(xn.data(), n, up.data());
@@ -367,29 +422,29 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
     const float* u = up.data();
     const int64_t gn = n * c.hidden_dim;
     kernels::silu_mul(g, u, gn);
-    if (hooks) {
+    if (observer) {
       const std::string names[1] = {prefix + "ffn_down.weight"};
-      hooks->on_linear_input(li, names, gate.data(), n, c.hidden_dim);
+      observer->on_linear_input(li, names, gate.data(), n, c.hidden_dim);
     }
     model_.layer(li, LlamaModel::kDown).forward(gate.data(), n, tmp.data());
     x += tmp;
-    if (hooks) hooks->on_block(li, block_in.data(), x.data(), n, dim);
+    if (observer) observer->on_block(li, block_in.data(), x.data(), n, dim);
   }
   pos_ = total;
 
   if (which == Logits::none || last_block < c.n_layers) return;
   if (which == Logits::last) {
     rms_norm(x.data() + (n - 1) * dim, model_.output_norm(), c.norm_eps, 1, dim, xn.data());
-    if (hooks) {
+    if (observer) {
       const std::string names[1] = {"output.weight"};
-      hooks->on_linear_input(static_cast<int>(c.n_layers), names, xn.data(), 1, dim);
+      observer->on_linear_input(static_cast<int>(c.n_layers), names, xn.data(), 1, dim);
     }
     model_.output().forward(xn.data(), 1, logits);
   } else {
     rms_norm(x.data(), model_.output_norm(), c.norm_eps, n, dim, xn.data());
-    if (hooks) {
+    if (observer) {
       const std::string names[1] = {"output.weight"};
-      hooks->on_linear_input(static_cast<int>(c.n_layers), names, xn.data(), n, dim);
+      observer->on_linear_input(static_cast<int>(c.n_layers), names, xn.data(), n, dim);
     }
     model_.output().forward(xn.data(), n, logits);
   }

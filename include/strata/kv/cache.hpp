@@ -92,6 +92,9 @@ class Cache {
   // h * head_dim ..), at positions pos0, pos0 + 1, ...; every head of the layer gets them. Positions
   // must exceed every position the layer already holds.
   void append(int layer, const float* k, const float* v, int64_t tokens, int64_t pos0);
+  // The same for one row per position of `positions` (increasing, not necessarily consecutive: a
+  // pruned prefill's kept tokens).
+  void append(int layer, const float* k, const float* v, std::span<const int64_t> positions);
 
   // The same tokens of every head, at the same positions, stored in `format`: each head's rows read
   // back from this cache (read_keys / read_values) and appended in the new form. The headroom is

@@ -65,6 +65,9 @@ class Session : private nn::LlamaSession::KvStore {
 
   // As nn::LlamaSession::forward, then compresses as the schedule says. `hooks` sees attention rows
   // over each KV head's kept tokens (k_len = that head's length, columns in cache order).
+  // With an nn::PrefillPruner as `hooks` a prompt is pruned while it runs (nn/prefill_pruning.hpp):
+  // blocks from a step's layer on hold only the kept prompt tokens, at their original positions; with
+  // PrefillPruning::evict_early_layers the blocks before the last step keep only those tokens too.
   void forward(std::span<const int32_t> tokens, float* logits, nn::Logits which, nn::ForwardHooks* hooks = nullptr);
   // Compresses now (whatever the schedule); returns the number of tokens evicted.
   int64_t compress();
@@ -82,6 +85,12 @@ class Session : private nn::LlamaSession::KvStore {
  private:
   void attend(int layer, const float* q, const float* k, const float* v, int64_t tokens, int64_t pos0, float* out,
               nn::ForwardHooks* hooks) override;
+  void attend_at(int layer, const float* q, const float* k, const float* v, int64_t tokens, const int64_t* positions,
+                 float* out, nn::ForwardHooks* hooks) override;
+  // Attention of the `tokens` newest rows of every head of `layer` (just appended).
+  void attend_new(int layer, const float* q, int64_t tokens, int64_t pos0, float* out, nn::ForwardHooks* hooks);
+  // Blocks before the pruner's last step keep, of the positions from pos0 on, only its kept ones.
+  void keep_pruned(const nn::PrefillPruner& pruner, int64_t pos0);
   uint64_t bytes() const override { return cache_.bytes(); }
 
   const nn::LlamaModel& model_;

@@ -7,7 +7,8 @@
 
 namespace strata::nn {
 
-class TokenReducer;  // strata/nn/token_reduction.hpp
+class TokenReducer;   // strata/nn/token_reduction.hpp
+class PrefillPruner;  // strata/nn/prefill_pruning.hpp
 
 class ForwardHooks {
  public:
@@ -29,6 +30,8 @@ class ForwardHooks {
   virtual void on_block(int layer, const float* in, const float* out, int64_t tokens, int64_t dim) {}
   // A reducer that merges or drops tokens between attention and MLP (encoders only), or null.
   virtual TokenReducer* token_reducer() { return nullptr; }
+  // A pruner that drops prompt tokens between decoder blocks during a prefill, or null.
+  virtual PrefillPruner* prefill_pruner() { return nullptr; }
 };
 
 }  // namespace strata::nn

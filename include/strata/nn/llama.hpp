@@ -15,6 +15,7 @@
 #include "strata/nn/ggml_linear.hpp"
 #include "strata/nn/hooks.hpp"
 #include "strata/nn/linear.hpp"
+#include "strata/nn/prefill_pruning.hpp"
 
 namespace strata::nn {
 
@@ -110,6 +111,11 @@ class LlamaSession {
     // dense cache does, with columns in the store's own token order.
     virtual void attend(int layer, const float* q, const float* k, const float* v, int64_t tokens, int64_t pos0,
                         float* out, ForwardHooks* hooks) = 0;
+    // As attend, for new tokens at the increasing absolute `positions` [tokens], not necessarily
+    // consecutive (a pruned prefill, nn/prefill_pruning.hpp). The default takes consecutive positions
+    // only and throws strata::Error otherwise.
+    virtual void attend_at(int layer, const float* q, const float* k, const float* v, int64_t tokens,
+                           const int64_t* positions, float* out, ForwardHooks* hooks);
     virtual uint64_t bytes() const = 0;  // bytes the store holds
   };
 
@@ -120,6 +126,8 @@ class LlamaSession {
 
   // Runs `tokens` at positions position() .. position() + n - 1, appending their keys and values to
   // the cache. Writes logits [n, vocab] (Logits::all) or [vocab] (Logits::last) into `logits`.
+  // When hooks->prefill_pruner() is set and n > 1, the prompt is pruned as it says
+  // (nn/prefill_pruning.hpp; needs a KvStore, Logits::all refused); then the hooks see only its attention.
   void forward(std::span<const int32_t> tokens, float* logits, Logits which, ForwardHooks* hooks = nullptr);
   // Runs blocks [first_block, n_layers) and the head on `hidden` [n, dim], the hidden states entering
   // block first_block at positions position() .. position() + n - 1 (as ForwardHooks::on_block
@@ -145,7 +153,7 @@ class LlamaSession {
 
  private:
   void run_blocks(RowMatrix<float>& x, int first_block, int last_block, float* logits, Logits which,
-                  ForwardHooks* hooks);
+                  ForwardHooks* hooks, PrefillPruner* pruner = nullptr);
 
   const LlamaModel& model_;
   int64_t max_tokens_;
@@ -159,6 +167,8 @@ class LlamaSession {
 // the layout llama.cpp stores Llama's Q and K in (its converter permutes the HF weights) and the one
 // llama2.c uses; the engine applies it to queries and keys.
 void apply_rope(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, int64_t pos0, float theta);
+// The same with row t at absolute position positions[t].
+void apply_rope_at(float* x, int64_t tokens, int64_t n_heads, int64_t head_dim, const int64_t* positions, float theta);
 
 // Samples `n` tokens after `prompt` (temperature 0 = greedy), seeded; returns only the new tokens.
 // Stops early after emitting `stop_token` (when >= 0).
