@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "min_seconds.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/parallel.hpp"
 #include "strata/io/data_paths.hpp"
@@ -31,12 +32,6 @@ namespace {
 
 std::unique_ptr<strata::nn::BertEncoder> g_encoder;
 strata::nn::TokenBatch g_batch;
-// Per encoder benchmark: the least wall and process CPU seconds per forward over the repetitions.
-struct Seconds {
-  double wall = INFINITY, cpu = INFINITY;
-};
-std::map<std::string, Seconds> g_seconds;
-
 void BM_Matching(benchmark::State& state) {
   const int64_t n = state.range(0), d = state.range(1);
   std::mt19937 rng(3);
@@ -71,23 +66,6 @@ void BM_Encoder(benchmark::State& state, strata::token::Method method, int sched
   }
   state.counters["tokens"] = static_cast<double>(g_batch.size * g_batch.length);
 }
-
-// Seconds per iteration of each encoder benchmark, for the summary.
-class Collect : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const auto& r : runs)
-      if (r.run_type == Run::RT_Iteration && r.iterations > 0) {
-        std::string name = r.benchmark_name();
-        for (const char* suffix : {"/real_time", "/process_time"})
-          if (name.ends_with(suffix)) name.resize(name.size() - std::strlen(suffix));
-        auto& s = g_seconds[name];
-        s.wall = std::min(s.wall, r.real_accumulated_time / static_cast<double>(r.iterations));
-        s.cpu = std::min(s.cpu, r.cpu_accumulated_time / static_cast<double>(r.iterations));
-      }
-    ConsoleReporter::ReportRuns(runs);
-  }
-};
 
 // `batch` windows of `length` tokens ([CLS] ... [SEP]) of real text.
 strata::nn::TokenBatch passages(const std::filesystem::path& model, const std::filesystem::path& text, int64_t batch,
@@ -162,15 +140,11 @@ int main(int argc, char** argv) {
                  "(scripts/fetch-models.sh)\n",
                  model.c_str(), text.c_str());
   }
-  int rest_argc = static_cast<int>(rest.size());
-  benchmark::Initialize(&rest_argc, rest.data());
-  Collect reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
+  const auto g_seconds = strata::bench::run_benchmarks(rest);
   const auto dense = g_seconds.find("encoder/dense");
   if (dense != g_seconds.end()) {
     // On a shared machine the process CPU time (all threads) tracks the work better than the wall clock.
-    const Seconds& d = dense->second;
+    const strata::bench::Seconds& d = dense->second;
     std::printf("\nencoder forward, batch %lld x %lld tokens, the least over the repetitions: dense %.1f ms wall, "
                 "%.1f ms process CPU\n",
                 static_cast<long long>(batch), static_cast<long long>(length), 1e3 * d.wall, 1e3 * d.cpu);
