@@ -453,6 +453,17 @@ TaskResult evaluate_tasks(const nn::LlamaModel& model, const nn::BpeTokenizer& t
                           const Progress& progress) {
   require(!configs.empty(), "kv tasks: no configurations to evaluate");
   require(o.answer_tokens >= 1, "kv tasks: answer tokens must be >= 1, got ", o.answer_tokens);
+  require(o.formats.empty() || !o.decode, "kv tasks: stored KV formats are applied once after the prompt; they "
+                                          "cannot be combined with eviction while answering (decode)");
+  for (const auto& [name, format] : o.formats) {
+    require(!name.empty(), "kv tasks: a KV format without a name");
+    format.validate(model.config().n_layers, model.config().head_dim);
+    for (const double f : o.budgets)
+      for (const auto& p : prompts)
+        require(static_cast<double>(p.length) * f >= static_cast<double>(format.min_budget()), "kv tasks: format '",
+                name, "' keeps ", format.min_budget(), " tokens in float32, more than budget ", f, " of ", p.length,
+                " tokens allows");
+  }
   TaskResult result;
   const Schedule schedule{.prefill = true, .decode = o.decode, .every = 1};
   int64_t done = 0;
@@ -465,11 +476,16 @@ TaskResult evaluate_tasks(const nn::LlamaModel& model, const nn::BpeTokenizer& t
     for_each_fork(
         model, p.tokens, max_tokens, configs, o.budgets, p.length, schedule, o.eviction, tables,
         [&](const EvalConfig& c, double f, Session& fork, std::span<const float> logits) {
-          record(c.label(), f, greedy_answer(fork, tok, std::vector<float>(logits.begin(), logits.end()), o.answer_tokens));
+          const std::vector<float> first(logits.begin(), logits.end());
+          for (const auto& [name, format] : o.formats)
+            record(c.label() + " | " + name, f, greedy_answer(*fork.with_format(format), tok, first, o.answer_tokens));
+          record(c.label(), f, greedy_answer(fork, tok, first, o.answer_tokens));
         },
         [&](Session& full, std::span<const float> logits) {
-          record("full cache", 1.0,
-                 greedy_answer(full, tok, std::vector<float>(logits.begin(), logits.end()), o.answer_tokens));
+          const std::vector<float> first(logits.begin(), logits.end());
+          for (const auto& [name, format] : o.formats)
+            record("full cache | " + name, 1.0, greedy_answer(*full.with_format(format), tok, first, o.answer_tokens));
+          record("full cache", 1.0, greedy_answer(full, tok, first, o.answer_tokens));
         });
     if (progress) progress(++done, static_cast<int64_t>(prompts.size()));
   }

@@ -61,6 +61,7 @@ struct Options {
   uint64_t task_seed = 1;
   std::vector<double> task_budgets = {0.2};
   std::vector<std::string> task_scorers = {"snapkv", "chunkkv"}, task_policies = {"uniform", "adakv"};
+  std::vector<std::string> task_formats;  // "q4_0+rot", "kivi4": stored KV formats crossed with the tasks
   kv::TaskSettings task_settings;
   // Decode-time compression over long generations; none by default.
   int64_t gen_sequences = 0, gen_prompt = 64, gen_steps = 2048, gen_every = 8;
@@ -206,6 +207,10 @@ void register_kv(CLI::App& app) {
   cmd->add_option("--task-scorers", o.task_scorers, "scorers for the tasks ('none': full cache and StreamingLLM)")
       ->delimiter(',');
   cmd->add_option("--task-policies", o.task_policies)->delimiter(',');
+  cmd->add_option("--task-formats", o.task_formats,
+                  "stored KV formats (keys and values) crossed with the full cache and every policy x budget: "
+                  "f16, q8_0, q4_0, kivi4, kivi2, each optionally +rot (randomized Hadamard rotation)")
+      ->delimiter(',');
   cmd->add_option("--task-answer-tokens", o.task_answer_tokens)->capture_default_str();
   cmd->add_option("--value-digits", o.task_settings.value_digits, "digits of a needle's value")->capture_default_str();
   cmd->add_option("--multikey-keys", o.task_settings.multikey_keys)->capture_default_str();
@@ -261,6 +266,7 @@ void register_kv(CLI::App& app) {
       }
     }
     std::vector<kv::EvalConfig> task_configs, gen_configs;
+    std::vector<std::pair<std::string, kv::CacheFormat>> task_formats;
     if (!task_kinds.empty()) {
       kv::check(o.task_settings);
       require(o.task_instances >= 1, "kv-eval: --task-instances ", o.task_instances, " must be >= 1");
@@ -275,6 +281,20 @@ void register_kv(CLI::App& app) {
       for (const auto& sc : o.task_scorers)
         if (sc != "none") scorers.push_back(sc);
       task_configs = kv::eval_configs(scorers, task_rules, o.recent_shares);
+      for (const auto& name : o.task_formats) {
+        const bool rot = name.size() > 4 && name.substr(name.size() - 4) == "+rot";
+        kv::CacheFormat f;
+        f.key = f.value = kv::parse_kv_format(rot ? name.substr(0, name.size() - 4) : name, "kv-eval: --task-formats");
+        f.rotate = rot;
+        for (const int64_t n : o.task_lengths)
+          for (const double b : o.task_budgets)
+            require(static_cast<double>(n) * b >= static_cast<double>(f.min_budget()), "kv-eval: --task-formats ",
+                    name, " keeps the newest ", f.min_budget(), " tokens in float32, more than --task-budgets ", b,
+                    " of ", n, " tokens allows");
+        task_formats.emplace_back(name, f);
+      }
+      require(task_formats.empty() || !o.needle_decode, "kv-eval: --task-formats are stored once after the prompt; "
+                                                        "they cannot be combined with --needle-decode");
     }
     if (o.gen_sequences > 0) {
       require(o.gen_prompt >= 1 && o.gen_steps >= 1, "kv-eval: --gen-prompt (", o.gen_prompt, ") and --gen-steps (",
@@ -567,6 +587,7 @@ void register_kv(CLI::App& app) {
       options.answer_tokens = o.task_answer_tokens;
       options.decode = o.needle_decode;
       options.eviction = settings;
+      options.formats = task_formats;
       const kv::TaskResult r =
           kv::evaluate_tasks(model, tok, prompts, task_configs, options, &tables, progress_line("tasks", "prompts"));
       for (const auto& a : r.answers)
@@ -584,8 +605,12 @@ void register_kv(CLI::App& app) {
                percent(i.low) + ", " + percent(i.high) + "]";
       };
       std::vector<std::pair<std::string, double>> rows = {{"full cache", 1.0}};
+      for (const auto& [name, fmt] : task_formats) rows.push_back({"full cache | " + name, 1.0});
       for (const double f : o.task_budgets)
-        for (const auto& c : task_configs) rows.push_back({c.label(), f});
+        for (const auto& c : task_configs) {
+          rows.push_back({c.label(), f});
+          for (const auto& [name, fmt] : task_formats) rows.push_back({c.label() + " | " + name, f});
+        }
       std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> lines;
       for (const int64_t len : o.task_lengths) {
         Table t{"Long-context tasks at " + std::to_string(len) + " tokens: correct/asked, accuracy [95% Wilson "

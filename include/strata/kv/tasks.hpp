@@ -124,6 +124,11 @@ struct TaskOptions {
   int64_t answer_tokens = 24;
   bool decode = false;  // also hold the budget while answering
   EvictionSettings eviction;
+  // Stored KV formats (name, format): the full cache and every evicted cache are also answered with
+  // the cache re-stored in each format after the prompt (Session::with_format: the prompt attends in
+  // float32, the answer decodes from the stored form, as KIVI runs), under "LABEL | NAME". Needs
+  // decode == false (a re-stored session answers without further eviction).
+  std::vector<std::pair<std::string, CacheFormat>> formats;
 };
 
 struct TaskAnswer {

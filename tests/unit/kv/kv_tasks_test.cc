@@ -404,6 +404,33 @@ TEST(KvTasks, SmolLM2PromptsAndFullBudgetAnswers) {
   }
   EXPECT_EQ(r.score(TaskKind::niah_single, 192, "full cache", 1.0).total, 1);
   EXPECT_THROW(r.score(TaskKind::common_words, 192, "full cache", 1.0), Error);
+
+  // Stored formats crossed with every row: the float32 format is the plain cache (so the same
+  // answers), q8_0 gets its own rows; refused with eviction while answering, or a KIVI window
+  // larger than the budget allows.
+  CacheFormat f32, q8;
+  q8.key = q8.value = KvFormat::q8_0;
+  TaskOptions of = o;
+  of.formats = {{"f32", f32}, {"q8_0", q8}};
+  const TaskResult rf = evaluate_tasks(model, tok, prompts, configs, of);
+  ASSERT_EQ(rf.answers.size(), 9u);  // (2 configs + the full cache) x (float32 + 2 formats)
+  for (const auto& a : rf.answers) {
+    const std::string base = a.label.substr(0, a.label.find(" | "));
+    const auto same = std::find_if(r.answers.begin(), r.answers.end(), [&](const TaskAnswer& b) { return b.label == base; });
+    ASSERT_NE(same, r.answers.end()) << a.label;
+    if (a.label == base || a.label.ends_with(" | f32")) EXPECT_EQ(a.answer, same->answer) << a.label;
+  }
+  EXPECT_EQ(rf.score(TaskKind::niah_single, 192, "full cache | q8_0", 1.0).total, 1);
+  TaskOptions decode = of;
+  decode.decode = true;
+  EXPECT_THROW(evaluate_tasks(model, tok, prompts, configs, decode), Error);
+  CacheFormat kivi;
+  kivi.key = kivi.value = KvFormat::kivi4;
+  kivi.kivi_residual = 512;
+  TaskOptions wide = o;
+  wide.budgets = {0.5};
+  wide.formats = {{"kivi4", kivi}};
+  EXPECT_THROW(evaluate_tasks(model, tok, prompts, configs, wide), Error);
 }
 
 }  // namespace
