@@ -230,18 +230,33 @@ void dequantize_iq4_xs(const BlockIQ4_XS* x, float* y, int64_t nb) {
 
 // The codec's row functions, beside the kernels so that each kernel inlines into its row function.
 void dequantize_row_q4_0(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ4_0, kQK>(in, n / kQK, out, dequantize_q4_0_simd);
+}
+void dequantize_row_q4_0_scalar(const void* in, int64_t n, float* out) {
   decode_units<BlockQ4_0, kQK>(in, n / kQK, out, dequantize_q4_0);
 }
 void dequantize_row_q4_1(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ4_1, kQK>(in, n / kQK, out, dequantize_q4_1_simd);
+}
+void dequantize_row_q4_1_scalar(const void* in, int64_t n, float* out) {
   decode_units<BlockQ4_1, kQK>(in, n / kQK, out, dequantize_q4_1);
 }
 void dequantize_row_q5_0(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ5_0, kQK>(in, n / kQK, out, dequantize_q5_0_simd);
+}
+void dequantize_row_q5_0_scalar(const void* in, int64_t n, float* out) {
   decode_units<BlockQ5_0, kQK>(in, n / kQK, out, dequantize_q5_0);
 }
 void dequantize_row_q5_1(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ5_1, kQK>(in, n / kQK, out, dequantize_q5_1_simd);
+}
+void dequantize_row_q5_1_scalar(const void* in, int64_t n, float* out) {
   decode_units<BlockQ5_1, kQK>(in, n / kQK, out, dequantize_q5_1);
 }
 void dequantize_row_q8_0(const void* in, int64_t n, float* out) {
+  decode_units<BlockQ8_0, kQK>(in, n / kQK, out, dequantize_q8_0_simd);
+}
+void dequantize_row_q8_0_scalar(const void* in, int64_t n, float* out) {
   decode_units<BlockQ8_0, kQK>(in, n / kQK, out, dequantize_q8_0);
 }
 void dequantize_row_q2_k(const void* in, int64_t n, float* out) {

@@ -28,6 +28,18 @@ void dequantize_row_q6_k(const void* in, int64_t n, float* out);
 void dequantize_row_q8_k(const void* in, int64_t n, float* out);
 void dequantize_row_iq4_nl(const void* in, int64_t n, float* out);
 void dequantize_row_iq4_xs(const void* in, int64_t n, float* out);
+// The scalar rows of the SIMD-dispatched types above: the test oracles of ggml_dequant_simd.
+void dequantize_row_q4_0_scalar(const void* in, int64_t n, float* out);
+void dequantize_row_q4_1_scalar(const void* in, int64_t n, float* out);
+void dequantize_row_q5_0_scalar(const void* in, int64_t n, float* out);
+void dequantize_row_q5_1_scalar(const void* in, int64_t n, float* out);
+void dequantize_row_q8_0_scalar(const void* in, int64_t n, float* out);
+// The SIMD block loops (ggml_dequant_simd.cc), aligned blocks.
+void dequantize_q4_0_simd(const BlockQ4_0* x, float* y, int64_t nb);
+void dequantize_q4_1_simd(const BlockQ4_1* x, float* y, int64_t nb);
+void dequantize_q5_0_simd(const BlockQ5_0* x, float* y, int64_t nb);
+void dequantize_q5_1_simd(const BlockQ5_1* x, float* y, int64_t nb);
+void dequantize_q8_0_simd(const BlockQ8_0* x, float* y, int64_t nb);
 
 void quantize_row_q4_0(const float* x, int64_t n, void* out, const float* importance);
 void quantize_row_q4_1(const float* x, int64_t n, void* out, const float* importance);
