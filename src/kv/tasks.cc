@@ -478,13 +478,13 @@ TaskResult evaluate_tasks(const nn::LlamaModel& model, const nn::BpeTokenizer& t
         [&](const EvalConfig& c, double f, Session& fork, std::span<const float> logits) {
           const std::vector<float> first(logits.begin(), logits.end());
           for (const auto& [name, format] : o.formats)
-            record(c.label() + " | " + name, f, greedy_answer(*fork.with_format(format), tok, first, o.answer_tokens));
+            record(c.label() + " [" + name + "]", f, greedy_answer(*fork.with_format(format), tok, first, o.answer_tokens));
           record(c.label(), f, greedy_answer(fork, tok, first, o.answer_tokens));
         },
         [&](Session& full, std::span<const float> logits) {
           const std::vector<float> first(logits.begin(), logits.end());
           for (const auto& [name, format] : o.formats)
-            record("full cache | " + name, 1.0, greedy_answer(*full.with_format(format), tok, first, o.answer_tokens));
+            record("full cache [" + name + "]", 1.0, greedy_answer(*full.with_format(format), tok, first, o.answer_tokens));
           record("full cache", 1.0, greedy_answer(full, tok, first, o.answer_tokens));
         });
     if (progress) progress(++done, static_cast<int64_t>(prompts.size()));

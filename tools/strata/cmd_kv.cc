@@ -605,11 +605,11 @@ void register_kv(CLI::App& app) {
                percent(i.low) + ", " + percent(i.high) + "]";
       };
       std::vector<std::pair<std::string, double>> rows = {{"full cache", 1.0}};
-      for (const auto& [name, fmt] : task_formats) rows.push_back({"full cache | " + name, 1.0});
+      for (const auto& [name, fmt] : task_formats) rows.push_back({"full cache [" + name + "]", 1.0});
       for (const double f : o.task_budgets)
         for (const auto& c : task_configs) {
           rows.push_back({c.label(), f});
-          for (const auto& [name, fmt] : task_formats) rows.push_back({c.label() + " | " + name, f});
+          for (const auto& [name, fmt] : task_formats) rows.push_back({c.label() + " [" + name + "]", f});
         }
       std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> lines;
       for (const int64_t len : o.task_lengths) {

@@ -126,7 +126,7 @@ struct TaskOptions {
   EvictionSettings eviction;
   // Stored KV formats (name, format): the full cache and every evicted cache are also answered with
   // the cache re-stored in each format after the prompt (Session::with_format: the prompt attends in
-  // float32, the answer decodes from the stored form, as KIVI runs), under "LABEL | NAME". Needs
+  // float32, the answer decodes from the stored form, as KIVI runs), under "LABEL [NAME]". Needs
   // decode == false (a re-stored session answers without further eviction).
   std::vector<std::pair<std::string, CacheFormat>> formats;
 };

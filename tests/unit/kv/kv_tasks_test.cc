@@ -415,12 +415,12 @@ TEST(KvTasks, SmolLM2PromptsAndFullBudgetAnswers) {
   const TaskResult rf = evaluate_tasks(model, tok, prompts, configs, of);
   ASSERT_EQ(rf.answers.size(), 9u);  // (2 configs + the full cache) x (float32 + 2 formats)
   for (const auto& a : rf.answers) {
-    const std::string base = a.label.substr(0, a.label.find(" | "));
+    const std::string base = a.label.substr(0, a.label.find(" ["));
     const auto same = std::find_if(r.answers.begin(), r.answers.end(), [&](const TaskAnswer& b) { return b.label == base; });
     ASSERT_NE(same, r.answers.end()) << a.label;
-    if (a.label == base || a.label.ends_with(" | f32")) EXPECT_EQ(a.answer, same->answer) << a.label;
+    if (a.label == base || a.label.ends_with(" [f32]")) EXPECT_EQ(a.answer, same->answer) << a.label;
   }
-  EXPECT_EQ(rf.score(TaskKind::niah_single, 192, "full cache | q8_0", 1.0).total, 1);
+  EXPECT_EQ(rf.score(TaskKind::niah_single, 192, "full cache [q8_0]", 1.0).total, 1);
   TaskOptions decode = of;
   decode.decode = true;
   EXPECT_THROW(evaluate_tasks(model, tok, prompts, configs, decode), Error);
