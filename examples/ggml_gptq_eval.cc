@@ -10,25 +10,31 @@
 // all-MiniLM-L6-v2 (float32): every linear layer at the type, judged by the cosine of each held-out
 // sentence's embedding to the float model's.
 //
-// Knobs (damping, act-order) are chosen with --eval-slice 0.7:0.8 (the tuning slice here); figures
-// are read on the default 0.9:1.0.
+// Knobs (damping, column order, scale refit) are chosen with --eval-slice 0.7:0.8 (the tuning slice
+// here); figures are read on the default 0.9:1.0. Without --damps, --orders or --refits each type
+// runs with its defaults (ggml::gptq_defaults); a list given replaces that setting's default and
+// every combination runs. --heldout-error also collects the Gram matrices of the evaluation text
+// and reports each method's mean layer output error on it next to the calibration one.
 //
 //   ggml_gptq_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
 //                  [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--types q4_0,iq4_nl,q3_k,q2_k]
-//                  [--damps 0.01] [--act-orders 1] [--minilm DIR] [--minilm-types q4_0]
-//                  [--minilm-sentences 512] [--no-minilm] [--no-smollm]
+//                  [--damps D,...] [--orders natural,act,act_block] [--refits 0,1] [--heldout-error]
+//                  [--minilm DIR] [--minilm-types q4_0] [--minilm-sentences 512] [--no-minilm] [--no-smollm]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "real_data_args.hpp"
 #include "strata/compress/compressor.hpp"
+#include "strata/compress/ggml/gptq.hpp"
 #include "strata/compress/ggml/quantize.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/error.hpp"
@@ -50,8 +56,10 @@ using strata::examples::seconds_since;
 
 struct Args : strata::examples::RealDataArgs {
   std::vector<std::string> types = {"q4_0", "iq4_nl", "q3_k", "q2_k"};
-  std::vector<double> damps = {0.01};
-  std::vector<int> act_orders = {1};
+  std::vector<double> damps;
+  std::vector<std::string> orders;
+  std::vector<int> refits;
+  bool heldout_error = false, per_layer = false, no_kl = false;
   fs::path minilm = examples::data_paths().model("all-minilm-l6-v2");
   std::vector<std::string> minilm_types = {"q4_0"};
   int64_t minilm_sentences = 512;
@@ -62,8 +70,12 @@ struct Args : strata::examples::RealDataArgs {
   void add_options(CLI::App& app) {
     RealDataArgs::add_options(app);
     examples::add_list(app, "--types", types, "ggml types for SmolLM2");
-    examples::add_list(app, "--damps", damps, "GPTQ dampings to try (times the Hessian's mean diagonal)");
-    examples::add_list(app, "--act-orders", act_orders, "act-order settings to try (0, 1)");
+    examples::add_list(app, "--damps", damps, "GPTQ dampings to try (times the Hessian's mean diagonal); none: the type's");
+    examples::add_list(app, "--orders", orders, "GPTQ column orders to try (natural, act, act_block); none: the type's");
+    examples::add_list(app, "--refits", refits, "GPTQ scale refit passes to try (0 .. 4); none: the type's");
+    app.add_flag("--heldout-error", heldout_error, "also report the mean layer error on the evaluation text's Gram matrices");
+    app.add_flag("--no-kl", no_kl, "skip the KL evaluation (layer errors only: a quick screen with --heldout-error)");
+    app.add_flag("--per-layer", per_layer, "print every layer's errors (calibration, held-out with --heldout-error)");
     app.add_option("--minilm", minilm, "all-MiniLM-L6-v2 directory")->capture_default_str();
     examples::add_list(app, "--minilm-types", minilm_types, "ggml types for MiniLM");
     app.add_option("--minilm-sentences", minilm_sentences, "MiniLM calibration and evaluation sentences")
@@ -79,28 +91,41 @@ struct Method {
   std::string label, compressor, knob_suffix;
 };
 
-std::vector<Method> methods_of(const Args& a) {
+// imatrix rounding, then GPTQ at every combination of the settings given (the type's default for a
+// setting not given). Labels name every setting, so rows of different runs compare.
+std::vector<Method> methods_of(const Args& a, kernels::GgmlType t) {
+  const ggml::GgmlGptqOptions def = ggml::gptq_defaults(t);
   std::vector<Method> out{{"imatrix rounding", "quant.ggml", ""}};
-  for (double d : a.damps)
-    for (int ao : a.act_orders) {
-      char buf[96];
-      std::snprintf(buf, sizeof buf, ",damp=%g,act_order=%d", d, ao ? 1 : 0);
-      out.push_back({std::string("gptq") + buf, "quant.ggml_gptq", buf});
-    }
+  const std::vector<double> damps = a.damps.empty() ? std::vector<double>{def.damp} : a.damps;
+  std::vector<std::string> orders = a.orders;
+  if (orders.empty()) orders.emplace_back(ggml::order_name(def.order));
+  const std::vector<int> refits = a.refits.empty() ? std::vector<int>{def.refit} : a.refits;
+  const bool defaults = a.damps.empty() && a.orders.empty() && a.refits.empty();
+  for (double d : damps)
+    for (const auto& o : orders)
+      for (int rf : refits) {
+        char buf[128];
+        std::snprintf(buf, sizeof buf, ",damp=%g,order=%s,refit=%d", d, ggml::order_name(ggml::parse_order(o)).data(), rf);
+        out.push_back({std::string("gptq") + buf + (defaults ? " (defaults)" : ""), "quant.ggml_gptq", defaults ? "" : buf});
+      }
   return out;
 }
 
 struct Quantized {
-  double bytes = 0, weights = 0, seconds = 0, error_sum = 0;
+  double bytes = 0, weights = 0, seconds = 0, cpu_seconds = 0, error_sum = 0, heldout_sum = 0;
   int layers = 0;
+  std::vector<std::string> lines;  // per layer: "name calib held-out"
   double mean_error() const { return layers > 0 ? error_sum / layers : 0; }
+  double mean_heldout() const { return layers > 0 ? heldout_sum / layers : 0; }
 };
 
-// Quantizes the named layers with `m` at type `t`; `set` installs each compressed layer.
+// Quantizes the named layers with `m` at type `t`; `set` installs each compressed layer. With
+// `heldout`, each layer's output error is also measured on its Gram matrix.
 Quantized quantize_layers(const std::vector<std::string>& names,
                           const std::function<RowMatrix<float>(const std::string&)>& weight_of,
                           const nn::Calibration& calib, kernels::GgmlType t, const Method& m,
-                          const std::function<void(const std::string&, std::shared_ptr<const nn::Linear>)>& set) {
+                          const std::function<void(const std::string&, std::shared_ptr<const nn::Linear>)>& set,
+                          const nn::Calibration* heldout = nullptr) {
   const auto& comp = compress::find_compressor(m.compressor);
   const std::string knob = ggml::lower_name(t) + m.knob_suffix;
   Quantized q;
@@ -111,9 +136,22 @@ Quantized quantize_layers(const std::vector<std::string>& names,
     const Vector<double> ms = st.mean_sq();
     const compress::LayerCalibration lc{&h, &ms, nullptr, st.tokens};
     const auto t0 = std::chrono::steady_clock::now();
+    const std::clock_t c0 = std::clock();  // CPU time of every thread of the process
     const compress::Compressed c = comp.apply({name, &w}, lc, knob);
+    q.cpu_seconds += static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
     q.seconds += seconds_since(t0);
-    q.error_sum += compress::output_error(w, comp.reconstruct(c), &h);
+    const RowMatrix<float> wq = comp.reconstruct(c);
+    const double e = compress::output_error(w, wq, &h);
+    q.error_sum += e;
+    double eh = 0;
+    if (heldout != nullptr) {
+      const Matrix<double> he = heldout->stats(name).hessian();
+      eh = compress::output_error(w, wq, &he);
+      q.heldout_sum += eh;
+    }
+    char line[160];
+    std::snprintf(line, sizeof line, "%s calib %.5f held-out %.5f", name.c_str(), e, eh);
+    q.lines.emplace_back(line);
     ++q.layers;
     q.bytes += static_cast<double>(c.stored_bytes());
     q.weights += static_cast<double>(w.size());
@@ -144,13 +182,36 @@ void run_smollm(const Args& a) {
   a.calibrate(dense, a.calibration_sequences(tok, cs), cs, calib, "calibration (Gram matrices and imatrix)");
   calib.pack();
   const auto eval_toks = nn::tokenize_slice(tok, es, a.eval_tokens);
-  const nn::KlEvaluator judge(dense, nn::cut_sequences(eval_toks, static_cast<int64_t>(eval_toks.size()) / 512, 512, -1));
-  std::printf("evaluation: %s, %lld tokens in windows of 512; dense perplexity %.3f\n", es.describe().c_str(),
-              static_cast<long long>(judge.tokens()), judge.reference().perplexity);
+  const auto windows = nn::cut_sequences(eval_toks, static_cast<int64_t>(eval_toks.size()) / 512, 512, -1);
+  std::optional<nn::KlEvaluator> judge;
+  if (!a.no_kl) {
+    judge.emplace(dense, windows);
+    std::printf("evaluation: %s, %lld tokens in windows of 512; dense perplexity %.3f\n", es.describe().c_str(),
+                static_cast<long long>(judge->tokens()), judge->reference().perplexity);
+  }
+  // The evaluation windows' own Gram matrices: how far each method's calibration error carries to
+  // text it did not see, layer by layer.
+  std::unique_ptr<nn::Calibration> heldout;
+  if (a.heldout_error) {
+    heldout = std::make_unique<nn::Calibration>(nn::CalibrationOptions{true, false});
+    size_t next = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    nn::calibrate(
+        dense,
+        [&](std::vector<int32_t>& s) {
+          if (next == windows.size()) return false;
+          s = windows[next++];
+          return true;
+        },
+        *heldout);
+    heldout->pack();
+    std::printf("held-out Gram matrices: the evaluation windows (%.0f s)\n", seconds_since(t0));
+  }
   std::printf("threads: %d; %s\n\n", num_threads(), blas_info().describe().c_str());
-  std::printf("| type | layers | method | bits/weight | bytes | quantize s | mean layer err | perplexity | KL mean | "
-              "KL p99 | top-1 |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-  std::map<std::string, std::map<std::string, double>> kl;
+  std::printf("| type | layers | method | bits/weight | bytes | quantize s (wall) | quantize s (CPU) | mean layer err "
+              "(calib) | mean layer err (held-out) | perplexity | KL mean | KL p99 | top-1 |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::map<std::string, std::map<std::string, double>> kl, held_err;
   for (const auto& type : a.types) {
     const kernels::GgmlType t = ggml::quantizable_type(type);
     std::vector<std::string> names;
@@ -158,21 +219,36 @@ void run_smollm(const Args& a) {
       if (n.rfind("blk.", 0) == 0 && dense.linear(n).in_features() % kernels::ggml_block_size(t) == 0)
         names.push_back(n);
     const std::string scope = std::to_string(names.size()) + (names.size() == 30 ? " ffn_down" : " block layers");
-    for (const Method& m : methods_of(a)) {
+    for (const Method& m : methods_of(a, t)) {
       nn::LlamaModel model = dense.clone();
       const Quantized q = quantize_layers(
           names, [&](const std::string& n) { return dense.linear(n).dense_weight(); }, calib, t, m,
-          [&](const std::string& n, std::shared_ptr<const nn::Linear> l) { model.set_linear(n, std::move(l)); });
-      const nn::KlResult r = judge(model);
-      kl[type + " (" + scope + ")"][m.label] = r.mean_kl;
-      std::printf("| %s | %s | %s | %.3f | %.0f | %.1f | %.5f | %.3f | %.5f | %.4f | %.2f%% |\n", type.c_str(),
-                  scope.c_str(), m.label.c_str(), 8.0 * q.bytes / q.weights, q.bytes, q.seconds, q.mean_error(),
-                  r.model.perplexity, r.mean_kl, r.p99_kl, 100.0 * r.top1_agreement);
+          [&](const std::string& n, std::shared_ptr<const nn::Linear> l) { model.set_linear(n, std::move(l)); },
+          heldout.get());
+      nn::KlResult r{};
+      if (judge) {
+        r = (*judge)(model);
+        kl[type + " (" + scope + ")"][m.label] = r.mean_kl;
+      }
+      char held[32] = "-", judged[96] = "- | - | - | -";
+      if (heldout) {
+        std::snprintf(held, sizeof held, "%.5f", q.mean_heldout());
+        held_err[type + " (" + scope + ")"][m.label] = q.mean_heldout();
+      }
+      if (judge)
+        std::snprintf(judged, sizeof judged, "%.3f | %.5f | %.4f | %.2f%%", r.model.perplexity, r.mean_kl, r.p99_kl,
+                      100.0 * r.top1_agreement);
+      std::printf("| %s | %s | %s | %.3f | %.0f | %.1f | %.1f | %.5f | %s | %s |\n", type.c_str(), scope.c_str(),
+                  m.label.c_str(), 8.0 * q.bytes / q.weights, q.bytes, q.seconds, q.cpu_seconds, q.mean_error(), held,
+                  judged);
+      if (a.per_layer)
+        for (const auto& l : q.lines) std::printf("  %s: %s\n", m.label.c_str(), l.c_str());
       std::fflush(stdout);
     }
   }
   std::printf("\n");
   print_ratios(kl, "KL");
+  print_ratios(held_err, "held-out layer err");
 }
 
 // Sentences of a slice: cut after '.', '?' or '!' followed by white space, white space collapsed,
@@ -223,7 +299,7 @@ void run_minilm(const Args& a) {
   const auto& names = dense.linear_names();
   for (const auto& type : a.minilm_types) {
     const kernels::GgmlType t = ggml::quantizable_type(type);
-    for (const Method& m : methods_of(a)) {
+    for (const Method& m : methods_of(a, t)) {
       enc.encoder() = dense.clone();
       const Quantized q = quantize_layers(
           names, [&](const std::string& n) { return dense.linear(n).dense_weight(); }, calib, t, m,

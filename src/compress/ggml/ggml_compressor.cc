@@ -182,7 +182,8 @@ class GgmlCompressor : public WeightCompressor {
   bool use_imatrix_;
 };
 
-// "q4_k" or "q4_k,damp=0.02,block=128,act_order=1": the type, then GPTQ's settings.
+// "q4_k" or "q4_k,damp=0.02,block=128,order=act,refit=1": the type, then GPTQ's settings (the type's
+// defaults, ggml::gptq_defaults, for those not named); act_order=0|1 means order=natural|act.
 struct GptqKnob {
   GgmlType type;
   GgmlGptqOptions options;
@@ -190,7 +191,8 @@ struct GptqKnob {
 
 GptqKnob parse_gptq_knob(std::string_view knob, std::string_view layer) {
   const std::size_t comma = knob.find(',');
-  GptqKnob k{parse_ggml_knob(knob.substr(0, comma), layer).type, {}};
+  const GgmlType type = parse_ggml_knob(knob.substr(0, comma), layer).type;
+  GptqKnob k{type, ggml::gptq_defaults(type)};
   require(knob.substr(0, comma).find('+') == std::string_view::npos, "layer '", layer, "': knob '", knob, "': ", kGptq,
           " uses the imatrix whenever calibration has one; no suffix");
   if (comma == std::string_view::npos) return k;
@@ -204,9 +206,13 @@ GptqKnob parse_gptq_knob(std::string_view knob, std::string_view layer) {
       else if (key == "block")
         k.options.block = knob_int(kv, key, knob);
       else if (key == "act_order")
-        k.options.act_order = knob_int(kv, key, knob) != 0;
+        k.options.order = knob_int(kv, key, knob) != 0 ? ggml::GptqOrder::act_order : ggml::GptqOrder::natural;
+      else if (key == "order")
+        k.options.order = ggml::parse_order(value);
+      else if (key == "refit")
+        k.options.refit = static_cast<int>(knob_int(kv, key, knob));
       else
-        fail("unknown setting '", key, "' (damp, block, act_order)");
+        fail("unknown setting '", key, "' (damp, block, order, act_order, refit)");
     }
   } catch (const Error& e) {
     fail("layer '", layer, "': knob '", knob, "': ", e.what());
@@ -223,7 +229,7 @@ class GgmlGptqCompressor final : public GgmlCompressor {
   std::string_view name() const override { return kGptq; }
   std::string_view description() const override {
     return "llama.cpp block formats (q2_k ... q8_0, iq4_nl) written by GPTQ's error feedback, each block's scales "
-           "chosen by ggml's imatrix-weighted search; knob TYPE[,damp=X,block=N,act_order=0|1]";
+           "chosen by ggml's imatrix-weighted search; knob TYPE[,damp=X,block=N,order=natural|act|act_block,refit=N]";
   }
   bool needs_hessian() const override { return true; }
   bool reads_hessian() const override { return true; }
@@ -251,7 +257,8 @@ class GgmlGptqCompressor final : public GgmlCompressor {
     c.meta["ggml_type"] = ggml::lower_name(k.type);
     c.meta["imatrix"] = !imp.empty();
     c.meta["damp"] = k.options.damp;
-    c.meta["act_order"] = k.options.act_order;
+    c.meta["order"] = std::string(ggml::order_name(k.options.order));
+    c.meta["refit"] = k.options.refit;
     return c;
   }
 };

@@ -214,6 +214,27 @@ int nearest_code(const float* g, int levels, float w, int fallback) {
 
 }  // namespace
 
+GgmlGptqOptions gptq_defaults(GgmlType) { return {}; }
+
+std::string_view order_name(GptqOrder order) {
+  switch (order) {
+    case GptqOrder::natural: return "natural";
+    case GptqOrder::act_order: return "act";
+    case GptqOrder::act_order_in_blocks: return "act_block";
+  }
+  return "?";
+}
+
+GptqOrder parse_order(std::string_view name) {
+  for (const GptqOrder o : {GptqOrder::natural, GptqOrder::act_order, GptqOrder::act_order_in_blocks})
+    if (name == order_name(o)) return o;
+  fail("order '", name, "' is not one of natural, act, act_block");
+}
+
+GgmlGptqResult gptq(GgmlType type, const RowMatrix<float>& w, const Matrix<double>& h, std::span<const float> importance) {
+  return gptq(type, w, h, importance, gptq_defaults(type));
+}
+
 GgmlGptqResult gptq(GgmlType type, const RowMatrix<float>& w, const Matrix<double>& h,
                     std::span<const float> importance, const GgmlGptqOptions& options, std::string_view name) {
   const std::string what = "layer '" + std::string(name) + "'";
@@ -233,6 +254,11 @@ GgmlGptqResult gptq(GgmlType type, const RowMatrix<float>& w, const Matrix<doubl
             " (must be finite and non-negative)");
   require(options.damp >= 0 && std::isfinite(options.damp), what, ": damp must be finite and >= 0, got ", options.damp);
   require(options.block >= 1, what, ": block must be >= 1, got ", options.block);
+  require(options.refit >= 0 && options.refit <= kMaxGptqRefit, what, ": refit must be in [0, ", kMaxGptqRefit, "], got ",
+          options.refit);
+  require(options.order == GptqOrder::natural || options.order == GptqOrder::act_order ||
+              options.order == GptqOrder::act_order_in_blocks,
+          what, ": unknown column order ", static_cast<int>(options.order));
   if (!w.allFinite())
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c)
@@ -245,10 +271,13 @@ GgmlGptqResult gptq(GgmlType type, const RowMatrix<float>& w, const Matrix<doubl
     // row and column of H are zero, so no error flows through it.
     if (hess(j, j) == 0) hess(j, j) = 1;
   }
+  // perm[i]: the original column the loop visits i-th.
   std::vector<int64_t> perm(static_cast<std::size_t>(cols));
   std::iota(perm.begin(), perm.end(), 0);
-  if (options.act_order)
-    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return hess(a, a) > hess(b, b); });
+  const auto louder = [&](int64_t a, int64_t b) { return hess(a, a) > hess(b, b); };
+  if (options.order == GptqOrder::act_order) std::stable_sort(perm.begin(), perm.end(), louder);
+  if (options.order == GptqOrder::act_order_in_blocks)
+    for (int64_t c0 = 0; c0 < cols; c0 += f.unit) std::stable_sort(perm.begin() + c0, perm.begin() + c0 + f.unit, louder);
   Matrix<double> hp(cols, cols);
   for (int64_t i = 0; i < cols; ++i)
     for (int64_t j = 0; j < cols; ++j) hp(j, i) = hess(perm[static_cast<std::size_t>(j)], perm[static_cast<std::size_t>(i)]);
@@ -260,8 +289,11 @@ GgmlGptqResult gptq(GgmlType type, const RowMatrix<float>& w, const Matrix<doubl
     fail(what, ": ggml gptq: ", e.what());
   }
 
-  const bool static_fit = options.act_order;
-  const int64_t block = static_fit ? options.block : f.unit * std::max<int64_t>(1, options.block / f.unit);
+  // With act-order over the whole row every block is fitted before the loop; otherwise a block is
+  // fitted when the loop reaches it, and the lazy batches hold whole blocks so that a block's
+  // weights carry every earlier update when it is fitted.
+  const bool fit_first = options.order == GptqOrder::act_order;
+  const int64_t block = fit_first ? options.block : f.unit * std::max<int64_t>(1, options.block / f.unit);
   const int64_t units = cols / f.unit, subs = cols / f.sub;
   const uint64_t row_bytes = codec.row_bytes(cols);
   const bool legacy = type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q5_0 || type == GgmlType::Q5_1;
@@ -270,71 +302,91 @@ GgmlGptqResult gptq(GgmlType type, const RowMatrix<float>& w, const Matrix<doubl
   GgmlGptqResult out;
   out.blocks.resize(row_bytes * static_cast<uint64_t>(rows));
   out.values.resize(rows, cols);
-  Matrix<float> w0 = w;  // column-major: the loop walks columns
+  const Matrix<float> w0 = w;  // column-major: the loop walks columns
 
   constexpr int64_t kRowChunk = 32;
   parallel_for(rows, kRowChunk, [&](int64_t r0, int64_t r1) {
     const int64_t rc = r1 - r0;
     Matrix<float> wc(rc, cols);
-    for (int64_t i = 0; i < cols; ++i) wc.col(i) = w0.col(perm[static_cast<std::size_t>(i)]).segment(r0, rc);
     std::vector<float> sigma2(static_cast<std::size_t>(rc));
     for (int64_t r = 0; r < rc; ++r) sigma2[static_cast<std::size_t>(r)] = legacy ? kernels::detail::legacy_row_sigma2(&w(r0 + r, 0), cols) : 0.f;
     // Per row of the chunk, in original column order: the grid of every sub-block, the weights each
-    // block was fitted on and the codes ggml gave them.
+    // block was fitted on and the codes ggml gave them, and the weights the loop rounded.
     std::vector<float> grid(static_cast<std::size_t>(rc * subs * f.levels));
-    std::vector<float> fit_x(static_cast<std::size_t>(rc * cols));
+    std::vector<float> fit_x(static_cast<std::size_t>(rc * cols)), rounded(static_cast<std::size_t>(rc * cols));
     std::vector<uint8_t> fit_code(static_cast<std::size_t>(rc * cols));
-    float x[256];
-    // Fits block k of row r on x (the block's current weights, original order).
-    auto fit = [&](int64_t r, int64_t k) {
-      std::byte* dst = out.blocks.data() + static_cast<uint64_t>(r0 + r) * row_bytes + static_cast<uint64_t>(k) * codec.type_size;
+    auto row_blocks = [&](int64_t r) { return out.blocks.data() + static_cast<uint64_t>(r0 + r) * row_bytes; };
+    // Records block k of row r, just written from x (the block's weights, original order): the
+    // weights, ggml's codes and the grid.
+    auto record = [&](int64_t r, int64_t k, const float* x) {
+      const std::byte* dst = row_blocks(r) + static_cast<uint64_t>(k) * codec.type_size;
       const int64_t c0 = k * f.unit;
-      kernels::detail::quantize_blocks_legacy(type, x, f.unit, dst, imp ? imp + c0 : nullptr,
-                                              sigma2[static_cast<std::size_t>(r)]);
       for (int e = 0; e < f.unit; ++e) {
         fit_x[static_cast<std::size_t>(r * cols + c0 + e)] = x[e];
         fit_code[static_cast<std::size_t>(r * cols + c0 + e)] = static_cast<uint8_t>(get_code(type, dst, e));
       }
       read_grid(type, f, codec, dst, &grid[static_cast<std::size_t>((r * subs + c0 / f.sub) * f.levels)]);
     };
-    if (static_fit) {
-      for (int64_t r = 0; r < rc; ++r)
-        for (int64_t k = 0; k < units; ++k) {
-          std::copy_n(&w(r0 + r, k * f.unit), f.unit, x);
-          fit(r, k);
-        }
-    }
+    // Fits every block of row r on x (the whole row, original order) with the row's sigma^2 s2, as
+    // ggml quantizes a row.
+    auto fit_row = [&](int64_t r, const float* x, float s2) {
+      kernels::detail::quantize_blocks_legacy(type, x, cols, row_blocks(r), imp, s2);
+      for (int64_t k = 0; k < units; ++k) record(r, k, x + k * f.unit);
+    };
+    std::vector<float> xrow(static_cast<std::size_t>(cols));
+    float x[256];
 
     Matrix<float> err(rc, block);
-    for (int64_t i1 = 0; i1 < cols; i1 += block) {
-      const int64_t nb = std::min(block, cols - i1);
-      for (int64_t i = 0; i < nb; ++i) {
-        const int64_t col = i1 + i, orig = perm[static_cast<std::size_t>(col)];
-        if (!static_fit && orig % f.unit == 0) {
-          // Without act-order the order is the identity: the block's columns are col .. col + unit.
-          for (int64_t r = 0; r < rc; ++r) {
-            for (int e = 0; e < f.unit; ++e) x[e] = wc(r, col + e);
-            fit(r, orig / f.unit);
+    for (int pass = 0; pass <= options.refit; ++pass) {
+      // Pass 0 fits as its order says; each refit pass fits every block first, on the weights the
+      // previous pass rounded (sigma^2 then theirs: ggml's quantizer on those rows).
+      const bool static_fit = fit_first || pass > 0;
+      for (int64_t i = 0; i < cols; ++i) wc.col(i) = w0.col(perm[static_cast<std::size_t>(i)]).segment(r0, rc);
+      if (static_fit) {
+        for (int64_t r = 0; r < rc; ++r) {
+          if (pass == 0) {
+            for (int64_t c = 0; c < cols; ++c) xrow[static_cast<std::size_t>(c)] = w(r0 + r, c);
+            fit_row(r, xrow.data(), sigma2[static_cast<std::size_t>(r)]);
+          } else {
+            const float* xr = &rounded[static_cast<std::size_t>(r * cols)];
+            fit_row(r, xr, legacy ? kernels::detail::legacy_row_sigma2(xr, cols) : 0.f);
           }
         }
-        const float d = u(col, col);
-        float* wcol = &wc(0, col);
-        float* ecol = &err(0, i);
-        const int64_t k = orig / f.unit;
-        const int e = static_cast<int>(orig % f.unit);
-        for (int64_t r = 0; r < rc; ++r) {
-          const std::size_t at = static_cast<std::size_t>(r * cols + orig);
-          const float* g = &grid[static_cast<std::size_t>((r * subs + orig / f.sub) * f.levels)];
-          const int code = wcol[r] == fit_x[at] ? fit_code[at] : nearest_code(g, f.levels, wcol[r], fit_code[at]);
-          const float q = g[code];
-          std::byte* dst = out.blocks.data() + static_cast<uint64_t>(r0 + r) * row_bytes + static_cast<uint64_t>(k) * codec.type_size;
-          set_code(type, dst, e, code);
-          out.values(r0 + r, orig) = q;
-          ecol[r] = (wcol[r] - q) / d;
-        }
-        detail::feedback_in_batch(wc, err, u, i1, i, nb);
       }
-      detail::feedback_after_batch(wc, err, u, i1, nb);
+      for (int64_t i1 = 0; i1 < cols; i1 += block) {
+        const int64_t nb = std::min(block, cols - i1);
+        for (int64_t i = 0; i < nb; ++i) {
+          const int64_t col = i1 + i, orig = perm[static_cast<std::size_t>(col)];
+          if (!static_fit && col % f.unit == 0) {
+            // The block's columns are the loop's col .. col + unit (in its own order inside the block).
+            const int64_t k = orig / f.unit;
+            for (int64_t r = 0; r < rc; ++r) {
+              for (int e = 0; e < f.unit; ++e) x[perm[static_cast<std::size_t>(col + e)] - k * f.unit] = wc(r, col + e);
+              std::byte* dst = row_blocks(r) + static_cast<uint64_t>(k) * codec.type_size;
+              kernels::detail::quantize_blocks_legacy(type, x, f.unit, dst, imp ? imp + k * f.unit : nullptr,
+                                                      sigma2[static_cast<std::size_t>(r)]);
+              record(r, k, x);
+            }
+          }
+          const float d = u(col, col);
+          float* wcol = &wc(0, col);
+          float* ecol = &err(0, i);
+          const int64_t k = orig / f.unit;
+          const int e = static_cast<int>(orig % f.unit);
+          for (int64_t r = 0; r < rc; ++r) {
+            const std::size_t at = static_cast<std::size_t>(r * cols + orig);
+            const float* g = &grid[static_cast<std::size_t>((r * subs + orig / f.sub) * f.levels)];
+            const int code = wcol[r] == fit_x[at] ? fit_code[at] : nearest_code(g, f.levels, wcol[r], fit_code[at]);
+            const float q = g[code];
+            set_code(type, row_blocks(r) + static_cast<uint64_t>(k) * codec.type_size, e, code);
+            out.values(r0 + r, orig) = q;
+            rounded[at] = wcol[r];
+            ecol[r] = (wcol[r] - q) / d;
+          }
+          detail::feedback_in_batch(wc, err, u, i1, i, nb);
+        }
+        detail::feedback_after_batch(wc, err, u, i1, nb);
+      }
     }
   });
   return out;

@@ -1,7 +1,7 @@
-// GPTQ into ggml blocks (ggml::gptq and the quant.ggml_gptq compressor): the written bytes
-// dequantize to exactly the values the loop assumed; an identity Hessian gives ggml's own bytes; a
-// correlated Hessian gives a lower output error than ggml's imatrix rounding; bad input is refused
-// naming the tensor.
+// GPTQ into ggml blocks (ggml::gptq and the quant.ggml_gptq compressor), in every column order and
+// with scale refit: the written bytes dequantize to exactly the values the loop assumed; an identity
+// Hessian gives ggml's own bytes; a correlated Hessian gives a lower output error than ggml's imatrix
+// rounding; bad input is refused naming the tensor.
 #include "strata/compress/ggml/gptq.hpp"
 
 #include <gtest/gtest.h>
@@ -50,16 +50,31 @@ double weighted_error(const RowMatrix<float>& w, const RowMatrix<float>& q, cons
   return (d * h * d.transpose()).trace();
 }
 
+// Every column order, each without and with one scale refit pass.
+std::vector<GgmlGptqOptions> variants() {
+  std::vector<GgmlGptqOptions> out;
+  for (const GptqOrder order : {GptqOrder::natural, GptqOrder::act_order, GptqOrder::act_order_in_blocks})
+    for (const int refit : {0, 1}) {
+      GgmlGptqOptions o;
+      o.order = order;
+      o.refit = refit;
+      out.push_back(o);
+    }
+  return out;
+}
+
+std::string describe(const GgmlGptqOptions& o) {
+  return std::string(order_name(o.order)) + " refit=" + std::to_string(o.refit);
+}
+
 class GgmlGptqTypes : public ::testing::TestWithParam<GgmlType> {};
 
 TEST_P(GgmlGptqTypes, BytesDequantizeToTheAssumedValues) {
   const GgmlType t = GetParam();
   const Problem p = make_problem(12, 512, 11);
-  for (const bool act_order : {false, true}) {
+  for (const GgmlGptqOptions& o : variants()) {
     for (const bool with_imatrix : {true, false}) {
-      SCOPED_TRACE(lower_name(t) + (act_order ? " act_order" : "") + (with_imatrix ? " imatrix" : ""));
-      GgmlGptqOptions o;
-      o.act_order = act_order;
+      SCOPED_TRACE(lower_name(t) + " " + describe(o) + (with_imatrix ? " imatrix" : ""));
       const auto imp = with_imatrix ? std::span<const float>(p.imatrix) : std::span<const float>();
       const GgmlGptqResult r = gptq(t, p.w, p.h, imp, o, "test.weight");
       ASSERT_EQ(r.blocks.size(), kernels::ggml_row_size(t, 512) * 12);
@@ -77,13 +92,17 @@ TEST_P(GgmlGptqTypes, IdentityHessianGivesGgmlBytes) {
   const GgmlType t = GetParam();
   const Problem p = make_problem(6, 512, 12);
   const Matrix<double> identity = Matrix<double>::Identity(512, 512);
-  for (const bool with_imatrix : {true, false}) {
-    SCOPED_TRACE(lower_name(t) + (with_imatrix ? " imatrix" : ""));
-    const auto imp = with_imatrix ? std::span<const float>(p.imatrix) : std::span<const float>();
-    const GgmlGptqResult r = gptq(t, p.w, identity, imp, {}, "test.weight");
-    // The independent reference: ggml's quantizer on whole rows.
-    EXPECT_EQ(r.blocks, quantize(t, p.w.data(), 6, 512, imp));
+  for (const GgmlGptqOptions& o : variants()) {
+    for (const bool with_imatrix : {true, false}) {
+      SCOPED_TRACE(lower_name(t) + " " + describe(o) + (with_imatrix ? " imatrix" : ""));
+      const auto imp = with_imatrix ? std::span<const float>(p.imatrix) : std::span<const float>();
+      const GgmlGptqResult r = gptq(t, p.w, identity, imp, o, "test.weight");
+      // The independent reference: ggml's quantizer on whole rows.
+      EXPECT_EQ(r.blocks, quantize(t, p.w.data(), 6, 512, imp));
+    }
   }
+  // The type's defaults too.
+  EXPECT_EQ(gptq(t, p.w, identity, p.imatrix).blocks, quantize(t, p.w.data(), 6, 512, p.imatrix));
 }
 
 TEST_P(GgmlGptqTypes, LowerOutputErrorThanImatrixRounding) {
@@ -91,13 +110,11 @@ TEST_P(GgmlGptqTypes, LowerOutputErrorThanImatrixRounding) {
   const Problem p = make_problem(16, 512, 13);
   const RowMatrix<float> plain = dequantize_all(t, quantize(t, p.w.data(), 16, 512, p.imatrix), 16, 512);
   const double e_plain = weighted_error(p.w, plain, p.h);
-  for (const bool act_order : {false, true}) {
-    GgmlGptqOptions o;
-    o.act_order = act_order;
+  for (const GgmlGptqOptions& o : variants()) {
     const GgmlGptqResult r = gptq(t, p.w, p.h, p.imatrix, o, "test.weight");
     const double e = weighted_error(p.w, r.values, p.h);
-    EXPECT_LT(e, 0.9 * e_plain) << lower_name(t) << (act_order ? " act_order" : "") << ": gptq " << e
-                                << ", imatrix rounding " << e_plain;
+    EXPECT_LT(e, 0.9 * e_plain) << lower_name(t) << " " << describe(o) << ": gptq " << e << ", imatrix rounding "
+                                << e_plain;
   }
 }
 
@@ -139,6 +156,16 @@ TEST(GgmlGptq, BadInputNamesTheTensor) {
   GgmlGptqOptions o;
   o.damp = -1;
   EXPECT_THROW(gptq(GgmlType::Q4_0, p.w, p.h, {}, o, "t"), Error);
+  o = {};
+  o.refit = kMaxGptqRefit + 1;
+  msg = error_of([&] { gptq(GgmlType::Q4_0, p.w, p.h, {}, o, "blk.4.attn_v.weight"); });
+  EXPECT_NE(msg.find("refit"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("blk.4.attn_v.weight"), std::string::npos) << msg;
+  o.refit = -1;
+  EXPECT_THROW(gptq(GgmlType::Q4_0, p.w, p.h, {}, o, "t"), Error);
+  EXPECT_THROW(parse_order("random"), Error);
+  for (const GptqOrder order : {GptqOrder::natural, GptqOrder::act_order, GptqOrder::act_order_in_blocks})
+    EXPECT_EQ(parse_order(order_name(order)), order);
 }
 
 TEST(GgmlGptqCompressor, RunsAndWritesAsTheGgmlType) {
@@ -149,8 +176,8 @@ TEST(GgmlGptqCompressor, RunsAndWritesAsTheGgmlType) {
   for (int64_t j = 0; j < 256; ++j) ms[j] = p.imatrix[static_cast<std::size_t>(j)];
   const LayerCalibration calib{&p.h, &ms, nullptr, 2048};
   const Layer layer{"blk.0.ffn_up.weight", &p.w};
-  const Compressed comp = c.apply(layer, calib, "q3_k,damp=0.02,act_order=1");
-  EXPECT_EQ(static_cast<uint64_t>(c.cost(layer, "q3_k,damp=0.02,act_order=1").bytes), comp.stored_bytes());
+  const Compressed comp = c.apply(layer, calib, "q3_k,damp=0.02,act_order=1,refit=1");
+  EXPECT_EQ(static_cast<uint64_t>(c.cost(layer, "q3_k,damp=0.02,act_order=1,refit=1").bytes), comp.stored_bytes());
   EXPECT_EQ(comp.stored_bytes(), kernels::ggml_row_size(GgmlType::Q3_K, 256) * 8);
   // Written to GGUF as the ggml type, run as the ggml blocks.
   const GgufTensorData data = gguf_tensor_data(comp);
@@ -158,13 +185,26 @@ TEST(GgmlGptqCompressor, RunsAndWritesAsTheGgmlType) {
   const auto lin = c.to_linear(comp);
   EXPECT_NE(dynamic_cast<const nn::GgmlLinear*>(lin.get()), nullptr);
   // The same blocks as the plain function with the same settings.
-  GgmlGptqOptions o;
+  GgmlGptqOptions o = gptq_defaults(GgmlType::Q3_K);
   o.damp = 0.02;
-  o.act_order = true;
+  o.order = GptqOrder::act_order;
+  o.refit = 1;
   EXPECT_EQ(data.bytes, gptq(GgmlType::Q3_K, p.w, p.h, p.imatrix, o, "x").blocks);
+  // A knob naming only the type runs the type's defaults; order= names the column order.
+  for (const GgmlType t : {GgmlType::Q4_0, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K}) {
+    EXPECT_EQ(gguf_tensor_data(c.apply(layer, calib, lower_name(t))).bytes, gptq(t, p.w, p.h, p.imatrix).blocks)
+        << lower_name(t);
+  }
+  o = gptq_defaults(GgmlType::Q2_K);
+  o.order = GptqOrder::act_order_in_blocks;
+  o.refit = 2;
+  EXPECT_EQ(gguf_tensor_data(c.apply(layer, calib, "q2_k,order=act_block,refit=2")).bytes,
+            gptq(GgmlType::Q2_K, p.w, p.h, p.imatrix, o, "x").blocks);
   // Bad knobs and a row that is not whole super-blocks, refused naming the layer.
   EXPECT_THROW(c.apply(layer, calib, "q3_k,bogus=1"), Error);
   EXPECT_THROW(c.apply(layer, calib, "q3_k+imatrix"), Error);
+  EXPECT_THROW(c.apply(layer, calib, "q3_k,order=sideways"), Error);
+  EXPECT_THROW(c.apply(layer, calib, "q3_k,refit=9"), Error);
   const RowMatrix<float> narrow = p.w.leftCols(224);
   const Matrix<double> hn = p.h.topLeftCorner(224, 224);
   const Vector<double> msn = ms.head(224);

@@ -3,25 +3,31 @@
 // Cholesky factor of its inverse, lazy batch updates, act-order where the format allows it) with
 // ggml's own rounding step, so the result is an ordinary tensor of the type that llama.cpp runs.
 //
-//   GgmlGptqResult r = ggml::gptq(GgmlType::Q4_0, w, hessian, imatrix, {}, "blk.0.ffn_down.weight");
+//   GgmlGptqResult r = ggml::gptq(GgmlType::Q4_0, w, hessian, imatrix, gptq_defaults(GgmlType::Q4_0),
+//                                 "blk.0.ffn_down.weight");
 //   // r.blocks: rows * ggml_row_size(Q4_0, cols) bytes; dequantizing them gives r.values exactly.
 //
 // The rounding step, per ggml block (32 elements; 256 for the k-quants, whose super-block shares d
 // and dmin):
-// - when the loop reaches the block's first column, the block's current (error-updated) weights go
-//   through ggml's quantizer for the type, with the imatrix, which chooses the scales and mins (and
-//   sub-block scales) exactly as llama-quantize would for those weights. The legacy types' weighted
-//   search uses sigma^2 of the whole row, as ggml does; that is taken from the original row.
+// - the block's weights go through ggml's quantizer for the type, with the imatrix, which chooses
+//   the scales and mins (and sub-block scales) exactly as llama-quantize would for those weights.
+//   The legacy types' weighted search uses sigma^2 of the whole row, as ggml does.
 // - each column of the block is then rounded on that block's grid: to the code ggml chose when the
 //   weight has not moved since the fit, else to the nearest value of the grid, which is read from
 //   strata's byte-exact dequantizer (llama.cpp's arithmetic). The written bytes therefore dequantize
 //   to exactly the values the loop propagated the error of.
-// With act_order the scales cannot wait for a block's first column (the columns are visited by
-// decreasing Hessian diagonal, not block by block), so every block is fitted on the original
-// weights first ("static groups"); the rounding is the same.
+// Which weights a block is fitted on depends on the column order (GptqOrder) and on `refit`:
+// - natural / act_order_in_blocks: when the loop reaches the block's first column, on the block's
+//   current (error-updated) weights; sigma^2 from the original row.
+// - act_order: the columns are visited by decreasing Hessian diagonal, not block by block, so every
+//   block is fitted on the original weights first ("static groups").
+// - refit = n ("GPTQ with scale refit"): after a pass, every block is fitted again, by the same
+//   search, on the weights that pass rounded (each column's error-updated value when the loop reached
+//   it; sigma^2 of those rows), and the loop runs again from the original weights with those scales
+//   fixed; n such extra passes.
 //
 // With an identity Hessian no error moves, every weight keeps its fitted value, and the bytes are
-// those of ggml's quantizer on the whole row.
+// those of ggml's quantizer on the whole row, whatever the order and refit.
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -33,13 +39,28 @@
 
 namespace strata::compress::ggml {
 
-// The defaults were chosen by KL on SmolLM2 with Moby-Dick 0.7:0.8 as the tuning text
-// (docs/ggml-quantization.md): act-order took q4_0's KL from 0.185 to 0.130 at damp 0.01.
+// The order the loop visits a row's columns in.
+enum class GptqOrder {
+  natural,              // column by column
+  act_order,            // by decreasing Hessian diagonal over the whole row (static groups)
+  act_order_in_blocks,  // blocks in order, the columns inside each by decreasing Hessian diagonal
+};
+// "natural", "act", "act_block"; parse_order throws strata::Error for another name.
+std::string_view order_name(GptqOrder order);
+GptqOrder parse_order(std::string_view name);
+
+inline constexpr int kMaxGptqRefit = 4;
+
 struct GgmlGptqOptions {
   double damp = 0.01;    // added to the Hessian's diagonal, times its mean
-  int64_t block = 128;   // columns per lazy batch (rounded up to whole ggml blocks without act_order)
-  bool act_order = true;
+  int64_t block = 128;   // columns per lazy batch (rounded up to whole ggml blocks unless act_order)
+  GptqOrder order = GptqOrder::act_order;
+  int refit = 0;         // extra passes with the scales refitted on the previous pass's weights, 0 .. 4
 };
+
+// The settings quant.ggml_gptq uses for a type when its knob names none: chosen by KL on SmolLM2
+// with Moby-Dick 0.7:0.8 as the tuning text (docs/ggml-quantization.md, "Tuning").
+GgmlGptqOptions gptq_defaults(kernels::GgmlType type);
 
 struct GgmlGptqResult {
   std::vector<std::byte> blocks;  // rows * ggml_row_size(type, cols) bytes, ggml's layout
@@ -52,7 +73,10 @@ struct GgmlGptqResult {
 // disagree, non-finite values, a negative Hessian diagonal, bad options, or a Hessian that stays
 // singular after damping. Rows are independent, so the result does not depend on the thread count.
 GgmlGptqResult gptq(kernels::GgmlType type, const RowMatrix<float>& w, const Matrix<double>& h,
-                    std::span<const float> importance, const GgmlGptqOptions& options = {},
+                    std::span<const float> importance, const GgmlGptqOptions& options,
                     std::string_view name = "weight");
+// With gptq_defaults(type).
+GgmlGptqResult gptq(kernels::GgmlType type, const RowMatrix<float>& w, const Matrix<double>& h,
+                    std::span<const float> importance);
 
 }  // namespace strata::compress::ggml
