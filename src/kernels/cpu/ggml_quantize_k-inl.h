@@ -143,9 +143,72 @@ struct KxOut {
   float* l_min;
 };
 
+// Which clamps of clamp(nearest_int(v), 0, nmax) a candidate pass needs. v = iscale * (x - min) is
+// monotonic in x (each rounding is), so every v of a lane lies between iscale * (low - min) and
+// iscale * (max - min), and those bounds decide it for all of the lane's elements at once:
+// - kQFull: some |v| may reach 2^21 (or a product is not finite): ggml's bit-level nearest_int;
+// - otherwise adding and removing 1.5 * 2^23 rounds v exactly (half to even), and a clamp is idle
+//   where the bounds allow: v >= -0.5 rounds to 0 or more (-0.5 ties to the even +0, which is what
+//   nearest_int then the clamp give), v < nmax + 0.5 rounds to nmax or less.
+enum QMode { kQFull, kQBoth, kQLow, kQHigh, kQNone };
+
+template <int mode>
+HWY_INLINE VF QuantizeK(VF v, VF zero, VF vnmax, VF magic) {
+  if constexpr (mode == kQFull) {
+    return NearestClamped(v, zero, vnmax);
+  } else if constexpr (mode == kQBoth) {
+    return hn::Sub(hn::Add(hn::Min(hn::Max(v, zero), vnmax), magic), magic);
+  } else if constexpr (mode == kQLow) {
+    return hn::Sub(hn::Add(hn::Max(v, zero), magic), magic);
+  } else if constexpr (mode == kQHigh) {
+    return hn::Sub(hn::Add(hn::Min(v, vnmax), magic), magic);
+  } else {
+    return hn::Sub(hn::Add(v, magic), magic);
+  }
+}
+
+// The mode for K groups: iscale[k], min[k] the candidate's, low[k] and max[k] the sub-blocks'
+// extremes; flat lanes (max == min) are left out, their results being discarded.
+template <int K, int nmax>
+HWY_INLINE QMode PassMode(const VF* iscale, const VF* min, const VF* low, const VF* max, const hn::Mask<DF>* flat) {
+  const DF df;
+  const VF limit = hn::Set(df, 2097152.f), neg_limit = hn::Set(df, -2097152.f);
+  const VF top = hn::Set(df, static_cast<float>(nmax) + 0.5f), bottom = hn::Set(df, -0.5f);
+  bool bounded = true, high_idle = true, low_idle = true;
+  for (int k = 0; k < K; ++k) {
+    // The two ends, in either order (iscale may be negative after a degenerate fit); a NaN fails
+    // every test.
+    const VF a = MulR(iscale[k], hn::Sub(max[k], min[k])), b = MulR(iscale[k], hn::Sub(low[k], min[k]));
+    const auto in = [&](VF v, VF lo, VF hi) { return hn::And(hn::Gt(v, lo), hn::Lt(v, hi)); };
+    bounded = bounded && hn::AllTrue(df, hn::Or(flat[k], hn::And(in(a, neg_limit, limit), in(b, neg_limit, limit))));
+    high_idle = high_idle && hn::AllTrue(df, hn::Or(flat[k], hn::And(hn::Lt(a, top), hn::Lt(b, top))));
+    low_idle = low_idle && hn::AllTrue(df, hn::Or(flat[k], hn::And(hn::Ge(a, bottom), hn::Ge(b, bottom))));
+  }
+  if (!bounded) return kQFull;
+  if (high_idle) return low_idle ? kQNone : kQLow;
+  return low_idle ? kQHigh : kQBoth;
+}
+
+// Calls f(std::integral_constant<int, mode>) for a mode known at run time.
+template <class F>
+HWY_INLINE void WithMode(QMode mode, const F& f) {
+  switch (mode) {
+    case kQFull: return f(std::integral_constant<int, kQFull>());
+    case kQBoth: return f(std::integral_constant<int, kQBoth>());
+    case kQLow: return f(std::integral_constant<int, kQLow>());
+    case kQHigh: return f(std::integral_constant<int, kQHigh>());
+    case kQNone: return f(std::integral_constant<int, kQNone>());
+  }
+}
+
 // make_qkx_quants of ggml_quantize.cc (n 32, nmax 15 for Q4_K or 31 for Q5_K), lane k of group g on
-// sub-block g * N + k of xt / wt (K groups, each transposed, 32 x N). lq: scratch of K x 32 x N. K independent groups
-// interleaved keep both vector pipes busy through the searches' chains of dependent adds.
+// sub-block g * N + k of xt / wt (K groups, each transposed, 32 x N). lq: scratch of K x 32 x N. K
+// independent groups interleaved keep both vector pipes busy through the searches' chains of
+// dependent adds. The search is a chain of candidates (each accepted one moves the minimum the next
+// quantizes against), so the latency between candidates is kept short: the next candidate's iscale
+// is divided out both ways (minimum kept or replaced) while the error pass runs, and the
+// least-squares scale with the minimum clipped to 0 is divided out with the other two, not after
+// the clip is known.
 template <int K, int nmax>
 HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt, float* HWY_RESTRICT lq,
                           float rmin, float rdelta, int nstep, const KxOut& out) {
@@ -157,8 +220,10 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
   auto at = [&](int k, int l) { return (static_cast<size_t>(k) * n + static_cast<size_t>(l)) * N; };
   auto X = [&](int k, int l) { return hn::Load(df, xt + at(k, l)); };
   auto W = [&](int k, int l) { return hn::Load(df, wt + at(k, l)); };
+  // The candidates' numerators (rmin + rdelta * is) + nmax, in the reference's order.
+  auto num = [&](int is) { return hn::Set(df, (rmin + ProdS(rdelta, static_cast<float>(is))) + static_cast<float>(nmax)); };
 
-  VF min[K], max[K], sum_w[K], sum_x[K], iscale[K], scale[K], best_error[K], l_iscale[K], l_min[K];
+  VF min[K], max[K], low[K], sum_w[K], sum_x[K], iscale[K], scale[K], best_error[K], l_iscale[K], l_min[K];
   M flat[K];
   for (int k = 0; k < K; ++k) {
     min[k] = max[k] = X(k, 0);
@@ -173,7 +238,6 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
       sum_w[k] = hn::Add(sum_w[k], w);
       sum_x[k] = hn::Add(sum_x[k], MulR(w, x));
     }
-  VF low[K];  // the smallest x
   for (int k = 0; k < K; ++k) {
     low[k] = min[k];
     min[k] = hn::IfThenElse(hn::Gt(min[k], zero), zero, min[k]);
@@ -182,77 +246,62 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
     scale[k] = hn::Div(hn::Set(df, 1.f), iscale[k]);
     best_error[k] = zero;
   }
-  for (int l = 0; l < n; ++l)
-    for (int k = 0; k < K; ++k) {
-      const VF x = X(k, l);
-      const VF q = NearestClamped(MulR(iscale[k], hn::Sub(x, min[k])), zero, vnmax);
-      VF diff = hn::Sub(hn::Add(MulR(scale[k], q), min[k]), x);
-      diff = MulR(diff, diff);
-      best_error[k] = hn::Add(best_error[k], MulR(W(k, l), diff));
-    }
+  // The starting quants against nmax / (max - min), and their error.
+  WithMode(PassMode<K, nmax>(iscale, min, low, max, flat), [&](auto mode) {
+    for (int l = 0; l < n; ++l)
+      for (int k = 0; k < K; ++k) {
+        const VF x = X(k, l);
+        const VF q = QuantizeK<decltype(mode)::value>(MulR(iscale[k], hn::Sub(x, min[k])), zero, vnmax, magic);
+        VF diff = hn::Sub(hn::Add(MulR(scale[k], q), min[k]), x);
+        diff = MulR(diff, diff);
+        best_error[k] = hn::Add(best_error[k], MulR(W(k, l), diff));
+      }
+  });
   for (int k = 0; k < K; ++k) {
     l_iscale[k] = iscale[k];
     l_min[k] = min[k];
+    iscale[k] = hn::Div(num(0), hn::Sub(max[k], min[k]));
   }
   for (int is = 0; is <= nstep; ++is) {
-    const VF num = hn::Set(df, (rmin + ProdS(rdelta, static_cast<float>(is))) + static_cast<float>(nmax));
     VF sum_l[K], sum_l2[K], sum_xl[K];
-    for (int k = 0; k < K; ++k) {
-      iscale[k] = hn::Div(num, hn::Sub(max[k], min[k]));  // min as updated by the candidates so far
-      sum_l[k] = sum_l2[k] = sum_xl[k] = zero;
-    }
-    // Where every product iscale * (x - min) of the candidate is finite and far below 2^22 (the
-    // common case; bounded through the extreme x, rounding being monotonic), clamping before
-    // rounding by 1.5 * 2^23 gives nearest_int's clamped value in fewer steps, and where no x lies
-    // below min the lower clamp is idle.
-    bool bounded = true, above = true;
-    for (int k = 0; k < K; ++k) {
-      const VF hi_v = MulR(iscale[k], hn::Sub(max[k], min[k])), lo_v = MulR(iscale[k], hn::Sub(low[k], min[k]));
-      const VF limit = hn::Set(df, 2097152.f);
-      bounded = bounded && hn::AllTrue(df, hn::Or(flat[k], hn::And(hn::Lt(hi_v, limit), hn::Gt(lo_v, hn::Neg(limit)))));
-      above = above && hn::AllTrue(df, hn::Or(flat[k], hn::Ge(lo_v, zero)));
-    }
-    auto pass1 = [&](auto mode) {
+    for (int k = 0; k < K; ++k) sum_l[k] = sum_l2[k] = sum_xl[k] = zero;
+    WithMode(PassMode<K, nmax>(iscale, min, low, max, flat), [&](auto mode) {
       for (int l = 0; l < n; ++l)
         for (int k = 0; k < K; ++k) {
           const VF x = X(k, l);
-          const VF v = MulR(iscale[k], hn::Sub(x, min[k]));
-          VF q;
-          if constexpr (decltype(mode)::value == 0) {
-            q = NearestClamped(v, zero, vnmax);
-          } else if constexpr (decltype(mode)::value == 1) {
-            q = hn::Sub(hn::Add(hn::Min(hn::Max(v, zero), vnmax), magic), magic);
-          } else {
-            q = hn::Sub(hn::Add(hn::Min(v, vnmax), magic), magic);
-          }
+          const VF q = QuantizeK<decltype(mode)::value>(MulR(iscale[k], hn::Sub(x, min[k])), zero, vnmax, magic);
           hn::Store(q, df, lq + at(k, l));
           const VF wl = MulR(W(k, l), q);
           sum_l[k] = hn::Add(sum_l[k], wl);
           sum_l2[k] = hn::Add(sum_l2[k], MulR(wl, q));
           sum_xl[k] = hn::Add(sum_xl[k], MulR(wl, x));
         }
-    };
-    if (!bounded)
-      pass1(std::integral_constant<int, 0>());
-    else if (!above)
-      pass1(std::integral_constant<int, 1>());
-    else
-      pass1(std::integral_constant<int, 2>());
-    VF this_scale[K], this_min[K], cur_error[K];
+    });
+    const bool last = is == nstep;
+    const VF next_num = last ? zero : num(is + 1);
+    VF this_scale[K], this_min[K], cur_error[K], keep[K], take[K];
     M solvable[K];
     bool any = false;
     for (int k = 0; k < K; ++k) {
       const VF D = hn::Sub(MulR(sum_w[k], sum_l2[k]), MulR(sum_l[k], sum_l[k]));
       solvable[k] = hn::Gt(D, zero);
       any = any || !hn::AllFalse(df, solvable[k]);
-      this_scale[k] = hn::Div(hn::Sub(MulR(sum_w[k], sum_xl[k]), MulR(sum_x[k], sum_l[k])), D);
-      this_min[k] = hn::Div(hn::Sub(MulR(sum_l2[k], sum_x[k]), MulR(sum_l[k], sum_xl[k])), D);
-      const M clip = hn::Gt(this_min[k], zero);
-      this_min[k] = hn::IfThenElse(clip, zero, this_min[k]);
-      if (!hn::AllFalse(df, clip)) this_scale[k] = hn::IfThenElse(clip, hn::Div(sum_xl[k], sum_l2[k]), this_scale[k]);
+      const VF fitted_scale = hn::Div(hn::Sub(MulR(sum_w[k], sum_xl[k]), MulR(sum_x[k], sum_l[k])), D);
+      const VF fitted_min = hn::Div(hn::Sub(MulR(sum_l2[k], sum_x[k]), MulR(sum_l[k], sum_xl[k])), D);
+      const M clip = hn::Gt(fitted_min, zero);
+      this_min[k] = hn::IfThenElse(clip, zero, fitted_min);
+      this_scale[k] = hn::IfThenElse(clip, hn::Div(sum_xl[k], sum_l2[k]), fitted_scale);
       cur_error[k] = zero;
+      if (!last) {
+        keep[k] = hn::Div(next_num, hn::Sub(max[k], min[k]));
+        take[k] = hn::Div(next_num, hn::Sub(max[k], this_min[k]));
+      }
     }
-    if (!any) continue;
+    if (!any) {
+      if (!last)
+        for (int k = 0; k < K; ++k) iscale[k] = keep[k];
+      continue;
+    }
     for (int l = 0; l < n; ++l)
       for (int k = 0; k < K; ++k) {
         const VF q = hn::Load(df, lq + at(k, l));
@@ -267,6 +316,7 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
       l_iscale[k] = hn::IfThenElse(better, iscale[k], l_iscale[k]);
       l_min[k] = hn::IfThenElse(better, min[k], l_min[k]);
       min[k] = hn::IfThenElse(better, this_min[k], min[k]);
+      if (!last) iscale[k] = hn::IfThenElse(better, take[k], keep[k]);
     }
   }
   // A flat sub-block keeps quants 0 (iscale 0 rebuilds them), scale 0 and its min.

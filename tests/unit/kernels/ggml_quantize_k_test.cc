@@ -1,7 +1,12 @@
 // The SIMD Q4_K, Q5_K and Q6_K quantizers, on every Highway target this CPU supports, against the
-// scalar references of ggml_quantize.cc: the same bytes for every row, with and without importance;
-// and the whole-tensor path (compress::ggml::quantize, rows over strata's threads) against the
-// references row by row, at one and two threads.
+// scalar references of ggml_quantize.cc: the same bytes for every row, with and without importance
+// (hand-made corner rows, many random rows of mixed sub-blocks, and SmolLM2's dequantized weights
+// when the model is present); and the whole-tensor path (compress::ggml::quantize, rows over
+// strata's threads) against the references row by row, at one and two threads.
+//
+// STRATA_QUANTIZE_K_ROWS=N raises the random rows from 3,000 to N; STRATA_QUANTIZE_K_MODEL_ROWS=N
+// takes N rows of every SmolLM2 matrix instead of 8 (0: every row). The defaults keep the test a
+// few seconds long; docs/kernels.md gives the larger runs.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/ggml_quantize_k_test.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
@@ -9,7 +14,9 @@
 #include <hwy/tests/hwy_gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <random>
 #include <string>
@@ -20,6 +27,8 @@
 #include "strata/compress/ggml/quantize.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
+#include "strata/io/data_paths.hpp"
+#include "strata/io/model.hpp"
 #include "strata/kernels/ggml_codec.hpp"
 
 #ifndef STRATA_GGML_QUANTIZE_K_TEST_ROWS_ONCE
@@ -81,6 +90,45 @@ inline std::vector<std::vector<float>> importances(int64_t n) {
   return out;
 }
 
+// The environment's count, or `fallback`.
+inline int64_t env_count(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
+}
+
+// `count` rows of one super-block (256), each sub-block of 16 drawn from its own family: normal at a
+// random scale (2^-30 .. 2^30), positive only, negative only, values on a coarse grid (exact ties
+// in the searches' rounding), a lone outlier, all zero, constant, or sparse; so that one row mixes
+// sub-blocks whose searches take different clamp modes.
+inline std::vector<float> random_rows(int64_t count, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  std::uniform_int_distribution<int> family(0, 9), grid(-8, 8), exponent(-30, 30);
+  std::vector<float> x(static_cast<std::size_t>(count) * kernels::kQK_K);
+  for (std::size_t s = 0; s < x.size(); s += 16) {
+    const float scale = std::ldexp(1.f, exponent(rng));
+    const int f = family(rng);
+    const float c = scale * normal(rng);
+    for (std::size_t j = s; j < s + 16; ++j) {
+      float v;
+      switch (f) {
+        case 0: case 1: v = normal(rng); break;
+        case 2: v = 0.1f + unit(rng); break;
+        case 3: v = -0.1f - unit(rng); break;
+        case 4: v = 0.125f * static_cast<float>(grid(rng)); break;
+        case 5: v = j == s + 5 ? 40.f : 0.01f * normal(rng); break;
+        case 6: v = 0.f; break;
+        case 7: v = c / scale; break;
+        case 8: v = unit(rng) < 0.8f ? 0.f : normal(rng); break;
+        default: v = std::fabs(normal(rng)) - 2.f; break;  // mostly negative, a few positive
+      }
+      x[j] = scale * v;
+    }
+  }
+  return x;
+}
+
 }  // namespace strata::ggml_k_test
 #endif
 
@@ -118,6 +166,78 @@ void TestQ6KMatchesReference() {
   ExpectSameBytes<kernels::BlockQ6_K>(&kernels::detail::quantize_row_q6_k, &QuantizeRowQ6K, "q6_k");
 }
 
+// Rows of x (each of cols) through the reference and the SIMD quantizer, without importance and with
+// `importance` (cols values), compared block by block.
+template <class Block, class Fast>
+void ExpectSameRows(kernels::QuantizeRowFn reference, Fast fast, const char* type, const std::vector<float>& x,
+                    int64_t cols, const std::vector<float>& importance, const std::string& what) {
+  const int64_t rows = static_cast<int64_t>(x.size()) / cols, nb = cols / kernels::kQK_K;
+  std::vector<Block> want(static_cast<std::size_t>(rows * nb)), got(want.size());
+  for (const float* qw : {static_cast<const float*>(nullptr), importance.data()}) {
+    for (int64_t r = 0; r < rows; ++r) {
+      reference(x.data() + r * cols, cols, want.data() + r * nb, qw);
+      fast(x.data() + r * cols, cols, got.data() + r * nb, qw);
+    }
+    for (std::size_t b = 0; b < want.size(); ++b)
+      ASSERT_EQ(0, std::memcmp(&want[b], &got[b], sizeof(Block)))
+          << type << " " << what << ", row " << static_cast<int64_t>(b) / nb << ", block "
+          << static_cast<int64_t>(b) % nb << (qw ? ", importance" : "");
+  }
+}
+
+void TestRandomRowsMatchReference() {
+  const int64_t rows = ggml_k_test::env_count("STRATA_QUANTIZE_K_ROWS", 3000);
+  const auto x = ggml_k_test::random_rows(rows, 77);
+  std::vector<float> qw(kernels::kQK_K);
+  std::mt19937 rng(78);
+  std::exponential_distribution<float> e(1.f);
+  for (std::size_t j = 0; j < qw.size(); ++j) qw[j] = j % 37 == 3 ? 0.f : e(rng);
+  const std::string what = std::to_string(rows) + " random rows";
+  ExpectSameRows<kernels::BlockQ4_K>(&kernels::detail::quantize_row_q4_k, &QuantizeRowQ4K, "q4_k", x, kernels::kQK_K,
+                                     qw, what);
+  ExpectSameRows<kernels::BlockQ5_K>(&kernels::detail::quantize_row_q5_k, &QuantizeRowQ5K, "q5_k", x, kernels::kQK_K,
+                                     qw, what);
+  ExpectSameRows<kernels::BlockQ6_K>(&kernels::detail::quantize_row_q6_k, &QuantizeRowQ6K, "q6_k", x, kernels::kQK_K,
+                                     qw, what);
+}
+
+// Real weights: the first rows of every SmolLM2-135M matrix, dequantized from its Q4_1 file, with an
+// importance vector of sums of x^2 over the rows (the shape of llama.cpp's imatrix). Matrices whose
+// rows (576) are not whole super-blocks are read as consecutive rows of 256.
+void TestSmolLM2RowsMatchReference() {
+  const auto path = io::DataPaths::resolve(STRATA_SOURCE_DIR).smollm2();
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "no " << path;
+  const int64_t want_rows = ggml_k_test::env_count("STRATA_QUANTIZE_K_MODEL_ROWS", 8);
+  const auto model = io::open_model(path);
+  int tested = 0;
+  for (const io::TensorInfo& t : model->tensors()) {
+    const auto type = kernels::ggml_type_from_name(t.type);
+    if (t.shape.rank() != 2 || !type || !kernels::ggml_codec(*type).can_dequantize()) continue;
+    const int64_t file_cols = t.shape.dims()[1];
+    const int64_t rows = want_rows <= 0 ? t.shape.dims()[0] : std::min(want_rows, t.shape.dims()[0]);
+    const kernels::GgmlCodec& c = kernels::ggml_codec(*type);
+    const auto raw = model->raw(t);
+    std::vector<float> x(static_cast<std::size_t>(rows * file_cols));
+    for (int64_t r = 0; r < rows; ++r)
+      c.dequantize_row(raw.data() + static_cast<std::size_t>(r) * c.row_bytes(file_cols), file_cols,
+                       x.data() + r * file_cols);
+    const int64_t cols = file_cols % kernels::kQK_K == 0 ? file_cols : kernels::kQK_K;
+    x.resize(x.size() / static_cast<std::size_t>(cols) * static_cast<std::size_t>(cols));
+    if (x.empty()) continue;
+    std::vector<float> qw(static_cast<std::size_t>(cols), 0.f);
+    for (std::size_t i = 0; i < x.size(); ++i) qw[i % qw.size()] += x[i] * x[i];
+    ExpectSameRows<kernels::BlockQ4_K>(&kernels::detail::quantize_row_q4_k, &QuantizeRowQ4K, "q4_k", x, cols, qw,
+                                       t.name);
+    ExpectSameRows<kernels::BlockQ5_K>(&kernels::detail::quantize_row_q5_k, &QuantizeRowQ5K, "q5_k", x, cols, qw,
+                                       t.name);
+    ExpectSameRows<kernels::BlockQ6_K>(&kernels::detail::quantize_row_q6_k, &QuantizeRowQ6K, "q6_k", x, cols, qw,
+                                       t.name);
+    if (::testing::Test::HasFatalFailure()) return;
+    ++tested;
+  }
+  EXPECT_GE(tested, 30 * 7 + 1) << "SmolLM2's 30 blocks have 7 matrices each, and the embedding";
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace strata
 HWY_AFTER_NAMESPACE();
@@ -128,6 +248,8 @@ HWY_BEFORE_TEST(GgmlQuantizeKTest);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ4KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ5KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ6KMatchesReference);
+HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestRandomRowsMatchReference);
+HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestSmolLM2RowsMatchReference);
 
 // The codec table routes Q4_K, Q5_K and Q6_K to the dispatched SIMD quantizers, misaligned output
 // included.
