@@ -11,6 +11,7 @@
 #include <sstream>
 #include <vector>
 
+#include "kernels/cpu/ggml_quantize_legacy.hpp"
 #include "kernels/cpu/ggml_rows.hpp"
 #include "strata/core/dtype.hpp"
 #include "strata/core/error.hpp"
@@ -72,10 +73,10 @@ constexpr RowFns kRowFns[] = {
     {GgmlType::I16, nullptr, &dequantize_plain<int16_t>},
     {GgmlType::I32, nullptr, &dequantize_plain<int32_t>},
     {GgmlType::I64, nullptr, &dequantize_plain<int64_t>},
-    {GgmlType::Q4_0, &detail::quantize_row_q4_0, &detail::dequantize_row_q4_0},
-    {GgmlType::Q4_1, &detail::quantize_row_q4_1, &detail::dequantize_row_q4_1},
-    {GgmlType::Q5_0, &detail::quantize_row_q5_0, &detail::dequantize_row_q5_0},
-    {GgmlType::Q5_1, &detail::quantize_row_q5_1, &detail::dequantize_row_q5_1},
+    {GgmlType::Q4_0, &detail::quantize_row_q4_0_simd, &detail::dequantize_row_q4_0},
+    {GgmlType::Q4_1, &detail::quantize_row_q4_1_simd, &detail::dequantize_row_q4_1},
+    {GgmlType::Q5_0, &detail::quantize_row_q5_0_simd, &detail::dequantize_row_q5_0},
+    {GgmlType::Q5_1, &detail::quantize_row_q5_1_simd, &detail::dequantize_row_q5_1},
     {GgmlType::Q8_0, &detail::quantize_row_q8_0, &detail::dequantize_row_q8_0},
     {GgmlType::Q2_K, &detail::quantize_row_q2_k, &detail::dequantize_row_q2_k},
     {GgmlType::Q3_K, &detail::quantize_row_q3_k, &detail::dequantize_row_q3_k},
@@ -83,7 +84,7 @@ constexpr RowFns kRowFns[] = {
     {GgmlType::Q5_K, &detail::quantize_row_q5_k_simd, &detail::dequantize_row_q5_k},
     {GgmlType::Q6_K, &detail::quantize_row_q6_k_simd, &detail::dequantize_row_q6_k},
     {GgmlType::Q8_K, nullptr, &detail::dequantize_row_q8_k},
-    {GgmlType::IQ4_NL, &detail::quantize_row_iq4_nl, &detail::dequantize_row_iq4_nl},
+    {GgmlType::IQ4_NL, &detail::quantize_row_iq4_nl_simd, &detail::dequantize_row_iq4_nl},
     {GgmlType::IQ4_XS, nullptr, &detail::dequantize_row_iq4_xs},
 };
 
