@@ -223,6 +223,18 @@ int main(int argc, char** argv) {
     for (bool imatrix : {false, true})
       register_quantizer("reference/" + key(sk::ggml_codec(t), imatrix), fn, sk::ggml_codec(t).row_bytes(kCols),
                          imatrix);
+  // The 32-element block types' scalar references, beside the SIMD quantizers the codec routes to:
+  // Q4_0 ... Q5_1 with importance (without it they run the reference), IQ4_NL with and without.
+  const std::pair<sk::GgmlType, sk::QuantizeRowFn> legacy_refs[] = {
+      {sk::GgmlType::Q4_0, &sk::detail::quantize_row_q4_0},   {sk::GgmlType::Q4_1, &sk::detail::quantize_row_q4_1},
+      {sk::GgmlType::Q5_0, &sk::detail::quantize_row_q5_0},   {sk::GgmlType::Q5_1, &sk::detail::quantize_row_q5_1},
+      {sk::GgmlType::IQ4_NL, &sk::detail::quantize_row_iq4_nl},
+  };
+  for (const auto& [t, fn] : legacy_refs)
+    for (bool imatrix : {false, true})
+      if (imatrix || t == sk::GgmlType::IQ4_NL)
+        register_quantizer("reference/" + key(sk::ggml_codec(t), imatrix), fn, sk::ggml_codec(t).row_bytes(kCols),
+                           imatrix);
 
   for (int threads : {1, 2}) register_tensor(threads);
 
