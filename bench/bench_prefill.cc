@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
     const auto tok = strata::nn::BpeTokenizer::from_model(*g_file);
     const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
     g_tokens = strata::nn::tokenize_slice(tok, strata::nn::TextSlice::parse(text, "0.7:0.8"), longest);
-    strata::require(static_cast<int64_t>(g_tokens.size()) == longest, "bench_prefill: ", text.string(), " gives ",
+    strata::require(static_cast<int64_t>(g_tokens.size()) == longest, text.string(), " gives ",
                     g_tokens.size(), " tokens, ", longest, " asked");
     for (int64_t n : lengths)
       for (int layer : layers)

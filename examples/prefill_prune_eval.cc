@@ -233,21 +233,26 @@ std::vector<std::vector<int32_t>> windows_of(const nn::BpeTokenizer& tok, const 
 
 void run(Args a) {
   const nn::TextSlice tune = nn::TextSlice::parse(a.text, a.tune_slice), report = nn::TextSlice::parse(a.text, a.report_slice);
-  require(!tune.overlaps(report), "prefill_prune_eval: --tune-slice ", tune.describe(), " overlaps --report-slice ",
+  require(!tune.overlaps(report), "--tune-slice ", tune.describe(), " overlaps --report-slice ",
           report.describe());
   const nn::PruneScore fixed_score = nn::parse_prune_score(a.score, "--score");
   std::vector<kv::TaskKind> kinds;
   for (const auto& k : a.task_kinds) kinds.push_back(kv::parse_task(k));
-  // Every setting checked against the model before any work.
+  // Every setting checked before the model is read, and its blocks against the model after.
+  const auto check = [&](int64_t n_layers) {
+    for (int layer : a.layers)
+      for (double f : a.fractions)
+        for (nn::PruneMode m : {nn::PruneMode::drop, nn::PruneMode::merge}) {
+          const auto p = pruning(a, layer, f, m, fixed_score, a.pool);
+          p.validate(n_layers);
+          p.check_prompt(a.prompt_tokens);
+        }
+  };
+  check(0);
   const auto file = io::open_model(a.model);
   const auto model = nn::LlamaModel::load(*file);
   const auto& c = model.config();
-  for (int layer : a.layers)
-    for (double f : a.fractions) {
-      const auto p = pruning(a, layer, f, nn::PruneMode::drop, fixed_score, a.pool);
-      p.validate(c.n_layers);
-      p.check_prompt(a.prompt_tokens);
-    }
+  check(c.n_layers);
   const auto tok = nn::BpeTokenizer::from_model(*file);
   Evaluator ev(model, a);
   const int middle = static_cast<int>(c.n_layers / 2);
@@ -324,7 +329,7 @@ void run(Args a) {
 
   if (a.tasks > 0) {
     const nn::TextSlice ts = nn::TextSlice::parse(a.text, a.task_slice);
-    require(!ts.overlaps(tune), "prefill_prune_eval: --task-slice ", ts.describe(), " overlaps --tune-slice ",
+    require(!ts.overlaps(tune), "--task-slice ", ts.describe(), " overlaps --tune-slice ",
             tune.describe());
     const std::string corpus = ts.read();
     const std::vector<int64_t> lengths = {a.task_length};

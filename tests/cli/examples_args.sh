@@ -87,6 +87,14 @@ expect_refusal kv_format_eval_overlap "overlaps evaluation text" kv_format_eval 
   --calib "$work/linked.txt" --calib-slice 0.75:0.9
 expect_parsed docs_kv_format_eval_alloc kv_format_eval --windows 2 --steps 64 --formats q4_0,kivi4,kivi2 \
   --kv-bits 3.5,4.5,5 --tables-out "$work/tables.json"
+# prefill_prune_eval: slices, pruning settings and names checked before the model is read.
+expect_refusal prefill_prune_eval_overlap "overlaps --report-slice" prefill_prune_eval --tune-slice 0.75:0.85
+expect_refusal prefill_prune_eval_drop "steps\[0\].drop = 1" prefill_prune_eval --fractions 0.5,1
+expect_refusal prefill_prune_eval_window "window = 0" prefill_prune_eval --window 0
+expect_refusal prefill_prune_eval_score "--score" prefill_prune_eval --score max
+expect_parsed docs_prefill_prune_eval prefill_prune_eval
+expect_parsed docs_prefill_prune_eval_tasks prefill_prune_eval --passages 0 --no-tune --score window --pool 5 \
+  --tasks 4 --fractions 0.5 --merge-fractions ""
 expect_parsed docs_quant_eval quant_eval --no-minilm --no-grid-check --calib-cache "$work/cache.bin" --configs 3:128 \
   --methods rtn,rtn_clip,quant.gptq:act_order+clip=0+damp=0.1,gptq_natural,gptq@seq5
 # The tuning- and report-slice commands of docs/quantization.md, pruning.md and lowrank.md.
