@@ -271,6 +271,7 @@ int main(int argc, char** argv) {
     std::printf("%-16s %8s %18s %18s\n", "type", "threads", "GB/s wall (cpu)", "of copy wall (cpu)");
     for (int threads : {1, 2}) {
       const std::string suffix = "/threads:" + std::to_string(threads);
+      if (!g_wall.count("memcpy" + suffix) && !g_wall.count("q4_k" + suffix)) continue;  // filtered out
       const double cw = median(g_wall["memcpy" + suffix]), cc = median(g_cpu["memcpy" + suffix]);
       for (const char* name : {"memcpy", "q4_k", "q4_k/imatrix", "q5_k", "q5_k/imatrix", "q6_k", "q6_k/imatrix"}) {
         const std::string k = name + suffix;
