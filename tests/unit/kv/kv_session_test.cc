@@ -478,7 +478,10 @@ TEST(KvSession, AdaKVL1BoundOnRealAttention) {
         }
         double err = 0;
         for (int64_t d = 0; d < hd; ++d) err += std::abs(o[static_cast<size_t>(d)] - os[static_cast<size_t>(d)] / mass);
-        const double bound = 2 * (1 - mass) * vmax;
+        // 2 (1 - m) vmax for exact probabilities; a float row sums to 1 only up to rounding, and a
+        // head that keeps almost every token can see m slightly above 1, where |1 - m| vmax is the
+        // renormalization's whole effect.
+        const double bound = 2 * std::abs(1 - mass) * vmax;
         EXPECT_LE(err, bound * (1 + 1e-4) + 1e-6) << "layer " << l << " head " << h;
         tightest = std::max(tightest, err / std::max(bound, 1e-12));
         (s == &ada ? layer_ada : layer_uni) += 1 - mass;
