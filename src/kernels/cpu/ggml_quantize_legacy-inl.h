@@ -111,24 +111,21 @@ HWY_INLINE void Pack4(const int32_t* HWY_RESTRICT q, size_t stride, uint8_t* qs)
                                  (q[static_cast<size_t>(j + kBlock / 2) * stride] << 4));
 }
 
-// ggml's choice among candidate scales, per lane: the first candidate's sumlx / suml2 (`fallback`
-// where `usable` fails), then each later candidate whose suml2 > 0 and sumlx^2 > best * suml2, in
-// candidate order. Take() reports where the candidate won.
-struct ScalePick {
-  VF scale, best;
-  HWY_INLINE void First(hn::Mask<DF> usable, VF sumlx, VF suml2, VF fallback) {
-    scale = hn::IfThenElse(usable, hn::Div(sumlx, suml2), fallback);
-    best = MulR(scale, sumlx);
-  }
-  HWY_INLINE hn::Mask<DF> Take(VF sumlx, VF suml2) {
-    const VF zero = hn::Zero(DF());
-    const auto better = hn::And(hn::Gt(suml2, zero), hn::Gt(MulR(sumlx, sumlx), MulR(best, suml2)));
-    const VF s = hn::Div(sumlx, suml2);
-    scale = hn::IfThenElse(better, s, scale);
-    best = hn::IfThenElse(better, MulR(s, sumlx), best);
-    return better;
-  }
-};
+// ggml's choice among candidate scales, per lane: PickFirst takes the first candidate's
+// sumlx / suml2 (`fallback` where `usable` fails), PickNext each later candidate whose suml2 > 0
+// and sumlx^2 > best * suml2, in candidate order, and reports where it won.
+HWY_INLINE void PickFirst(VF& scale, VF& best, hn::Mask<DF> usable, VF sumlx, VF suml2, VF fallback) {
+  scale = hn::IfThenElse(usable, hn::Div(sumlx, suml2), fallback);
+  best = MulR(scale, sumlx);
+}
+HWY_INLINE hn::Mask<DF> PickNext(VF& scale, VF& best, VF sumlx, VF suml2) {
+  const VF zero = hn::Zero(DF());
+  const auto better = hn::And(hn::Gt(suml2, zero), hn::Gt(MulR(sumlx, sumlx), MulR(best, suml2)));
+  const VF s = hn::Div(sumlx, suml2);
+  scale = hn::IfThenElse(better, s, scale);
+  best = hn::IfThenElse(better, MulR(s, sumlx), best);
+  return better;
+}
 
 // ---- Q4_1 and Q5_1: make_qkx_quants (nmax 15 or 31, rmin -0.9, rdelta 0.05, nstep 36) -----------
 
@@ -219,8 +216,7 @@ HWY_INLINE void SearchQx(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT
   const VF lo = hn::Set(df, static_cast<float>(-nmax)), hi = hn::Set(df, static_cast<float>(nmax - 1));
   const VF magic = hn::Set(df, ggml_k::kMagic);
   auto quant = [&](VF iscale, VF x) { return hn::Sub(hn::Add(hn::Min(hn::Max(MulR(iscale, x), lo), hi), magic), magic); };
-  ScalePick pick;
-  VF chosen = zero;
+  VF scale = zero, best = zero, chosen = zero;
   for (int c = 0; c < n_cand; ++c) {
     // Candidate 0 is -nmax / max; then is = -9 .. 9 without 0.
     const int is = c == 0 ? 0 : (c <= 9 ? c - 10 : c - 9);
@@ -234,13 +230,13 @@ HWY_INLINE void SearchQx(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT
       suml2 = hn::Add(suml2, MulR(MulR(hn::Load(df, wt + at(l)), ql), ql));
     }
     if (c == 0) {
-      pick.First(hn::Not(hn::Eq(suml2, zero)), sumlx, suml2, zero);
+      PickFirst(scale, best, hn::Not(hn::Eq(suml2, zero)), sumlx, suml2, zero);
       chosen = iscale;
     } else {
-      chosen = hn::IfThenElse(pick.Take(sumlx, suml2), iscale, chosen);
+      chosen = hn::IfThenElse(PickNext(scale, best, sumlx, suml2), iscale, chosen);
     }
   }
-  hn::Store(hn::IfThenZeroElse(flat, pick.scale), df, o_scale);
+  hn::Store(hn::IfThenZeroElse(flat, scale), df, o_scale);
   const VF vnmax = hn::Set(df, static_cast<float>(nmax));
   for (int l = 0; l < kBlock; ++l)
     hn::Store(hn::ConvertTo(di, hn::IfThenZeroElse(flat, hn::Add(quant(chosen, hn::Load(df, xt + at(l))), vnmax))), di,
@@ -296,47 +292,43 @@ inline void QuantizeRowQ50(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
 // four-step binary search of selects, then `v - a < b - v ? a : b` in float, ties going up. Below
 // the range that comparison keeps L[0], above it L[15], as ggml's range checks do. *index receives
 // k plus one where b wins (at most 15).
-struct Iq4nl {
-  VF L[16];
-  Iq4nl() {
-    const DF df;
-    for (int k = 0; k < 16; ++k) L[k] = hn::Set(df, static_cast<float>(kernels::kIq4nlValues[k]));
+HWY_INLINE VF Iq4nlLevel(int k) { return hn::Set(DF(), static_cast<float>(kernels::kIq4nlValues[k])); }
+
+template <bool kIndex>
+HWY_INLINE VF Iq4nlNearest(VF v, VI* index = nullptr) {
+  const auto L = [](int k) { return Iq4nlLevel(k); };
+  const auto m8 = hn::Ge(v, L(8));
+  const VF t4 = hn::IfThenElse(m8, L(12), L(4));
+  const auto m4 = hn::Ge(v, t4);
+  const VF t2 = hn::IfThenElse(m8, hn::IfThenElse(m4, L(14), L(10)), hn::IfThenElse(m4, L(6), L(2)));
+  const auto m2 = hn::Ge(v, t2);
+  const VF t1 = hn::IfThenElse(
+      m8, hn::IfThenElse(m4, hn::IfThenElse(m2, L(15), L(13)), hn::IfThenElse(m2, L(11), L(9))),
+      hn::IfThenElse(m4, hn::IfThenElse(m2, L(7), L(5)), hn::IfThenElse(m2, L(3), L(1))));
+  const auto m1 = hn::Ge(v, t1);
+  // a: the last threshold passed (L(0) if none); b: the last one failed (L(15) if none).
+  VF a = hn::IfThenElse(m8, L(8), L(0));
+  a = hn::IfThenElse(m4, t4, a);
+  a = hn::IfThenElse(m2, t2, a);
+  a = hn::IfThenElse(m1, t1, a);
+  VF b = hn::IfThenElse(m8, L(15), L(8));
+  b = hn::IfThenElse(m4, b, t4);
+  b = hn::IfThenElse(m2, b, t2);
+  b = hn::IfThenElse(m1, b, t1);
+  const auto down = hn::Lt(hn::Sub(v, a), hn::Sub(b, v));
+  if constexpr (kIndex) {
+    const DI di;
+    const auto bit = [&](hn::Mask<DF> m, int w) { return hn::IfThenElseZero(hn::RebindMask(di, m), hn::Set(di, w)); };
+    const VI k = hn::Add(hn::Add(bit(m8, 8), bit(m4, 4)), hn::Add(bit(m2, 2), bit(m1, 1)));
+    *index = hn::Min(hn::Add(k, bit(hn::Not(down), 1)), hn::Set(di, 15));
   }
-  template <bool kIndex>
-  HWY_INLINE VF Nearest(VF v, VI* index = nullptr) const {
-    const auto m8 = hn::Ge(v, L[8]);
-    const VF t4 = hn::IfThenElse(m8, L[12], L[4]);
-    const auto m4 = hn::Ge(v, t4);
-    const VF t2 = hn::IfThenElse(m8, hn::IfThenElse(m4, L[14], L[10]), hn::IfThenElse(m4, L[6], L[2]));
-    const auto m2 = hn::Ge(v, t2);
-    const VF t1 = hn::IfThenElse(
-        m8, hn::IfThenElse(m4, hn::IfThenElse(m2, L[15], L[13]), hn::IfThenElse(m2, L[11], L[9])),
-        hn::IfThenElse(m4, hn::IfThenElse(m2, L[7], L[5]), hn::IfThenElse(m2, L[3], L[1])));
-    const auto m1 = hn::Ge(v, t1);
-    // a: the last threshold passed (L[0] if none); b: the last one failed (L[15] if none).
-    VF a = hn::IfThenElse(m8, L[8], L[0]);
-    a = hn::IfThenElse(m4, t4, a);
-    a = hn::IfThenElse(m2, t2, a);
-    a = hn::IfThenElse(m1, t1, a);
-    VF b = hn::IfThenElse(m8, L[15], L[8]);
-    b = hn::IfThenElse(m4, b, t4);
-    b = hn::IfThenElse(m2, b, t2);
-    b = hn::IfThenElse(m1, b, t1);
-    const auto down = hn::Lt(hn::Sub(v, a), hn::Sub(b, v));
-    if constexpr (kIndex) {
-      const DI di;
-      const auto bit = [&](hn::Mask<DF> m, int w) { return hn::IfThenElseZero(hn::RebindMask(di, m), hn::Set(di, w)); };
-      const VI k = hn::Add(hn::Add(bit(m8, 8), bit(m4, 4)), hn::Add(bit(m2, 2), bit(m1, 1)));
-      *index = hn::Min(hn::Add(k, bit(hn::Not(down), 1)), hn::Set(di, 15));
-    }
-    return hn::IfThenElse(down, a, b);
-  }
-};
+  return hn::IfThenElse(down, a, b);
+}
 
 // quantize_row_iq4_nl_impl (one block per super-block, ntry 7) for N blocks: lane k on block k of
 // xt (32 x N), with weights wt. Stores per lane the scale (0 for an all-zero block), and the quants'
 // level indices into q (32 x N).
-HWY_INLINE void SearchIq4nl(const Iq4nl& levels, const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt,
+HWY_INLINE void SearchIq4nl(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt,
                             float* HWY_RESTRICT o_scale, int32_t* HWY_RESTRICT q) {
   const DF df;
   const DI di;
@@ -349,25 +341,25 @@ HWY_INLINE void SearchIq4nl(const Iq4nl& levels, const float* HWY_RESTRICT xt, c
   const auto flat = hn::Not(hn::Ge(amax, hn::Set(df, kGroupMaxEps)));
   // Candidate 0 maps the extreme value onto the extreme level; then ggml's itry = -7 .. 7. Outside
   // all-zero lanes every product id * x is finite (|max| >= 1e-15), never NaN.
-  ScalePick pick;
+  VF d = zero, best = zero;
   for (int c = 0; c < n_cand; ++c) {
-    const VF id = c == 0 ? hn::Div(one, hn::Div(hn::Neg(max), levels.L[0]))
+    const VF id = c == 0 ? hn::Div(one, hn::Div(hn::Neg(max), Iq4nlLevel(0)))
                          : hn::Div(hn::Set(df, static_cast<float>(c - 1 - ntry + kernels::kIq4nlValues[0])), max);
     VF sumqx = zero, sumq2 = zero;
     for (int l = 0; l < kBlock; ++l) {
       const VF x = hn::Load(df, xt + at(l));
-      const VF ql = levels.Nearest<false>(MulR(id, x));
+      const VF ql = Iq4nlNearest<false>(MulR(id, x));
       const VF wq = MulR(hn::Load(df, wt + at(l)), ql);
       sumqx = hn::Add(sumqx, MulR(wq, x));
       sumq2 = hn::Add(sumq2, MulR(wq, ql));
     }
     // ggml divides unguarded; the reference stores a finite scale where the first sum is zero.
     if (c == 0)
-      pick.First(hn::Gt(sumq2, zero), sumqx, sumq2, hn::Div(hn::Neg(max), levels.L[0]));
+      PickFirst(d, best, hn::Gt(sumq2, zero), sumqx, sumq2, hn::Div(hn::Neg(max), Iq4nlLevel(0)));
     else
-      pick.Take(sumqx, sumq2);
+      PickNext(d, best, sumqx, sumq2);
   }
-  const VF scale = hn::IfThenZeroElse(flat, pick.scale);
+  const VF scale = hn::IfThenZeroElse(flat, d);
   hn::Store(scale, df, o_scale);
   // The quants against 1 / scale (0 where the scale is 0); a NaN scale makes every product NaN,
   // which ggml's search ends at index 15.
@@ -376,7 +368,7 @@ HWY_INLINE void SearchIq4nl(const Iq4nl& levels, const float* HWY_RESTRICT xt, c
   for (int l = 0; l < kBlock; ++l) {
     const VF v = MulR(id, hn::Load(df, xt + at(l)));
     VI k;
-    levels.Nearest<true>(v, &k);
+    Iq4nlNearest<true>(v, &k);
     hn::Store(hn::IfThenElse(hn::RebindMask(di, hn::IsNaN(v)), top, k), di, q + at(l));
   }
 }
@@ -391,7 +383,6 @@ inline void QuantizeRowIQ4NL(const float* HWY_RESTRICT x, int64_t n, kernels::Bl
   float* wt = xt + kBlock * N;
   float* scale = wt + kBlock * N;
   auto q = hwy::AllocateAligned<int32_t>(kBlock * N);
-  const Iq4nl levels;
   ForEachGroup(
       nb, N,
       [&](int64_t first, size_t valid, size_t) {
@@ -414,7 +405,7 @@ inline void QuantizeRowIQ4NL(const float* HWY_RESTRICT x, int64_t n, kernels::Bl
         }
       },
       [&](int64_t g, size_t count) {
-        SearchIq4nl(levels, xt, wt, scale, q.get());
+        SearchIq4nl(xt, wt, scale, q.get());
         for (size_t i = 0; i < count; ++i) {
           kernels::BlockIQ4_NL& b = y[g + static_cast<int64_t>(i)];
           b.d = ToHalf(scale[i]);

@@ -4,7 +4,7 @@
 // blocks, and for SmolLM2's dequantized weights when the model is present; then the codec table's
 // routing (misaligned output included) and the whole-tensor path at one and two threads.
 //
-// STRATA_QUANT_LEGACY_BLOCKS=N raises the random blocks per type from 60,000 to N;
+// STRATA_QUANT_LEGACY_BLOCKS=N raises the random blocks (each through every type) from 60,000 to N;
 // STRATA_QUANT_LEGACY_MODEL_ROWS=N takes N rows of every SmolLM2 matrix instead of 16 (0: every row).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/ggml_quant_legacy_test.cc"
