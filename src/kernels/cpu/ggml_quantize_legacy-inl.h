@@ -49,13 +49,13 @@ inline uint16_t ToHalf(float f) { return f32_to_f16(f).bits; }
 
 // A row's blocks in groups of `width` lanes (a multiple of N): for each group, load(first, valid,
 // lane0) transposes `valid` blocks from block `first` into lanes lane0 .. lane0 + N (lanes past them
-// repeat the last block; their results are never read), once per N lanes, then finish(g, count)
-// runs on the group of `count` blocks from block g.
+// repeat the last block; their results are never read), once per N lanes that hold a block (and
+// for the first N), then finish(g, count) runs on the group of `count` blocks from block g.
 template <class Load, class Finish>
 HWY_INLINE void ForEachGroup(int64_t nb, size_t width, const Load& load, const Finish& finish) {
   const size_t N = hn::Lanes(DF());
   for (int64_t g = 0; g < nb; g += static_cast<int64_t>(width)) {
-    for (size_t lane0 = 0; lane0 < width; lane0 += N) {
+    for (size_t lane0 = 0; lane0 < width && (lane0 == 0 || g + static_cast<int64_t>(lane0) < nb); lane0 += N) {
       const int64_t first = std::min(g + static_cast<int64_t>(lane0), nb - 1);
       load(first, static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(N), nb - first)), lane0);
     }
@@ -159,9 +159,13 @@ HWY_INLINE void QuantizeRowAsym(const float* HWY_RESTRICT x, int64_t n, Block* H
         ImatrixWeights(xk, sigma2, wk);
       },
       [&](int64_t g, size_t count) {
-        ggml_k::SearchQkx<K, nmax>(xt, wt, lq, -0.9f, 0.05f, 36, out);
+        // A last group of N blocks or fewer (a row of 48 blocks ends in one) runs one lane group.
+        if (count <= N)
+          ggml_k::SearchQkx<1, nmax>(xt, wt, lq, -0.9f, 0.05f, 36, out);
+        else
+          ggml_k::SearchQkx<K, nmax>(xt, wt, lq, -0.9f, 0.05f, 36, out);
         // The kept quants: clamp(nearest_int(iscale * (x - min)), 0, nmax) with the kept pair.
-        for (size_t lane0 = 0; lane0 < G; lane0 += N) {
+        for (size_t lane0 = 0; lane0 < count; lane0 += N) {
           const VF li = hn::Load(df, out.l_iscale + lane0), lm = hn::Load(df, out.l_min + lane0);
           for (int l = 0; l < kBlock; ++l) {
             const size_t at = (kBlock * lane0) + static_cast<size_t>(l) * N;
