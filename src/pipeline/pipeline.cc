@@ -253,10 +253,9 @@ budget::Table measure_tensors(const Model& model, const budget::Recipe& recipe,
     const compress::LayerCalibration lc = bank.calibration(tensor);
     std::vector<budget::Candidate> out;
     if (mode == "weight") {
-      for (const auto& knob : knobs) {
-        const RowMatrix<float> w_hat = c.reconstruct(c.apply(layer, lc, knob));
-        out.push_back({spec.compressor, knob, c.cost(layer, knob), compress::output_error(w, w_hat, nullptr)});
-      }
+      const compress::OutputErrorMeter error(w, nullptr);
+      for (const auto& knob : knobs)
+        out.push_back({spec.compressor, knob, c.cost(layer, knob), error(c.reconstruct(c.apply(layer, lc, knob)))});
       return out;
     }
     for (auto& o : c.options_for(layer, lc, knobs)) out.push_back({spec.compressor, o.knob, o.cost, o.error});
