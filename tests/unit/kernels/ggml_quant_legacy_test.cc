@@ -28,6 +28,7 @@
 #include "strata/core/parallel.hpp"
 #include "strata/io/model.hpp"
 #include "strata/kernels/ggml_codec.hpp"
+#include "quantize_check.hpp"
 #include "test_util.hpp"
 
 #ifndef STRATA_GGML_QUANT_LEGACY_TEST_ONCE
@@ -274,46 +275,17 @@ const std::pair<GgmlType, kernels::QuantizeRowFn> kReferences[] = {
 // misaligned output included.
 TEST(GgmlQuantLegacy, CodecRowsMatchReference) {
   const auto rows = legacy_test::rows();
-  for (auto [t, reference] : kReferences) {
-    const kernels::GgmlCodec& c = kernels::ggml_codec(t);
-    for (std::size_t r = 0; r < rows.size(); r += 3) {
-      const auto& x = rows[r].x;
-      const auto n = static_cast<int64_t>(x.size());
-      for (const auto& qv : legacy_test::importances(n)) {
-        const float* qw = qv.empty() ? nullptr : qv.data();
-        std::vector<std::byte> want(c.row_bytes(n)), got(want.size() + 1);
-        reference(x.data(), n, want.data(), qw);
-        c.quantize_row(x.data(), n, got.data() + 1, qw);
-        ASSERT_EQ(0, std::memcmp(want.data(), got.data() + 1, want.size())) << c.name << " " << rows[r].name;
-      }
-    }
-  }
+  for (auto [t, reference] : kReferences)
+    quantize_check::expect_codec_rows_equal_reference(t, reference, rows, 3, legacy_test::importances);
 }
 
 // A whole tensor of 41 rows of 576 (SmolLM2's width: 18 blocks, a partial lane group), with and
 // without importance, at one and two threads: each row's bytes are the reference's for that row.
 TEST(GgmlQuantLegacy, TensorMatchesReferenceRows) {
   constexpr int64_t rows = 41, cols = 576;
-  auto x = legacy_test::random_blocks(rows * cols / kernels::kQK, 5);
-  const int threads_before = num_threads();
-  for (auto [t, reference] : kReferences) {
-    const uint64_t row_bytes = kernels::ggml_codec(t).row_bytes(cols);
-    for (const auto& qv : legacy_test::importances(cols)) {
-      std::vector<std::byte> want(row_bytes * rows);
-      for (int64_t r = 0; r < rows; ++r)
-        reference(x.data() + r * cols, cols, want.data() + r * row_bytes, qv.empty() ? nullptr : qv.data());
-      for (int threads : {1, 2}) {
-        set_num_threads(threads);
-        const auto got = compress::ggml::quantize(t, x.data(), rows, cols, qv);
-        ASSERT_EQ(want.size(), got.size());
-        for (int64_t r = 0; r < rows; ++r)
-          ASSERT_EQ(0, std::memcmp(want.data() + r * row_bytes, got.data() + r * row_bytes, row_bytes))
-              << kernels::lower_name(t) << " row " << r << ", " << threads << " threads"
-              << (qv.empty() ? "" : ", importance");
-      }
-    }
-  }
-  set_num_threads(threads_before);
+  const auto x = legacy_test::random_blocks(rows * cols / kernels::kQK, 5);
+  for (auto [t, reference] : kReferences)
+    quantize_check::expect_tensor_rows_equal_reference(t, reference, x, rows, cols, legacy_test::importances);
 }
 }  // namespace strata
 #endif

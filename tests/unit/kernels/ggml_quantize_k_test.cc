@@ -30,6 +30,7 @@
 #include "strata/io/data_paths.hpp"
 #include "strata/io/model.hpp"
 #include "strata/kernels/ggml_codec.hpp"
+#include "quantize_check.hpp"
 
 #ifndef STRATA_GGML_QUANTIZE_K_TEST_ROWS_ONCE
 #define STRATA_GGML_QUANTIZE_K_TEST_ROWS_ONCE
@@ -253,25 +254,16 @@ HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestSmolLM2RowsMatchReference);
 
 // The codec table routes Q4_K, Q5_K and Q6_K to the dispatched SIMD quantizers, misaligned output
 // included.
+const std::pair<kernels::GgmlType, kernels::QuantizeRowFn> kReferences[] = {
+    {kernels::GgmlType::Q4_K, &kernels::detail::quantize_row_q4_k},
+    {kernels::GgmlType::Q5_K, &kernels::detail::quantize_row_q5_k},
+    {kernels::GgmlType::Q6_K, &kernels::detail::quantize_row_q6_k},
+};
+
 TEST(GgmlQuantizeK, CodecRowsMatchReference) {
-  using kernels::GgmlType;
   const auto rows = ggml_k_test::rows();
-  for (auto [t, reference] : {std::pair{GgmlType::Q4_K, &kernels::detail::quantize_row_q4_k},
-                              std::pair{GgmlType::Q5_K, &kernels::detail::quantize_row_q5_k},
-                              std::pair{GgmlType::Q6_K, &kernels::detail::quantize_row_q6_k}}) {
-    const kernels::GgmlCodec& c = kernels::ggml_codec(t);
-    for (std::size_t r = 0; r < rows.size(); r += 5) {
-      const auto& x = rows[r].x;
-      const auto n = static_cast<int64_t>(x.size());
-      for (const auto& qv : ggml_k_test::importances(n)) {
-        const float* qw = qv.empty() ? nullptr : qv.data();
-        std::vector<std::byte> want(c.row_bytes(n)), got(want.size() + 1);
-        reference(x.data(), n, want.data(), qw);
-        c.quantize_row(x.data(), n, got.data() + 1, qw);
-        ASSERT_EQ(0, std::memcmp(want.data(), got.data() + 1, want.size())) << c.name << " " << rows[r].name;
-      }
-    }
-  }
+  for (auto [t, reference] : kReferences)
+    quantize_check::expect_codec_rows_equal_reference(t, reference, rows, 5, ggml_k_test::importances);
 }
 
 // A whole tensor of 37 rows of 1280 (rows of mixed kinds, so that the threads' chunks differ), with
@@ -285,26 +277,9 @@ TEST(GgmlQuantizeK, TensorMatchesReferenceRows) {
   ASSERT_GE(x.size(), static_cast<std::size_t>(cols) * 5);
   for (std::size_t i = 0; x.size() < static_cast<std::size_t>(rows * cols); ++i) x.push_back(x[i] * -0.5f);
   x.resize(static_cast<std::size_t>(rows * cols));
+  for (auto [t, reference] : kReferences)
+    quantize_check::expect_tensor_rows_equal_reference(t, reference, x, rows, cols, ggml_k_test::importances);
   const int threads_before = num_threads();
-  for (auto [t, reference] : {std::pair{GgmlType::Q4_K, &kernels::detail::quantize_row_q4_k},
-                              std::pair{GgmlType::Q5_K, &kernels::detail::quantize_row_q5_k},
-                              std::pair{GgmlType::Q6_K, &kernels::detail::quantize_row_q6_k}}) {
-    const uint64_t row_bytes = kernels::ggml_codec(t).row_bytes(cols);
-    for (const auto& qv : ggml_k_test::importances(cols)) {
-      std::vector<std::byte> want(row_bytes * rows);
-      for (int64_t r = 0; r < rows; ++r)
-        reference(x.data() + r * cols, cols, want.data() + r * row_bytes, qv.empty() ? nullptr : qv.data());
-      for (int threads : {1, 2}) {
-        set_num_threads(threads);
-        const auto got = compress::ggml::quantize(t, x.data(), rows, cols, qv);
-        ASSERT_EQ(want.size(), got.size());
-        for (int64_t r = 0; r < rows; ++r)
-          ASSERT_EQ(0, std::memcmp(want.data() + r * row_bytes, got.data() + r * row_bytes, row_bytes))
-              << kernels::lower_name(t) << " row " << r << ", " << threads << " threads"
-              << (qv.empty() ? "" : ", importance");
-      }
-    }
-  }
   // A value that is not finite, deep in the tensor: refused, naming its row and column.
   x[static_cast<std::size_t>(20 * cols + 1000)] = -INFINITY;
   x[static_cast<std::size_t>(31 * cols + 3)] = std::nanf("");
