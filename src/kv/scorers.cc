@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <map>
 
@@ -59,6 +60,10 @@ AttentionScorer::AttentionScorer(std::string name, const AttentionOptions& optio
   require(options.window >= 0, "kv scorer '", name_, "': window must be >= 0, got ", options.window);
   require(options.pool_kernel >= 1 && options.pool_kernel % 2 == 1, "kv scorer '", name_,
           "': pooling kernel must be odd and positive, got ", options.pool_kernel);
+  require(options.decay > 0 && options.decay <= 1, "kv scorer '", name_, "': decay must be in (0, 1], got ",
+          options.decay);
+  require(options.decay == 1 || options.window == 0, "kv scorer '", name_,
+          "': a decay below 1 needs window 0 (a moving average over every row), got window ", options.window);
 }
 
 void AttentionScorer::bind(const Layout& layout) {
@@ -78,7 +83,15 @@ void AttentionScorer::observe(int layer, int q_head, const float* probs, int64_t
   if (options_.window == 0) {
     // Rows of later queries cover more tokens: the sum grows with the cache.
     if (static_cast<int64_t>(s.sum.size()) < k_len) s.sum.resize(static_cast<size_t>(k_len), 0.0f);
-    kernels::kv_accumulate_rows(probs, q_len, k_len, k_len, s.sum.data());
+    if (options_.decay == 1) {
+      kernels::kv_accumulate_rows(probs, q_len, k_len, k_len, s.sum.data());
+      return;
+    }
+    const float d = static_cast<float>(options_.decay), w = static_cast<float>(1 - options_.decay);
+    for (int64_t i = 0; i < q_len; ++i) {
+      const float* row = probs + i * k_len;
+      for (int64_t j = 0; j < k_len; ++j) s.sum[static_cast<size_t>(j)] = d * s.sum[static_cast<size_t>(j)] + w * row[j];
+    }
     return;
   }
   for (int64_t i = std::max<int64_t>(0, q_len - options_.window); i < q_len; ++i) {
@@ -278,13 +291,22 @@ void ChunkKV::score(const Cache& cache, int layer, int head, std::span<float> ou
 // ---- by name -------------------------------------------------------------------------------------
 
 std::span<const std::string_view> scorer_names() {
-  static constexpr std::string_view names[] = {"h2o", "tova", "snapkv", "keynorm", "chunkkv", "random"};
+  static constexpr std::string_view names[] = {"h2o", "tova", "tova-ema", "snapkv", "keynorm", "chunkkv", "random"};
   return names;
 }
 
 std::shared_ptr<Scorer> make_scorer(std::string_view name, uint64_t seed) {
   if (name == "h2o") return std::make_shared<H2O>();
   if (name == "tova") return std::make_shared<TOVA>();
+  if (name == "tova-ema") return std::make_shared<TovaEma>();
+  if (name.starts_with("tova-ema:")) {
+    const std::string d(name.substr(9));
+    char* end = nullptr;
+    const double decay = std::strtod(d.c_str(), &end);
+    require(!d.empty() && end == d.c_str() + d.size() && decay > 0 && decay < 1, "kv: scorer '", name,
+            "': the decay after 'tova-ema:' must be a number in (0, 1)");
+    return std::make_shared<TovaEma>(decay);
+  }
   if (name == "snapkv") return std::make_shared<SnapKV>();
   if (name == "keynorm") return std::make_shared<KeyNorm>();
   if (name == "chunkkv") return std::make_shared<ChunkKV>();

@@ -232,7 +232,7 @@ void register_kv(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--gen-slice", o.gen_slice, "the generations' prompts come from here")->capture_default_str();
   cmd->add_option("--gen-budgets", o.gen_budgets, "fractions of prompt + steps")->delimiter(',')->capture_default_str();
-  cmd->add_option("--gen-scorers", o.gen_scorers)->delimiter(',');
+  cmd->add_option("--gen-scorers", o.gen_scorers, "as --scorers, and tova-ema or tova-ema:DECAY")->delimiter(',');
   cmd->add_option("--gen-policies", o.gen_policies, "uniform, pyramid, adakv")->delimiter(',');
   cmd->add_option("--thresholds", o.thresholds, "score thresholds: a row per uniform scored policy and threshold")
       ->delimiter(',');

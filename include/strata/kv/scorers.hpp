@@ -11,6 +11,9 @@
 //
 //   H2O       accumulated attention: every query's row is added (prefill and decode).
 //   TOVA      the last query's attention.
+//   TOVA-EMA  an exponential moving average of the attention rows, s <- d s + (1 - d) a for each query
+//             row a in order (decay d = 0.9 by default): TOVA's recency with memory of the last
+//             ~1 / (1 - d) queries. A token not yet in the cache counts as 0 in the rows before it.
 //   SnapKV    attention summed over the last w queries (w = 32), then pooled over neighbouring
 //             tokens (average, kernel 5, stride 1, zero padding 2; or max).
 //   KeyNorm   -||k_j||_2: keys with a small norm draw attention, so they are kept (Devoto et al.
@@ -87,6 +90,7 @@ class Scorer {
 // row (window 0) or the last `window` rows, pooled over neighbouring tokens, combined over the group.
 struct AttentionOptions {
   int64_t window = 0;        // 0: accumulate every row; w > 0: only the last w query rows
+  double decay = 1;          // window 0 only: s <- decay s + (1 - decay) row; 1 is the plain sum
   int64_t pool_kernel = 1;   // odd; 1 = no pooling
   enum class Pool { avg, max } pool = Pool::avg;  // avg divides by the kernel (zero padding)
   GroupReduce reduce = GroupReduce::mean;
@@ -133,6 +137,13 @@ class TOVA : public AttentionScorer {
   explicit TOVA(GroupReduce reduce = GroupReduce::mean)
       : AttentionScorer("tova", {.window = 1, .pool_kernel = 1, .reduce = reduce}) {}
   std::shared_ptr<Scorer> clone() const override { return std::make_shared<TOVA>(*this); }
+};
+
+class TovaEma : public AttentionScorer {
+ public:
+  explicit TovaEma(double decay = 0.9, GroupReduce reduce = GroupReduce::mean)
+      : AttentionScorer("tova-ema", {.window = 0, .decay = decay, .pool_kernel = 1, .reduce = reduce}) {}
+  std::shared_ptr<Scorer> clone() const override { return std::make_shared<TovaEma>(*this); }
 };
 
 class SnapKV : public AttentionScorer {
@@ -188,8 +199,9 @@ class ChunkKV : public Scorer {
   std::vector<char> fresh_;
 };
 
-// A scorer by name with its default settings: "h2o", "tova", "snapkv", "keynorm", "chunkkv",
-// "random" (seeded with `seed`). Throws strata::Error listing the names for anything else.
+// A scorer by name with its default settings: "h2o", "tova", "tova-ema", "snapkv", "keynorm",
+// "chunkkv", "random" (seeded with `seed`); "tova-ema:D" sets TOVA-EMA's decay D in (0, 1). Throws
+// strata::Error listing the names for anything else.
 std::shared_ptr<Scorer> make_scorer(std::string_view name, uint64_t seed = 0);
 std::span<const std::string_view> scorer_names();
 

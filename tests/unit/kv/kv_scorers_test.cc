@@ -115,6 +115,52 @@ TEST(KvScorers, TovaUsesTheLastQueryAndMaxReduceTakesTheGroupMax) {
   }
 }
 
+TEST(KvScorers, TovaEmaIsAMovingAverageOfTheRowsInOrder) {
+  // Decay 0.5, layer 0, KV head 0 (query heads 0 and 1), values worked out by hand:
+  //   query head 0, two prompt rows: 0.5 [0.5 0.5 0] = [0.25 0.25 0], then
+  //                                  0.5 [0.25 0.25 0] + 0.5 [0.2 0.3 0.5] = [0.225 0.275 0.25]
+  //   query head 1, one row [1 0 0]: [0.5 0 0]; group mean [0.3625 0.1375 0.125].
+  TovaEma ema(0.5);
+  ema.bind(kLayout);
+  Cache cache = make_cache(3);
+  const std::vector<float> q0 = {0.5f, 0.5f, 0.0f, 0.2f, 0.3f, 0.5f}, q1 = {1.0f, 0.0f, 0.0f};
+  ema.observe(0, 0, q0.data(), 2, 3, 1);
+  ema.observe(0, 1, q1.data(), 1, 3, 2);
+  const auto s = score(ema, cache, 0, 0);
+  const std::vector<float> want = {0.3625f, 0.1375f, 0.125f};
+  for (size_t j = 0; j < 3; ++j) EXPECT_NEAR(s[j], want[j], 1e-6) << j;
+  // A decode step over a fourth token (0 in the average until now):
+  //   head 0: 0.5 [0.225 0.275 0.25 0] + 0.5 [0.1 0.1 0.2 0.6] = [0.1625 0.1875 0.225 0.3]
+  //   head 1: 0.5 [0.5 0 0 0] + 0.5 [0 0 0 1] = [0.25 0 0 0.5]; mean [0.20625 0.09375 0.1125 0.4].
+  std::vector<float> k(4, 1.0f), v(4, 1.0f);
+  cache.append(0, k.data(), v.data(), 1, 3);
+  const std::vector<float> d0 = {0.1f, 0.1f, 0.2f, 0.6f}, d1 = {0.0f, 0.0f, 0.0f, 1.0f};
+  ema.observe(0, 0, d0.data(), 1, 4, 3);
+  ema.observe(0, 1, d1.data(), 1, 4, 3);
+  const auto s2 = score(ema, cache, 0, 0);
+  const std::vector<float> want2 = {0.20625f, 0.09375f, 0.1125f, 0.4f};
+  for (size_t j = 0; j < 4; ++j) EXPECT_NEAR(s2[j], want2[j], 1e-6) << j;
+  // Compaction: kept tokens keep their averages.
+  const std::vector<int64_t> keep = {1, 3};
+  cache.keep(0, 0, keep);
+  ema.kept(0, 0, keep);
+  const auto s3 = score(ema, cache, 0, 0);
+  ASSERT_EQ(s3.size(), 2u);
+  EXPECT_NEAR(s3[0], 0.09375f, 1e-6);
+  EXPECT_NEAR(s3[1], 0.4f, 1e-6);
+  // By name, with the decay after the colon; bad decays are refused.
+  auto named = make_scorer("tova-ema:0.5");
+  named->bind(kLayout);
+  named->observe(0, 0, q0.data(), 2, 3, 1);
+  named->observe(0, 1, q1.data(), 1, 3, 2);
+  const auto s4 = score(*named, make_cache(3), 0, 0);
+  for (size_t j = 0; j < 3; ++j) EXPECT_NEAR(s4[j], want[j], 1e-6) << j;
+  for (const char* bad : {"tova-ema:", "tova-ema:1", "tova-ema:0", "tova-ema:-0.5", "tova-ema:0.5x"})
+    EXPECT_THROW(make_scorer(bad), Error) << bad;
+  EXPECT_THROW(AttentionScorer("x", {.window = 2, .decay = 0.5}), Error);  // a decay is over every row
+  EXPECT_THROW(AttentionScorer("x", {.window = 0, .decay = 1.5}), Error);
+}
+
 TEST(KvScorers, SnapKVSumsTheWindowAndPools) {
   // Window of the last 2 queries, average pooling with kernel 3 (zero padding, divided by 3).
   SnapKV snap(2, 3);
