@@ -254,7 +254,7 @@ const GenerationRow& GenerationResult::row(const std::string& label, double budg
 
 GenerationResult evaluate_generation(const nn::LlamaModel& model, std::span<const std::vector<int32_t>> sequences,
                                      std::span<const EvalConfig> configs, const GenerationOptions& o,
-                                     const Progress& progress) {
+                                     AllocationTables* tables, const Progress& progress) {
   require(o.prompt >= 1 && o.steps >= 1, "kv evaluation: generation needs a prompt (", o.prompt, ") and steps (",
           o.steps, ") of at least one token");
   require(o.every >= 1, "kv evaluation: generation compresses every ", o.every, " steps; must be >= 1");
@@ -268,8 +268,8 @@ GenerationResult evaluate_generation(const nn::LlamaModel& model, std::span<cons
   result.sequences = static_cast<int64_t>(sequences.size());
   result.length = length;
   for (const auto& c : configs) {
-    require(c.budgeting != Budgeting::allocated || c.streaming(), "kv evaluation: '", c.label(),
-            "' is not measured during generation (its allocation is measured on prompts)");
+    require(c.budgeting != Budgeting::allocated || c.streaming() || tables != nullptr, "kv evaluation: '",
+            c.label(), "' needs calibration tables (AllocationTables) for its layer budgets");
     for (const double f : o.budgets) {
       require(f > 0, "kv evaluation: budget fraction ", f, " is not positive");
       GenerationRow r;
@@ -299,7 +299,7 @@ GenerationResult evaluate_generation(const nn::LlamaModel& model, std::span<cons
     std::vector<std::unique_ptr<Session>> sessions;
     for (const auto& r : result.rows) {
       Policy policy = r.threshold ? Policy::thresholded(*r.threshold, o.eviction.sinks, o.eviction.recent)
-                                  : eval_policy(r.config, r.tokens, length, o.eviction, nullptr);
+                                  : eval_policy(r.config, r.tokens, length, o.eviction, tables);
       std::shared_ptr<Scorer> scorer = r.config.streaming() ? nullptr : make_scorer(r.config.scorer);
       sessions.push_back(std::make_unique<Session>(model, length, Eviction{std::move(scorer), policy, r.tokens}, schedule));
     }

@@ -77,7 +77,8 @@ expect_refusal task "--tasks: kv tasks: task .needle." "${common[@]}" --tasks ne
 expect_refusal vt_hops "vt hops" "${common[@]}" --tasks vt --vt-hops -1 --skip-decode --skip-needle --skip-layers
 expect_refusal task_budget "task-budgets 2" "${common[@]}" --tasks qa --task-budgets 2 --skip-decode --skip-needle --skip-layers
 expect_refusal gen_every "gen-every 0" "${common[@]}" --gen-sequences 1 --gen-every 0 --skip-decode --skip-needle --skip-layers
-expect_refusal gen_policy "allocated" "${common[@]}" --gen-sequences 1 --gen-policies allocated --skip-decode --skip-needle --skip-layers
+expect_refusal gen_allocated_overlap "overlaps --gen-slice" "${common[@]}" --gen-sequences 1 --gen-policies allocated \
+  --gen-slice 0.15:0.25 --skip-decode --skip-needle --skip-layers
 # Without --model / --text the defaults come from STRATA_MODELS_DIR and STRATA_SHARED_DATA.
 STRATA_MODELS_DIR="$work/models-here" expect_refusal models_dir "$work/models-here/smollm2-135m-instruct-q4_1.gguf" \
   --text "$moby"

@@ -233,7 +233,9 @@ void register_kv(CLI::App& app) {
   cmd->add_option("--gen-slice", o.gen_slice, "the generations' prompts come from here")->capture_default_str();
   cmd->add_option("--gen-budgets", o.gen_budgets, "fractions of prompt + steps")->delimiter(',')->capture_default_str();
   cmd->add_option("--gen-scorers", o.gen_scorers, "as --scorers, and tova-ema or tova-ema:DECAY")->delimiter(',');
-  cmd->add_option("--gen-policies", o.gen_policies, "uniform, pyramid, adakv")->delimiter(',');
+  cmd->add_option("--gen-policies", o.gen_policies,
+                  "uniform, pyramid, adakv, allocated (layer budgets measured on --calib-slice prompts of the "
+                  "generation's length)")->delimiter(',');
   cmd->add_option("--thresholds", o.thresholds, "score thresholds: a row per uniform scored policy and threshold")
       ->delimiter(',');
   cmd->add_flag("--gen-text", o.gen_text, "read the slice's own text after the prompt instead of sampling");
@@ -304,11 +306,7 @@ void register_kv(CLI::App& app) {
       for (const double f : o.gen_budgets) require(f > 0 && f <= 1, "kv-eval: --gen-budgets ", f, " is not in (0, 1]");
       for (const double t : o.thresholds) require(std::isfinite(t), "kv-eval: --thresholds ", t, " is not finite");
       std::vector<kv::Budgeting> gen_rules;
-      for (const auto& p : o.gen_policies) {
-        gen_rules.push_back(kv::parse_budgeting(p));
-        require(gen_rules.back() != kv::Budgeting::allocated, "kv-eval: --gen-policies: 'allocated' is measured on "
-                                                              "prompts, not generations");
-      }
+      for (const auto& p : o.gen_policies) gen_rules.push_back(kv::parse_budgeting(p));
       gen_configs = kv::eval_configs(o.gen_scorers, gen_rules, o.recent_shares);
     } else {
       require(o.gen_sequences == 0, "kv-eval: --gen-sequences ", o.gen_sequences, " is negative");
@@ -329,6 +327,15 @@ void register_kv(CLI::App& app) {
     int64_t longest = std::max(o.prefill, o.needle_tokens);
     if (!task_kinds.empty())
       for (const int64_t n : o.task_lengths) longest = std::max(longest, n);
+    // Allocated generation budgets are measured on calibration prompts of the generation's length.
+    const bool gen_allocated =
+        std::any_of(gen_configs.begin(), gen_configs.end(),
+                    [](const kv::EvalConfig& c) { return !c.streaming() && c.budgeting == kv::Budgeting::allocated; });
+    if (gen_allocated) {
+      require(!cs.overlaps(nn::TextSlice::parse(o.text, o.gen_slice)), "kv-eval: the calibration slice (",
+              cs.describe(), ") overlaps --gen-slice ", o.gen_slice);
+      longest = std::max(longest, o.gen_prompt + o.gen_steps);
+    }
     kv::AllocationTables tables(model, nn::tokenize_slice(tok, cs, longest + o.probe), settings);
     const std::filesystem::path dir(o.report);
     std::error_code ec;
@@ -681,7 +688,8 @@ void register_kv(CLI::App& app) {
                   o.gen_text ? "of the text read one at a time" : "sampled from the full cache",
                   static_cast<long long>(o.gen_every));
       const kv::GenerationResult g = kv::evaluate_generation(
-          model, kv::split_windows(text, per, o.gen_sequences), gen_configs, options, progress_line("generation", "steps"));
+          model, kv::split_windows(text, per, o.gen_sequences), gen_configs, options, &tables,
+          progress_line("generation", "steps"));
       Table t{"Decode-time compression over " + std::to_string(o.gen_steps) + "-token generations (" +
                   std::to_string(o.gen_sequences) + " sequences, compressed every " + std::to_string(o.gen_every) +
                   " steps): KL(full || compressed), nats per token; ratio = KL / StreamingLLM's at the same budget",

@@ -205,12 +205,16 @@ struct GenerationResult {
   const GenerationRow& row(const std::string& label, double budget) const;
 };
 
+// An "allocated" config takes its layer budgets from `tables` measured on calibration prompts of
+// prompt + steps tokens (each layer's attention error when it alone is compressed after such a
+// prompt): the generation's whole length, which is what the budget is a fraction of. The tables'
+// settings must be the options' eviction settings.
 // strata::Error (naming the setting) for an empty prompt, no steps, every < 1, a temperature <= 0, a
-// sequence shorter than prompt (sample) or prompt + steps (not), or an "allocated" config (its
-// tables are measured on prompts, not generations). Progress counts steps over all sequences.
+// sequence shorter than prompt (sample) or prompt + steps (not), or an "allocated" config without
+// tables. Progress counts steps over all sequences.
 GenerationResult evaluate_generation(const nn::LlamaModel& model, std::span<const std::vector<int32_t>> sequences,
                                      std::span<const EvalConfig> configs, const GenerationOptions& options,
-                                     const Progress& progress = {});
+                                     AllocationTables* tables = nullptr, const Progress& progress = {});
 
 // ---- needle in a haystack ----
 

@@ -14,8 +14,10 @@
 #include "strata/core/error.hpp"
 #include "strata/io/data_paths.hpp"
 #include "strata/io/model.hpp"
+#include "strata/kv/evaluate.hpp"
 #include "strata/kv/policy.hpp"
 #include "strata/nn/dataset.hpp"
+#include "strata/nn/eval.hpp"
 #include "strata/nn/llama.hpp"
 #include "strata/nn/tokenizer.hpp"
 #include "test_util.hpp"
@@ -359,7 +361,26 @@ TEST(KvTasks, GenerationRowsOnARealModel) {
   EXPECT_THROW(evaluate_generation(model, prompts, configs, bad), Error);
   const auto allocated = eval_configs(std::vector<std::string>{"tova"}, std::vector<Budgeting>{Budgeting::allocated},
                                       std::vector<double>{0});
-  EXPECT_THROW(evaluate_generation(model, prompts, allocated, o), Error);
+  EXPECT_THROW(evaluate_generation(model, prompts, allocated, o), Error);  // no calibration tables
+
+  // With tables measured on calibration prompts of the generation's length (128), the fullest head
+  // is one of the layer with the largest allocated budget, between compressions (B_max + every - 1),
+  // where a uniform budget caps every head at B + every - 1.
+  EvictionSettings s = o.eviction;
+  s.probe = 8;
+  AllocationTables tables(model, nn::sample_sequences(model, 1, 128 + 8, 1, 9)[0], s);
+  GenerationOptions ao = o;
+  ao.budgets = {0.15};
+  ao.thresholds.clear();
+  const GenerationResult a = evaluate_generation(model, prompts, allocated, ao, &tables);
+  const GenerationRow& row = a.row("tova/allocated", 0.15);
+  const Policy p = eval_policy(allocated[1], row.tokens, 128, s, &tables);
+  const int64_t most = *std::max_element(p.per_layer.begin(), p.per_layer.end());
+  ASSERT_GT(most, row.tokens);       // the allocation is not uniform here
+  ASSERT_LT(most + ao.every, 120);   // and the largest budget binds during the generation
+  EXPECT_EQ(row.max_held, most + ao.every - 1);
+  EXPECT_GT(row.kl, 0.0);
+  EXPECT_EQ(a.row("streaming-llm", 0.15).max_held, row.tokens + ao.every - 1);
 }
 
 // SmolLM2's tokenizer and chat template: prompts sized to the length in tokens, the answers in the
