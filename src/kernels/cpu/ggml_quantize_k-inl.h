@@ -49,7 +49,14 @@ using VI = hn::Vec<DI>;
 
 constexpr float kMagic = 12582912.f;  // 1.5 * 2^23, ggml's nearest_int constant
 constexpr float kGroupMaxEps = 1e-15f;
-constexpr int kQkxGroups = 2;  // lane groups the Q4_K search interleaves
+constexpr int kQkxGroups = 2;
+
+// Lambdas the searches call in their loops, inlined so that their state stays in registers.
+#if defined(__GNUC__)
+#define STRATA_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define STRATA_INLINE_LAMBDA
+#endif  // lane groups the Q4_K search runs together (two halves)
 
 // The vector as computed, opaque to the optimiser (see the file comment).
 template <class V>
@@ -202,16 +209,22 @@ HWY_INLINE void WithMode(QMode mode, const F& f) {
 }
 
 // make_qkx_quants of ggml_quantize.cc (n 32, nmax 15 for Q4_K or 31 for Q5_K), lane k of group g on
-// sub-block g * N + k of xt / wt (K groups, each transposed, 32 x N). lq: scratch of K x 32 x N. K
-// independent groups interleaved keep both vector pipes busy through the searches' chains of
-// dependent adds. The search is a chain of candidates (each accepted one moves the minimum the next
-// quantizes against), so the latency between candidates is kept short: the next candidate's iscale
-// is divided out both ways (minimum kept or replaced) while the error pass runs, and the
-// least-squares scale with the minimum clipped to 0 is divided out with the other two, not after
-// the clip is known.
+// sub-block g * N + k of xt / wt (K groups, each transposed, 32 x N). lq: scratch of K x 32 x N.
+//
+// Per candidate each group runs pass 1 (quants, three weighted sums), the fit (D and the fitted scale
+// and min: divisions), the error pass and the choice, a chain in which every step waits for the one
+// before (each accepted candidate moves the minimum the next one quantizes against). Run in
+// lockstep, every group would wait at the same time for its divisions, which one divider serves.
+// So an even K runs as two halves half a candidate apart: one loop over the elements runs the error
+// pass of one half beside pass 1 of the other, and each half's divisions (its fit, its next
+// candidate's iscale) overlap the other half's loop. The next candidate's iscale is divided out both
+// ways (minimum kept, minimum replaced) during the error pass and picked by the comparison; the
+// least-squares scale with the minimum clipped to 0 is divided out only where some lane clips.
 template <int K, int nmax>
 HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt, float* HWY_RESTRICT lq,
                           float rmin, float rdelta, int nstep, const KxOut& out) {
+  static_assert(K == 1 || K % 2 == 0, "one group, or two halves of K / 2");
+  constexpr int halves = K == 1 ? 1 : 2, HK = K / halves;  // groups per half
   const DF df;
   const size_t N = hn::Lanes(df);
   constexpr int n = 32;
@@ -244,79 +257,143 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
     flat[k] = hn::Eq(max[k], min[k]);
     iscale[k] = hn::Div(vnmax, hn::Sub(max[k], min[k]));
     scale[k] = hn::Div(hn::Set(df, 1.f), iscale[k]);
-    best_error[k] = zero;
   }
   // The starting quants against nmax / (max - min), and their error.
   WithMode(PassMode<K, nmax>(iscale, min, low, max, flat), [&](auto mode) {
+    // Locals, not the arrays above, so that the sums stay in registers.
+    VF is_[K], mn[K], sc[K], err[K];
+    for (int k = 0; k < K; ++k) is_[k] = iscale[k], mn[k] = min[k], sc[k] = scale[k], err[k] = zero;
     for (int l = 0; l < n; ++l)
       for (int k = 0; k < K; ++k) {
         const VF x = X(k, l);
-        const VF q = QuantizeK<decltype(mode)::value>(MulR(iscale[k], hn::Sub(x, min[k])), zero, vnmax, magic);
-        VF diff = hn::Sub(hn::Add(MulR(scale[k], q), min[k]), x);
+        const VF q = QuantizeK<decltype(mode)::value>(MulR(is_[k], hn::Sub(x, mn[k])), zero, vnmax, magic);
+        VF diff = hn::Sub(hn::Add(MulR(sc[k], q), mn[k]), x);
         diff = MulR(diff, diff);
-        best_error[k] = hn::Add(best_error[k], MulR(W(k, l), diff));
+        err[k] = hn::Add(err[k], MulR(W(k, l), diff));
       }
+    for (int k = 0; k < K; ++k) best_error[k] = err[k];
   });
   for (int k = 0; k < K; ++k) {
     l_iscale[k] = iscale[k];
     l_min[k] = min[k];
     iscale[k] = hn::Div(num(0), hn::Sub(max[k], min[k]));
   }
-  for (int is = 0; is <= nstep; ++is) {
-    VF sum_l[K], sum_l2[K], sum_xl[K];
-    for (int k = 0; k < K; ++k) sum_l[k] = sum_l2[k] = sum_xl[k] = zero;
-    WithMode(PassMode<K, nmax>(iscale, min, low, max, flat), [&](auto mode) {
-      for (int l = 0; l < n; ++l)
-        for (int k = 0; k < K; ++k) {
-          const VF x = X(k, l);
-          const VF q = QuantizeK<decltype(mode)::value>(MulR(iscale[k], hn::Sub(x, min[k])), zero, vnmax, magic);
-          hn::Store(q, df, lq + at(k, l));
-          const VF wl = MulR(W(k, l), q);
-          sum_l[k] = hn::Add(sum_l[k], wl);
-          sum_l2[k] = hn::Add(sum_l2[k], MulR(wl, q));
-          sum_xl[k] = hn::Add(sum_xl[k], MulR(wl, x));
+
+  // A candidate in flight, per group: pass 1's sums, the fit, the next candidate's two iscales.
+  VF sum_l[K], sum_l2[K], sum_xl[K], this_scale[K], this_min[K], keep[K], take[K], cur_error[K];
+  M solvable[K];
+  // One loop over the elements: pass 1 of half P with the iscale and min in place (P < 0: none),
+  // beside the error pass of half E against its fit (E < 0: none).
+  auto pass = [&](auto mode, auto P_, auto E_) STRATA_INLINE_LAMBDA {
+    constexpr int md = decltype(mode)::value, P = decltype(P_)::value, E = decltype(E_)::value;
+    // Locals: stores through lq must not make the compiler reload what the closure refers to.
+    const float* HWY_RESTRICT xs = xt;
+    const float* HWY_RESTRICT ws = wt;
+    float* HWY_RESTRICT qs = lq;
+    const size_t lanes = N;
+    auto off = [lanes](int g, int l) { return (static_cast<size_t>(g) * n + static_cast<size_t>(l)) * lanes; };
+    VF is_[HK], mn[HK], sl[HK], sl2[HK], sxl[HK], sc[HK], tm[HK], err[HK];
+    for (int k = 0; k < HK; ++k) {
+      if constexpr (P >= 0) is_[k] = iscale[P * HK + k], mn[k] = min[P * HK + k], sl[k] = sl2[k] = sxl[k] = zero;
+      if constexpr (E >= 0) sc[k] = this_scale[E * HK + k], tm[k] = this_min[E * HK + k], err[k] = zero;
+    }
+    for (int l = 0; l < n; ++l) {
+      if constexpr (P >= 0)
+        for (int k = 0; k < HK; ++k) {
+          const int g = P * HK + k;
+          const VF x = hn::Load(df, xs + off(g, l));
+          const VF q = QuantizeK<md>(MulR(is_[k], hn::Sub(x, mn[k])), zero, vnmax, magic);
+          hn::Store(q, df, qs + off(g, l));
+          const VF wl = MulR(hn::Load(df, ws + off(g, l)), q);
+          sl[k] = hn::Add(sl[k], wl);
+          sl2[k] = hn::Add(sl2[k], MulR(wl, q));
+          sxl[k] = hn::Add(sxl[k], MulR(wl, x));
         }
-    });
-    const bool last = is == nstep;
-    const VF next_num = last ? zero : num(is + 1);
-    VF this_scale[K], this_min[K], cur_error[K], keep[K], take[K];
-    M solvable[K];
-    bool any = false;
-    for (int k = 0; k < K; ++k) {
-      const VF D = hn::Sub(MulR(sum_w[k], sum_l2[k]), MulR(sum_l[k], sum_l[k]));
-      solvable[k] = hn::Gt(D, zero);
-      any = any || !hn::AllFalse(df, solvable[k]);
-      const VF fitted_scale = hn::Div(hn::Sub(MulR(sum_w[k], sum_xl[k]), MulR(sum_x[k], sum_l[k])), D);
-      const VF fitted_min = hn::Div(hn::Sub(MulR(sum_l2[k], sum_x[k]), MulR(sum_l[k], sum_xl[k])), D);
-      const M clip = hn::Gt(fitted_min, zero);
-      this_min[k] = hn::IfThenElse(clip, zero, fitted_min);
-      this_scale[k] = hn::IfThenElse(clip, hn::Div(sum_xl[k], sum_l2[k]), fitted_scale);
-      cur_error[k] = zero;
-      if (!last) {
-        keep[k] = hn::Div(next_num, hn::Sub(max[k], min[k]));
-        take[k] = hn::Div(next_num, hn::Sub(max[k], this_min[k]));
-      }
+      if constexpr (E >= 0)
+        for (int k = 0; k < HK; ++k) {
+          const int g = E * HK + k;
+          const VF q = hn::Load(df, qs + off(g, l));
+          VF diff = hn::Sub(hn::Add(MulR(sc[k], q), tm[k]), hn::Load(df, xs + off(g, l)));
+          diff = MulR(diff, diff);
+          err[k] = hn::Add(err[k], MulR(hn::Load(df, ws + off(g, l)), diff));
+        }
     }
-    if (!any) {
-      if (!last)
-        for (int k = 0; k < K; ++k) iscale[k] = keep[k];
-      continue;
+    for (int k = 0; k < HK; ++k) {
+      if constexpr (P >= 0) sum_l[P * HK + k] = sl[k], sum_l2[P * HK + k] = sl2[k], sum_xl[P * HK + k] = sxl[k];
+      if constexpr (E >= 0) cur_error[E * HK + k] = err[k];
     }
-    for (int l = 0; l < n; ++l)
-      for (int k = 0; k < K; ++k) {
-        const VF q = hn::Load(df, lq + at(k, l));
-        VF diff = hn::Sub(hn::Add(MulR(this_scale[k], q), this_min[k]), X(k, l));
-        diff = MulR(diff, diff);
-        cur_error[k] = hn::Add(cur_error[k], MulR(W(k, l), diff));
+  };
+  using None = std::integral_constant<int, -1>;
+  // Pass 1 of half h beside the error pass of half e (e < 0: none).
+  auto pass1 = [&](auto h_, auto e_) STRATA_INLINE_LAMBDA {
+    constexpr int h = decltype(h_)::value;
+    WithMode(PassMode<HK, nmax>(iscale + h * HK, min + h * HK, low + h * HK, max + h * HK, flat + h * HK),
+             [&](auto mode) STRATA_INLINE_LAMBDA { pass(mode, h_, e_); });
+  };
+  auto error_only = [&](auto e_) STRATA_INLINE_LAMBDA { pass(std::integral_constant<int, kQNone>(), None(), e_); };
+  // The fit of candidate is for half h, and the two iscales of candidate is + 1.
+  auto fit = [&](int h, int is) STRATA_INLINE_LAMBDA {
+    M clip[HK];
+    bool any_clip = false;
+    for (int k = 0; k < HK; ++k) {
+      const int g = h * HK + k;
+      const VF D = hn::Sub(MulR(sum_w[g], sum_l2[g]), MulR(sum_l[g], sum_l[g]));
+      solvable[g] = hn::Gt(D, zero);
+      this_scale[g] = hn::Div(hn::Sub(MulR(sum_w[g], sum_xl[g]), MulR(sum_x[g], sum_l[g])), D);
+      const VF fitted_min = hn::Div(hn::Sub(MulR(sum_l2[g], sum_x[g]), MulR(sum_l[g], sum_xl[g])), D);
+      clip[k] = hn::Gt(fitted_min, zero);
+      any_clip = any_clip || !hn::AllFalse(df, clip[k]);
+      this_min[g] = hn::IfThenElse(clip[k], zero, fitted_min);
+    }
+    if (any_clip)
+      for (int k = 0; k < HK; ++k) {
+        const int g = h * HK + k;
+        this_scale[g] = hn::IfThenElse(clip[k], hn::Div(sum_xl[g], sum_l2[g]), this_scale[g]);
       }
-    for (int k = 0; k < K; ++k) {
-      const M better = hn::And(solvable[k], hn::Lt(cur_error[k], best_error[k]));
-      best_error[k] = hn::IfThenElse(better, cur_error[k], best_error[k]);
-      scale[k] = hn::IfThenElse(better, this_scale[k], scale[k]);
-      l_iscale[k] = hn::IfThenElse(better, iscale[k], l_iscale[k]);
-      l_min[k] = hn::IfThenElse(better, min[k], l_min[k]);
-      min[k] = hn::IfThenElse(better, this_min[k], min[k]);
-      if (!last) iscale[k] = hn::IfThenElse(better, take[k], keep[k]);
+    if (is < nstep)
+      for (int k = 0; k < HK; ++k) {
+        const int g = h * HK + k;
+        keep[g] = hn::Div(num(is + 1), hn::Sub(max[g], min[g]));
+        take[g] = hn::Div(num(is + 1), hn::Sub(max[g], this_min[g]));
+      }
+  };
+  // The choice for half h after its error pass (an unsolvable lane, D <= 0, keeps its state).
+  auto choose = [&](int h, int is) STRATA_INLINE_LAMBDA {
+    for (int k = 0; k < HK; ++k) {
+      const int g = h * HK + k;
+      const M better = hn::And(solvable[g], hn::Lt(cur_error[g], best_error[g]));
+      best_error[g] = hn::IfThenElse(better, cur_error[g], best_error[g]);
+      scale[g] = hn::IfThenElse(better, this_scale[g], scale[g]);
+      l_iscale[g] = hn::IfThenElse(better, iscale[g], l_iscale[g]);
+      l_min[g] = hn::IfThenElse(better, min[g], l_min[g]);
+      min[g] = hn::IfThenElse(better, this_min[g], min[g]);
+      if (is < nstep) iscale[g] = hn::IfThenElse(better, take[g], keep[g]);
+    }
+  };
+  using H0 = std::integral_constant<int, 0>;
+  if constexpr (halves == 1) {
+    for (int is = 0; is <= nstep; ++is) {
+      pass1(H0(), None());
+      fit(0, is);
+      error_only(H0());
+      choose(0, is);
+    }
+  } else {
+    using H1 = std::integral_constant<int, 1>;
+    pass1(H0(), None());
+    fit(0, 0);
+    for (int is = 0; is <= nstep; ++is) {
+      pass1(H1(), H0());  // half 1's candidate is beside half 0's error pass
+      choose(0, is);
+      fit(1, is);
+      if (is < nstep) {
+        pass1(H0(), H1());  // half 0's candidate is + 1 beside half 1's error pass
+        choose(1, is);
+        fit(0, is + 1);
+      } else {
+        error_only(H1());
+        choose(1, is);
+      }
     }
   }
   // A flat sub-block keeps quants 0 (iscale 0 rebuilds them), scale 0 and its min.
