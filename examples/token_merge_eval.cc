@@ -7,18 +7,17 @@
 //   token_merge_eval --report /tmp/tome     (docs/token-merging.md shows the figures)
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <numeric>
-#include <sstream>
 
 #include "gnuplot.hpp"
 #include "real_data_args.hpp"
 #include "strata/core/blas.hpp"
 #include "strata/core/parallel.hpp"
 #include "strata/nn/bert.hpp"
+#include "strata/nn/passages.hpp"
 #include "strata/token/merge.hpp"
 #include "strata/token/schedule.hpp"
 
@@ -34,9 +33,15 @@ struct Args {
   std::string tune_slice = ex::kTuningSlice, report_slice = ex::kReportSlice;
   int64_t min_tokens = 64, max_words = 120, tune_passages = 24, report_passages = 120, batch = 32, repeats = 2;
   std::vector<double> rates = {0.25, 0.5, 0.75};
+  std::vector<std::string> methods = {"merge", "prune"};
+  bool allocator = true;
+  // Merge, compute, unmerge: "ATTENTION:MLP" fractions merged in each layer from unmerge_from on.
+  std::vector<std::string> unmerge;
+  int64_t unmerge_from = 0;
   std::vector<double> fractions = {0.05, 0.1, 0.2, 0.3};
   // Chosen on the tuning slice (docs/token-merging.md): hidden states matched better than keys there.
-  std::string metric = "hidden";
+  std::string metric = "hidden", matching = "bipartite";
+  bool center = false;
   std::filesystem::path report;
 
   void add_options(CLI::App& app) {
@@ -68,95 +73,22 @@ struct Args {
         ->capture_default_str();
     ex::add_list(app, "--rates", rates, "fractions of the tokens removed by the last layer");
     ex::add_list(app, "--fractions", fractions, "per-layer rates the sensitivity is measured at");
+    ex::add_list(app, "--methods", methods, "methods of the rows that shrink the sequence (merge, prune)");
+    app.add_flag("!--no-allocator", allocator, "skip the allocator's schedule (and its sensitivity measurement)");
+    ex::add_list(app, "--unmerge", unmerge,
+                 "merge-compute-unmerge rows, each ATTENTION:MLP, the fractions of the rows merged for each "
+                 "layer's attention and MLP");
+    app.add_option("--unmerge-from", unmerge_from, "first layer the --unmerge rows merge in")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
     app.add_option("--metric", metric, "what merging matches on: keys (averaged over heads) or hidden")
         ->capture_default_str();
+    app.add_option("--matching", matching, "how merging pairs tokens: bipartite (ToMe's) or greedy")
+        ->capture_default_str();
+    app.add_flag("--center", center, "subtract each sequence's mean metric row before matching");
     app.add_option("--report", report, "folder for report.md, results.csv and tokens.png");
   }
 };
-
-// Paragraphs (blank-line separated) cut into runs of whole sentences of at most max_words words; those with
-// at least min_tokens tokens, up to `limit`.
-std::vector<std::string> passages(const nn::TextSlice& slice, const nn::WordPieceTokenizer& tok, const Args& a,
-                                  int64_t limit) {
-  const std::string text = slice.read();
-  std::vector<std::string> out;
-  std::string para, chunk, sentence;
-  int64_t chunk_words = 0, sentence_words = 0;
-  const auto emit = [&] {
-    if (!chunk.empty() && static_cast<int64_t>(out.size()) < limit &&
-        static_cast<int64_t>(tok.encode(chunk).size()) >= a.min_tokens)
-      out.push_back(chunk);
-    chunk.clear();
-    chunk_words = 0;
-  };
-  const auto end_sentence = [&] {
-    if (sentence.empty()) return;
-    if (chunk_words + sentence_words > a.max_words) emit();
-    chunk += (chunk.empty() ? "" : " ") + sentence;
-    chunk_words += sentence_words;
-    sentence.clear();
-    sentence_words = 0;
-  };
-  const auto end_paragraph = [&] {
-    // Words of the paragraph, a sentence ending at a word that ends in . ! or ?.
-    size_t i = 0;
-    while (i < para.size()) {
-      while (i < para.size() && std::isspace(static_cast<unsigned char>(para[i]))) ++i;
-      size_t j = i;
-      while (j < para.size() && !std::isspace(static_cast<unsigned char>(para[j]))) ++j;
-      if (j > i) {
-        const std::string word = para.substr(i, j - i);
-        sentence += (sentence.empty() ? "" : " ") + word;
-        ++sentence_words;
-        const char last = word.back() == '"' && word.size() > 1 ? word[word.size() - 2] : word.back();
-        if (last == '.' || last == '!' || last == '?') end_sentence();
-      }
-      i = j;
-    }
-    end_sentence();
-    emit();
-    para.clear();
-  };
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) {
-      end_paragraph();
-      if (static_cast<int64_t>(out.size()) >= limit) break;
-    } else {
-      para += line + "\n";
-    }
-  }
-  end_paragraph();
-  require(!out.empty(), "no passage of ", a.min_tokens, " tokens or more in ", slice.describe(),
-          " (option --min-tokens)");
-  return out;
-}
-
-// Batches of similar length (as SentenceEncoder forms them) and the passage index of each row.
-struct Batches {
-  std::vector<nn::TokenBatch> batches;
-  std::vector<int64_t> order;
-  std::vector<int64_t> lengths;
-};
-
-Batches make_batches(const nn::WordPieceTokenizer& tok, const std::vector<std::string>& texts, int64_t batch) {
-  Batches b;
-  std::vector<std::vector<int32_t>> ids;
-  for (const auto& t : texts) ids.push_back(tok.encode(t));
-  b.order.resize(texts.size());
-  std::iota(b.order.begin(), b.order.end(), int64_t{0});
-  std::stable_sort(b.order.begin(), b.order.end(), [&](int64_t x, int64_t y) {
-    return ids[static_cast<size_t>(x)].size() < ids[static_cast<size_t>(y)].size();
-  });
-  for (size_t first = 0; first < b.order.size(); first += static_cast<size_t>(batch)) {
-    std::vector<std::string> group;
-    const size_t last = std::min(b.order.size(), first + static_cast<size_t>(batch));
-    for (size_t i = first; i < last; ++i) group.push_back(texts[static_cast<size_t>(b.order[i])]);
-    b.batches.push_back(tok.encode_batch(group));
-  }
-  for (const auto& i : ids) b.lengths.push_back(static_cast<int64_t>(i.size()));
-  return b;
-}
 
 struct Run {
   RowMatrix<float> emb;  // [passages, dim] in passage order
@@ -164,7 +96,7 @@ struct Run {
   std::vector<token::LayerStats> stats;
 };
 
-Run encode(const nn::BertEncoder& enc, const Batches& b, token::Reducer* reducer, int64_t repeats) {
+Run encode(const nn::BertEncoder& enc, const nn::PassageBatches& b, token::Reducer* reducer, int64_t repeats) {
   Run r;
   r.emb.resize(static_cast<int64_t>(b.order.size()), enc.config().dim);
   r.seconds = INFINITY;
@@ -274,15 +206,21 @@ void run(const Args& a) {
   require(!tune.overlaps(report), "--tune-slice ", tune.describe(), " overlaps --report-slice ", report.describe(),
           "; choose disjoint slices");
   const token::Metric metric = token::parse_metric(a.metric);
+  const token::Matching matching = token::parse_matching(a.matching);
   for (double r : a.rates) require(r > 0 && r < 1, "option --rates holds ", r, "; rates are in (0, 1)");
   const nn::SentenceEncoder se = nn::SentenceEncoder::open(a.model);
   const nn::BertEncoder& enc = se.encoder();
   const nn::BertConfig& c = enc.config();
 
-  const auto tune_texts = passages(tune, se.tokenizer(), a, a.tune_passages);
-  const auto report_texts = passages(report, se.tokenizer(), a, a.report_passages);
-  const Batches tb = make_batches(se.tokenizer(), tune_texts, a.batch),
-                rb = make_batches(se.tokenizer(), report_texts, a.batch);
+  nn::PassageOptions po;
+  po.min_tokens = a.min_tokens;
+  po.max_words = a.max_words;
+  po.limit = a.tune_passages;
+  const auto tune_texts = nn::sentence_passages(tune, se.tokenizer(), po);
+  po.limit = a.report_passages;
+  const auto report_texts = nn::sentence_passages(report, se.tokenizer(), po);
+  const nn::PassageBatches tb = nn::batch_by_length(se.tokenizer(), tune_texts, a.batch),
+                           rb = nn::batch_by_length(se.tokenizer(), report_texts, a.batch);
   const double mean_len =
       std::accumulate(rb.lengths.begin(), rb.lengths.end(), 0.0) / static_cast<double>(rb.lengths.size());
   char header[1024];
@@ -298,16 +236,38 @@ void run(const Args& a) {
                 static_cast<long long>(a.repeats), num_threads());
   std::printf("%s", header);
 
-  token::SensitivityOptions so;
-  so.fractions = a.fractions;
-  so.metric = metric;
-  const auto t0 = std::chrono::steady_clock::now();
-  const token::Sensitivity sens = token::measure_sensitivity(enc, tb.batches, so);
-  std::printf("sensitivity (1 - mean cosine, tuning slice, %.0f s):\n", ex::seconds_since(t0));
-  for (size_t l = 0; l < sens.loss.size(); ++l) {
-    std::printf("  layer %zu:", l);
-    for (size_t i = 0; i < sens.fractions.size(); ++i) std::printf("  %.2f:%.5f", sens.fractions[i], sens.loss[l][i]);
-    std::printf("\n");
+  std::vector<token::Method> methods;
+  for (const auto& m : a.methods) methods.push_back(token::parse_method(m));
+  // Each --unmerge item: the attention's and the MLP's fractions.
+  std::vector<std::pair<double, double>> unmerge;
+  for (const auto& item : a.unmerge) {
+    const auto colon = item.find(':');
+    require(colon != std::string::npos, "option --unmerge holds '", item, "'; each item is ATTENTION:MLP");
+    const double att = ex::to_value<double>("--unmerge", item.substr(0, colon)),
+                 mlp = ex::to_value<double>("--unmerge", item.substr(colon + 1));
+    require(att >= 0 && att <= 0.5 && mlp >= 0 && mlp <= 0.5, "option --unmerge holds '", item,
+            "'; both fractions are in [0, 0.5]");
+    unmerge.emplace_back(att, mlp);
+  }
+  require(a.unmerge_from < c.n_layers, "option --unmerge-from is ", a.unmerge_from, "; the encoder has ", c.n_layers,
+          " layers");
+
+  token::Sensitivity sens;
+  const bool allocate = a.allocator && !a.rates.empty() &&
+                        std::find(methods.begin(), methods.end(), token::Method::merge) != methods.end();
+  if (allocate) {
+    token::SensitivityOptions so;
+    so.fractions = a.fractions;
+    so.metric = metric;
+    const auto t0 = std::chrono::steady_clock::now();
+    sens = token::measure_sensitivity(enc, tb.batches, so);
+    std::printf("sensitivity (1 - mean cosine, tuning slice, %.0f s):\n", ex::seconds_since(t0));
+    for (size_t l = 0; l < sens.loss.size(); ++l) {
+      std::printf("  layer %zu:", l);
+      for (size_t i = 0; i < sens.fractions.size(); ++i)
+        std::printf("  %.2f:%.5f", sens.fractions[i], sens.loss[l][i]);
+      std::printf("\n");
+    }
   }
 
   const Run dense = encode(enc, rb, nullptr, a.repeats);
@@ -317,16 +277,11 @@ void run(const Args& a) {
   rows.push_back({"dense", "-", "-", 0, 1, 1, 1, 1, 1, dense.seconds, 1});
   const double original = std::accumulate(rb.lengths.begin(), rb.lengths.end(), 0.0);
 
-  const auto measure = [&](token::Method m, const std::string& name, const token::Schedule& s, double rate) {
-    token::ReducerOptions o;
-    // The allocator's plan may ask more of the last layers than the shortest passages hold.
-    o.allow_shortfall = name == "allocator";
-    o.method = m;
-    o.metric = metric;
-    o.schedule = s;
+  const auto measure_with = [&](const std::string& method, const std::string& name, const std::string& layers,
+                                const token::ReducerOptions& o, double rate) {
     token::Reducer reducer(o);
     const Run run = encode(enc, rb, &reducer, a.repeats);
-    Row row{std::string(token::method_name(m)), name, s.str(), rate};
+    Row row{method, name, layers, rate};
     row.tokens_left = static_cast<double>(run.stats.back().tokens_out) / original;
     row.flops = token::encoder_flops(c, run.stats) / dense_flops;
     const auto merged_nn = nearest(run.emb);
@@ -350,20 +305,46 @@ void run(const Args& a) {
         100 * row.nn_agree, row.seconds, row.speedup);
     rows.push_back(row);
   };
+  const auto measure = [&](token::Method m, const std::string& name, const token::Schedule& s, double rate) {
+    token::ReducerOptions o;
+    // The allocator's plan may ask more of the last layers than the shortest passages hold.
+    o.allow_shortfall = name == "allocator";
+    o.method = m;
+    o.metric = metric;
+    o.matching = matching;
+    o.center = a.center;
+    o.schedule = s;
+    measure_with(std::string(token::method_name(m)), name, s.str(), o, rate);
+  };
   for (double rate : a.rates) {
     const token::Schedule constant = token::Schedule::constant(c.n_layers, rate);
     const token::Schedule decreasing = token::Schedule::decreasing(c.n_layers, rate);
-    measure(token::Method::merge, "constant", constant, rate);
-    measure(token::Method::prune, "constant", constant, rate);
-    measure(token::Method::merge, "decreasing", decreasing, rate);
-    measure(token::Method::prune, "decreasing", decreasing, rate);
+    for (const auto& [name, schedule] : {std::pair{"constant", &constant}, std::pair{"decreasing", &decreasing}})
+      for (token::Method m : methods) measure(m, name, *schedule, rate);
     // The allocator at the constant schedule's FLOPs (under the token-linear cost model).
-    try {
-      measure(token::Method::merge, "allocator",
-              token::allocate_schedule(sens, c, token::schedule_cost(sens, c, constant), constant.total()), rate);
-    } catch (const Error& e) {
-      std::printf("allocator at %.0f%%: %s\n", 100 * rate, e.what());
+    if (allocate) try {
+        measure(token::Method::merge, "allocator",
+                token::allocate_schedule(sens, c, token::schedule_cost(sens, c, constant), constant.total()), rate);
+      } catch (const Error& e) {
+        std::printf("allocator at %.0f%%: %s\n", 100 * rate, e.what());
+      }
+  }
+  for (const auto& [att, mlp] : unmerge) {
+    token::ReducerOptions o;
+    o.metric = token::Metric::hidden;
+    o.matching = matching;
+    o.center = a.center;
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      o.merge_attention.push_back(l >= a.unmerge_from ? att : 0.0);
+      o.merge_mlp.push_back(l >= a.unmerge_from ? mlp : 0.0);
     }
+    char name[64], layers[96];
+    std::snprintf(name, sizeof name, "att %.2f, MLP %.2f", att, mlp);
+    std::snprintf(layers, sizeof layers, "layers %lld-%lld", static_cast<long long>(a.unmerge_from),
+                  static_cast<long long>(c.n_layers - 1));
+    // The rate column: the share of the sublayers' rows merged, weighted by their FLOPs per row.
+    const double attention_share = 4.0 / (4.0 + 2.0 * static_cast<double>(c.hidden_dim) / static_cast<double>(c.dim));
+    measure_with("unmerge", name, layers, o, attention_share * att + (1 - attention_share) * mlp);
   }
   if (!a.report.empty()) {
     write_report(a, rows, header);

@@ -99,6 +99,22 @@ void linear_forward(const Linear& layer, const Vector<float>& bias, const RowMat
   y.rowwise() += bias.transpose();
 }
 
+// y [groups, dim] = each group's weighted mean of the rows of x that go to it.
+void merge_groups(const TokenGroups& g, const RowMatrix<float>& x, RowMatrix<float>& y) {
+  y.setZero(g.total, x.cols());
+  for (int64_t i = 0; i < x.rows(); ++i)
+    y.row(g.dest[static_cast<std::size_t>(i)]) += g.weight[static_cast<std::size_t>(i)] * x.row(i);
+}
+
+// y [rows, dim] = x + each row's group's output out [groups, dim].
+void unmerge_groups(const TokenGroups& g, const RowMatrix<float>& out, const RowMatrix<float>& x,
+                    RowMatrix<float>& y) {
+  y.resize(x.rows(), x.cols());
+  parallel_for(x.rows(), kRowsPerChunk, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) y.row(i) = x.row(i) + out.row(g.dest[static_cast<std::size_t>(i)]);
+  });
+}
+
 }  // namespace
 
 BertEncoder BertEncoder::load(const io::Model& file) {
@@ -274,46 +290,73 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
 
   const int64_t hd = c.head_dim();
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  RowMatrix<float> q, k, v, ctx(total, dim), tmp, h, block_in;
-  // A token reducer (token_reduction.hpp) may merge or drop tokens between attention and MLP.
+  RowMatrix<float> q, k, v, ctx, tmp, h, block_in, merged, sum;
+  // A token reducer (token_reduction.hpp) may merge or drop tokens between attention and MLP, or run a
+  // sublayer on merged rows.
   TokenReducer* const reducer = hooks ? hooks->token_reducer() : nullptr;
   if (reducer) reducer->begin(len);
+  // Rows the attention runs on: the states, or their groups.
+  std::vector<int64_t> alen, astart;
   std::vector<float> first_heads, first_attention;
+  // The residual update of a sublayer that ran on `rows` (x or its groups): x = x + out, each row taking
+  // its group's output.
+  const auto add_update = [&](const TokenGroups* g, RowMatrix<float>& out) {
+    if (g) {
+      unmerge_groups(*g, out, x, sum);
+      x.swap(sum);
+    } else {
+      out += x;
+      x.swap(out);
+    }
+  };
   for (int64_t l = begin; l < end; ++l) {
     const Block& b = blocks_[static_cast<std::size_t>(l)];
     const auto name = [&](int slot) -> const std::string& {
       return linear_names_[static_cast<std::size_t>(l * kSlots + slot)];
     };
     const int li = static_cast<int>(l);
-    if (hooks) {
-      block_in = x;
-      const std::string qkv[] = {name(kQuery), name(kKey), name(kValue)};
-      hooks->on_linear_input(li, qkv, x.data(), total, dim);
+    // on_block sees a layer's input and output row for row, which a reducer does not keep.
+    if (hooks && !reducer) block_in = x;
+    const TokenGroups* const ga = reducer ? reducer->group(li, Sublayer::attention, x, len) : nullptr;
+    if (ga) merge_groups(*ga, x, merged);
+    const RowMatrix<float>& xa = ga ? merged : x;
+    alen = ga ? ga->lengths : len;
+    astart.resize(alen.size());
+    int64_t arows = 0;
+    for (std::size_t s = 0; s < alen.size(); ++s) {
+      astart[s] = arows;
+      arows += alen[s];
     }
-    linear_forward(layer(l, kQuery), b.bias[kQuery], x, q);
-    linear_forward(layer(l, kKey), b.bias[kKey], x, k);
-    linear_forward(layer(l, kValue), b.bias[kValue], x, v);
+    if (hooks) {
+      const std::string qkv[] = {name(kQuery), name(kKey), name(kValue)};
+      hooks->on_linear_input(li, qkv, xa.data(), arows, dim);
+    }
+    linear_forward(layer(l, kQuery), b.bias[kQuery], xa, q);
+    linear_forward(layer(l, kKey), b.bias[kKey], xa, k);
+    linear_forward(layer(l, kValue), b.bias[kValue], xa, v);
 
     const bool want_probs = hooks && hooks->wants_attention(li);
     const float* const key_bias = reducer ? reducer->key_bias() : nullptr;
     const bool want_first = reducer && reducer->wants_first_attention(li);
-    if (want_first) first_heads.assign(static_cast<std::size_t>(c.n_heads * total), 0.0f);
-    if (ctx.rows() != total) ctx.resize(total, dim);
+    require(!(want_first && ga), "BertEncoder: a token reducer asked for the first token's attention at layer ", li,
+            " while grouping its attention rows");
+    if (want_first) first_heads.assign(static_cast<std::size_t>(c.n_heads * arows), 0.0f);
+    ctx.resize(arows, dim);
     const int64_t jobs = batch.size * c.n_heads;
-    parallel_for(jobs, total < kRowsPerChunk ? jobs : 1, [&](int64_t begin, int64_t end) {
+    parallel_for(jobs, arows < kRowsPerChunk ? jobs : 1, [&](int64_t begin, int64_t end) {
       using Slice = Eigen::Map<const RowMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>>;
       using OutSlice = Eigen::Map<RowMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>>;
       RowMatrix<float> scores;
       for (int64_t job = begin; job < end; ++job) {
         const int64_t s = job / c.n_heads, head = job % c.n_heads;
-        const int64_t n = len[static_cast<std::size_t>(s)];
-        const int64_t off = start[static_cast<std::size_t>(s)] * dim + head * hd;
+        const int64_t n = alen[static_cast<std::size_t>(s)];
+        const int64_t off = astart[static_cast<std::size_t>(s)] * dim + head * hd;
         const Slice qs(q.data() + off, n, hd, Eigen::OuterStride<>(dim));
         const Slice ks(k.data() + off, n, hd, Eigen::OuterStride<>(dim));
         const Slice vs(v.data() + off, n, hd, Eigen::OuterStride<>(dim));
         scores.noalias() = (qs * ks.transpose()) * scale;
         if (key_bias)
-          scores.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(key_bias + start[static_cast<std::size_t>(s)], n);
+          scores.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(key_bias + astart[static_cast<std::size_t>(s)], n);
         for (int64_t i = 0; i < n; ++i) {
           auto row = scores.row(i).array();
           row = (row - row.maxCoeff()).exp();
@@ -321,7 +364,7 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
         }
         if (want_first)
           std::copy(scores.data(), scores.data() + n,
-                    first_heads.begin() + head * total + start[static_cast<std::size_t>(s)]);
+                    first_heads.begin() + head * arows + astart[static_cast<std::size_t>(s)]);
         if (want_probs) hooks->on_attention(li, static_cast<int>(head), scores.data(), n, n, 0);
         OutSlice(ctx.data() + off, n, hd, Eigen::OuterStride<>(dim)).noalias() = scores * vs;
       }
@@ -329,11 +372,10 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
 
     if (hooks) {
       const std::string o[] = {name(kAttnOut)};
-      hooks->on_linear_input(li, o, ctx.data(), total, dim);
+      hooks->on_linear_input(li, o, ctx.data(), arows, dim);
     }
     linear_forward(layer(l, kAttnOut), b.bias[kAttnOut], ctx, tmp);
-    tmp += x;
-    x.swap(tmp);
+    add_update(ga, tmp);
     layer_norm(x, b.attn_norm_w, b.attn_norm_b, c.norm_eps);
     if (reducer) {
       if (want_first) {
@@ -343,7 +385,7 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
             first_attention[static_cast<std::size_t>(i)] +=
                 first_heads[static_cast<std::size_t>(head * total + i)] / static_cast<float>(c.n_heads);
       }
-      reducer->reduce({li, c.n_heads, &k, want_first ? first_attention.data() : nullptr}, x, len);
+      reducer->reduce({li, c.n_heads, ga ? nullptr : &k, want_first ? first_attention.data() : nullptr}, x, len);
       total = 0;
       for (std::size_t s = 0; s < len.size(); ++s) {
         start[s] = total;
@@ -351,21 +393,23 @@ Tensor BertEncoder::run_layers(const TokenBatch& batch, const Tensor& states, in
       }
     }
 
+    const TokenGroups* const gm = reducer ? reducer->group(li, Sublayer::mlp, x, len) : nullptr;
+    if (gm) merge_groups(*gm, x, merged);
+    const RowMatrix<float>& xm = gm ? merged : x;
     if (hooks) {
       const std::string u[] = {name(kUp)};
-      hooks->on_linear_input(li, u, x.data(), total, dim);
+      hooks->on_linear_input(li, u, xm.data(), xm.rows(), dim);
     }
-    linear_forward(layer(l, kUp), b.bias[kUp], x, h);
+    linear_forward(layer(l, kUp), b.bias[kUp], xm, h);
     gelu(h);
     if (hooks) {
       const std::string d[] = {name(kDown)};
-      hooks->on_linear_input(li, d, h.data(), total, c.hidden_dim);
+      hooks->on_linear_input(li, d, h.data(), h.rows(), c.hidden_dim);
     }
     linear_forward(layer(l, kDown), b.bias[kDown], h, tmp);
-    tmp += x;
-    x.swap(tmp);
+    add_update(gm, tmp);
     layer_norm(x, b.out_norm_w, b.out_norm_b, c.norm_eps);
-    if (hooks && block_in.rows() == total) hooks->on_block(li, block_in.data(), x.data(), total, dim);
+    if (hooks && !reducer) hooks->on_block(li, block_in.data(), x.data(), total, dim);
   }
   if (reducer) {
     reducer->restore(x, tmp);

@@ -25,8 +25,8 @@ class ForwardHooks {
   // implementation must be safe for concurrent calls with different heads.
   virtual void on_attention(int layer, int head, const float* probs, int64_t q_len, int64_t k_len,
                             int64_t q_pos0) {}
-  // Hidden state entering and leaving a block, both [tokens, dim] (for block influence). Not called for a
-  // layer where a token reducer changed the token count.
+  // Hidden state entering and leaving a block, both [tokens, dim] (for block influence). Not called while a
+  // token reducer runs.
   virtual void on_block(int layer, const float* in, const float* out, int64_t tokens, int64_t dim) {}
   // A reducer that merges or drops tokens between attention and MLP (encoders only), or null.
   virtual TokenReducer* token_reducer() { return nullptr; }

@@ -39,6 +39,16 @@ int64_t max_merge(int64_t n, bool protect_first);
 Reduction bipartite_soft_matching(const float* metric, int64_t n, int64_t d, int64_t ld, int64_t r,
                                   bool protect_first = true);
 
+// Greedy pair matching on metric rows [n, d] (row stride ld), a simplified agglomerative step: of all pairs
+// of tokens (the first token left out when protected), the r most cosine-similar disjoint pairs, picked
+// greedily by similarity (the lower indices on ties); the later token of each pair merges into the earlier
+// one. Unlike the bipartite matching any two tokens may pair, and no token absorbs more than one other.
+// Throws strata::Error naming the option "r" when r < 0 or r > max_pairs(n, protect_first).
+Reduction greedy_pair_matching(const float* metric, int64_t n, int64_t d, int64_t ld, int64_t r,
+                               bool protect_first = true);
+// The most tokens greedy_pair_matching can merge away from n: half of the unprotected tokens.
+int64_t max_pairs(int64_t n, bool protect_first);
+
 // EViT-style pruning: removes `remove` tokens of n by keeping the first token and the n - remove - 2 others
 // with the highest score (the lower index on ties), in order, and fusing the remove + 1 others into one token
 // placed last. remove = 0 is the identity. Throws strata::Error naming the option "remove" when remove < 0 or
@@ -75,22 +85,38 @@ enum class Metric { keys, hidden };
 Metric parse_metric(std::string_view name);
 std::string_view metric_name(Metric m);
 
+// How merging pairs tokens: ToMe's bipartite soft matching, or greedy_pair_matching.
+enum class Matching { bipartite, greedy };
+// "bipartite", "greedy"; strata::Error naming the option "matching" otherwise.
+Matching parse_matching(std::string_view name);
+std::string_view matching_name(Matching m);
+
 struct ReducerOptions {
   Method method = Method::merge;
   Metric metric = Metric::keys;
+  Matching matching = Matching::bipartite;
+  // Subtract each sequence's mean metric row before the cosine similarities (the hidden states of an encoder
+  // share a large common component that makes every pair look alike).
+  bool center = false;
   Schedule schedule;
   bool proportional_attention = true;  // log(size) added to each key's logit
   bool protect_first = true;           // [CLS] never merged away (pruning always keeps it)
+  // Merge, compute, unmerge (ToMe for Stable Diffusion, Bolya and Hoffman 2023): per layer, the fraction of
+  // the current rows (each in [0, 0.5]) merged by bipartite matching on the hidden states for that layer's
+  // attention (queries, keys and values; proportional attention over the groups) or its MLP alone; every row
+  // adds its group's output to its own residual, so the sequence keeps its length. Missing layers merge
+  // nothing. Composes with `schedule` (which shrinks the rows for good); not with method prune's attention.
+  std::vector<double> merge_attention, merge_mlp;
   // A schedule short sequences cannot meet (see Reducer::removals): refused (false), or reduced as far as
   // the method goes (true; LayerStats show what was removed).
   bool allow_shortfall = false;
 };
 
-// Tokens each layer saw over every run since construction (or reset_stats), for FLOP counts.
+// Rows each layer computed on over every run since construction (or reset_stats), for FLOP counts.
 struct LayerStats {
   int64_t tokens_in = 0,
-          tokens_out = 0;      // rows entering attention, rows entering the MLP
-  double attention_pairs = 0;  // sum over sequences of tokens_in^2
+          tokens_out = 0;      // rows the attention ran on (tokens or groups), rows the MLP ran on
+  double attention_pairs = 0;  // sum over sequences of the attention's rows squared
 };
 
 class Reducer final : public nn::TokenReducer {
@@ -98,6 +124,8 @@ class Reducer final : public nn::TokenReducer {
   explicit Reducer(ReducerOptions options);
 
   void begin(std::span<const int64_t> lengths) override;
+  const nn::TokenGroups* group(int layer, nn::Sublayer part, const RowMatrix<float>& x,
+                               std::span<const int64_t> lengths) override;
   const float* key_bias() const override;
   bool wants_first_attention(int layer) const override;
   void reduce(const nn::ReductionInput& in, RowMatrix<float>& x, std::vector<int64_t>& lengths) override;
@@ -109,6 +137,8 @@ class Reducer final : public nn::TokenReducer {
   // the next layer. Throws strata::Error naming the option "schedule" when the last layer is reached short of
   // the target, unless options().allow_shortfall.
   std::vector<int64_t> removals(int64_t length) const;
+  // The most tokens one merge step can remove from n (max_merge or max_pairs, by the matching).
+  int64_t merge_cap(int64_t n) const;
   // Sizes (original tokens per current token) of sequence s after the last reduce.
   std::span<const float> sizes(int64_t s) const;
   const std::vector<LayerStats>& stats() const { return stats_; }
@@ -121,10 +151,20 @@ class Reducer final : public nn::TokenReducer {
     std::vector<float> size;        // per current token
     std::vector<int64_t> source;    // per original token: its current token
   };
+  // The matching of options_ on n rows of width d (stride ld), centred when asked; `scratch` holds the copy.
+  Reduction match(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r, std::vector<float>& scratch) const;
+
   ReducerOptions options_;
   std::vector<Sequence> seqs_;
   std::vector<float> bias_;  // log(size), packed
   bool biased_ = false;
+  std::vector<Reduction> reductions_;        // per sequence, the current step's
+  std::vector<std::vector<float>> weights_;  // per sequence, the rows' weights in that step
+  RowMatrix<float> y_;                       // the reduced rows, swapped with the encoder's
+  nn::TokenGroups groups_;                   // the current sublayer's
+  std::vector<float> group_size_;  // original tokens per group
+  std::vector<float> group_bias_;  // log(group size), packed
+  bool grouped_attention_ = false;
   std::vector<LayerStats> stats_;
 };
 

@@ -79,30 +79,65 @@ std::vector<int64_t> best_matching(const std::vector<float>& m, int64_t n, int64
   return best_into;
 }
 
-TEST(BipartiteSoftMatching, AgreesWithExhaustiveSearch) {
-  for (int64_t n : {2, 5, 8, 9, 11})
+// `red` keeps the tokens with into[i] < 0 in order and sends every other token to the row of into[i].
+void expect_same_merges(const Reduction& red, const std::vector<int64_t>& into, int64_t n, int64_t r) {
+  ASSERT_EQ(red.out, n - r) << "n=" << n << " r=" << r;
+  int64_t next = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t target = into[static_cast<size_t>(i)];
+    if (target < 0) {
+      EXPECT_EQ(red.dest[static_cast<size_t>(i)], next++) << "n=" << n << " r=" << r << " token " << i;
+    } else {
+      EXPECT_EQ(red.dest[static_cast<size_t>(i)], red.dest[static_cast<size_t>(target)])
+          << "n=" << n << " r=" << r << " token " << i;
+    }
+  }
+}
+
+// For every r up to cap(n, protect): `fast` (a matching) against `direct` (its reference), on random rows.
+template <class Cap, class Fast, class Direct>
+void check_matching(std::initializer_list<int64_t> sizes, uint64_t seed, Cap cap, Fast fast, Direct direct) {
+  for (int64_t n : sizes)
     for (bool protect : {true, false})
-      for (int64_t r = 0; r <= max_merge(n, protect); ++r) {
+      for (int64_t r = 0; r <= cap(n, protect); ++r) {
         const int64_t d = 6;
-        const auto m = random_rows(n, d, static_cast<uint64_t>(100 * n + 10 * r + protect));
-        const Reduction red = bipartite_soft_matching(m.data(), n, d, d, r, protect);
-        const auto into = best_matching(m, n, d, r, protect);
-        ASSERT_EQ(red.out, n - r) << "n=" << n << " r=" << r;
-        // Kept tokens in order; merged ones share their B token's row.
-        int64_t next = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t target = into[static_cast<size_t>(i)];
-          if (target < 0) {
-            EXPECT_EQ(red.dest[static_cast<size_t>(i)], next++) << "n=" << n << " r=" << r << " token " << i;
-          } else {
-            EXPECT_EQ(red.dest[static_cast<size_t>(i)], red.dest[static_cast<size_t>(target)])
-                << "n=" << n << " r=" << r << " token " << i;
-          }
-        }
-        if (protect && n > 0) {
+        const auto m = random_rows(n, d, seed * n + 10 * static_cast<uint64_t>(r) + protect);
+        const Reduction red = fast(m.data(), n, d, d, r, protect);
+        // Kept tokens in order; merged ones share their target's row.
+        expect_same_merges(red, direct(m, n, d, r, protect), n, r);
+        if (protect) {
           EXPECT_EQ(red.dest[0], 0);
         }
       }
+}
+
+TEST(BipartiteSoftMatching, AgreesWithExhaustiveSearch) {
+  check_matching({2, 5, 8, 9, 11}, 100, max_merge, bipartite_soft_matching, best_matching);
+}
+
+// Greedy pairs by the definition: r times, the most similar pair of free tokens (in double precision) over
+// every pair, scanned in full.
+std::vector<int64_t> greedy_pairs_direct(const std::vector<float>& m, int64_t n, int64_t d, int64_t r, bool protect) {
+  std::vector<int64_t> into(static_cast<size_t>(n), -1);
+  std::vector<char> used(static_cast<size_t>(n), 0);
+  for (int64_t k = 0; k < r; ++k) {
+    double best = -INFINITY;
+    int64_t bi = -1, bj = -1;
+    for (int64_t i = protect ? 1 : 0; i < n; ++i)
+      for (int64_t j = i + 1; j < n; ++j)
+        if (!used[static_cast<size_t>(i)] && !used[static_cast<size_t>(j)] && cos_rows(m, d, i, j) > best) {
+          best = cos_rows(m, d, i, j);
+          bi = i;
+          bj = j;
+        }
+    used[static_cast<size_t>(bi)] = used[static_cast<size_t>(bj)] = 1;
+    into[static_cast<size_t>(bj)] = bi;
+  }
+  return into;
+}
+
+TEST(GreedyPairMatching, AgreesWithTheDirectDefinition) {
+  check_matching({2, 3, 8, 9, 17, 40}, 300, max_pairs, greedy_pair_matching, greedy_pairs_direct);
 }
 
 TEST(BipartiteSoftMatching, MergedRowsAreSizeWeightedMeans) {
@@ -334,6 +369,69 @@ TEST(TokenMergeEncoder, SizesAlwaysSumToTheOriginalTokenCount) {
     }
 }
 
+TEST(TokenMergeEncoder, MergeComputeUnmergeIsExactForDuplicatedTokens) {
+  const TinyEncoder tiny;
+  // Three duplicated pairs at (B, A) positions stay equal through every layer when their sublayers see equal
+  // inputs, so merging exactly them in every attention and MLP (3 of 9 rows) changes nothing.
+  const nn::TokenBatch b = batch_of({{1, 7, 7, 12, 12, 3, 9, 9, 20}});
+  const Tensor dense = tiny.encoder.forward(b);
+  ReducerOptions o;
+  o.metric = Metric::hidden;
+  o.merge_attention.assign(kLayers, 3.0 / 9.0);
+  o.merge_mlp.assign(kLayers, 3.0 / 9.0);
+  Reducer merge(o);
+  const Tensor merged = tiny.encoder.forward(b, &merge);
+  EXPECT_LT(max_diff(merged, dense), 1e-5);
+  // Rows the sublayers ran on: 6 of 9 in each; the FLOPs by the direct count.
+  ASSERT_EQ(merge.stats().size(), static_cast<size_t>(kLayers));
+  for (const auto& l : merge.stats()) {
+    EXPECT_EQ(l.tokens_in, 6);
+    EXPECT_EQ(l.tokens_out, 6);
+    EXPECT_DOUBLE_EQ(l.attention_pairs, 36.0);
+  }
+  const double per_layer = 2.0 * (6 * 4.0 * kDim * kDim + 36 * 2.0 * kDim + 6 * 2.0 * kDim * kHidden);
+  EXPECT_DOUBLE_EQ(encoder_flops(tiny.encoder.config(), merge.stats()), kLayers * per_layer);
+
+  // Without the log-size bias the merged attention weighs a pair as one key: no longer exact.
+  o.proportional_attention = false;
+  Reducer plain(o);
+  EXPECT_GT(max_diff(tiny.encoder.forward(b, &plain), dense), 1e-3);
+  // The MLP alone: still exact, the attention runs on every row.
+  o.proportional_attention = true;
+  o.merge_attention.clear();
+  Reducer mlp(o);
+  EXPECT_LT(max_diff(tiny.encoder.forward(b, &mlp), dense), 1e-5);
+  EXPECT_EQ(mlp.stats()[0].tokens_in, 9);
+}
+
+TEST(TokenMergeEncoder, MergeComputeUnmergeKeepsEveryRow) {
+  const TinyEncoder tiny;
+  const nn::TokenBatch b = batch_of({{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {4, 5, 6}, {3, 9, 27, 1, 2}});
+  const Tensor dense = tiny.encoder.forward(b);
+  ReducerOptions o;
+  o.metric = Metric::hidden;
+  o.merge_attention = {0.5, 0, 0.3};
+  o.merge_mlp = {0.2, 0.5};
+  Reducer r(o);
+  const Tensor out = tiny.encoder.forward(b, &r);
+  ASSERT_EQ(out.shape(), dense.shape());
+  // Merged rows per sequence: round(f n) capped at (n + 1) / 2 - 1 (the first token kept).
+  const auto rows = [](double f, std::vector<int64_t> n) {
+    int64_t sum = 0;
+    for (int64_t k : n) sum += k - std::min<int64_t>(std::llround(f * static_cast<double>(k)), (k + 1) / 2 - 1);
+    return sum;
+  };
+  ASSERT_EQ(r.stats().size(), static_cast<size_t>(kLayers));
+  EXPECT_EQ(r.stats()[0].tokens_in, rows(0.5, {11, 3, 5}));
+  EXPECT_EQ(r.stats()[0].tokens_out, rows(0.2, {11, 3, 5}));
+  EXPECT_EQ(r.stats()[1].tokens_in, 19);
+  EXPECT_EQ(r.stats()[1].tokens_out, rows(0.5, {11, 3, 5}));
+  EXPECT_EQ(r.stats()[2].tokens_in, rows(0.3, {11, 3, 5}));
+  EXPECT_EQ(r.stats()[2].tokens_out, 19);
+  // Sizes stay one per row: nothing was merged for good.
+  for (int64_t s = 0; s < b.size; ++s) EXPECT_EQ(static_cast<int64_t>(r.sizes(s).size()), b.tokens(s));
+}
+
 // ---- schedules and the allocator --------------------------------------------------------------------
 
 TEST(Schedule, ConstantAndDecreasing) {
@@ -405,6 +503,8 @@ TEST(TokenReductionErrors, NameTheOption) {
   expect_error([&] { bipartite_soft_matching(m.data(), 8, 4, 4, 4); },
                "'r'");  // 3 at most with [CLS] kept
   EXPECT_NO_THROW(bipartite_soft_matching(m.data(), 8, 4, 4, 4, false));
+  expect_error([&] { greedy_pair_matching(m.data(), 8, 4, 4, 4); }, "'r'");  // 3 pairs of the 7 others
+  expect_error([&] { parse_matching("random"); }, "'matching'");
   const std::vector<float> score(6, 0.1f);
   expect_error([&] { keep_top_fuse_rest(score, 5); }, "'remove'");
   expect_error([&] { keep_top_fuse_rest(score, -2); }, "'remove'");
@@ -417,6 +517,16 @@ TEST(TokenReductionErrors, NameTheOption) {
   expect_error([&] { Reducer(o).removals(64); }, "'schedule'");
   o.allow_shortfall = true;
   EXPECT_EQ(Reducer(o).removals(64), std::vector<int64_t>{31});
+  ReducerOptions u;
+  u.merge_attention = {0.6};
+  expect_error([&] { Reducer{u}; }, "'merge_attention'");
+  u.merge_attention = {0.2};
+  u.merge_mlp = {0.1, -0.1};
+  expect_error([&] { Reducer{u}; }, "'merge_mlp'");
+  u.merge_mlp.clear();
+  u.method = Method::prune;
+  u.schedule = Schedule::constant(3, 0.3);
+  expect_error([&] { Reducer{u}; }, "'merge_attention'");
   const TinyEncoder tiny;
   expect_error([&] { measure_sensitivity(tiny.encoder, {}, {}); }, "'batches'");
   const nn::TokenBatch b = batch_of({{1, 2, 3, 4, 5, 6}});
