@@ -722,6 +722,16 @@ void register_kv(CLI::App& app) {
         if (it == lines.end()) it = lines.insert(lines.end(), {name, {}});
         it->second.push_back({r.mean_held(), r.mean_kl()});
       }
+      // The allocated layer budgets themselves, for the record (the tables are measured already).
+      for (const auto& r : g.rows)
+        if (!r.threshold && !r.config.streaming() && r.config.budgeting == kv::Budgeting::allocated) {
+          const auto per_layer = kv::eval_policy(r.config, r.tokens, length, settings, &tables).per_layer;
+          std::string list;
+          for (const int64_t b : per_layer) list += (list.empty() ? "" : " ") + std::to_string(b);
+          std::printf("%s at %s: tokens per KV head, layer 0 to %zu: %s\n", r.label().c_str(), percent(r.budget).c_str(),
+                      per_layer.size() - 1, list.c_str());
+          json["generation"]["allocations"][r.label()][fmt(r.budget, 2)] = per_layer;
+        }
       json["generation"]["prompt"] = o.gen_prompt;
       json["generation"]["steps"] = o.gen_steps;
       json["generation"]["every"] = o.gen_every;
