@@ -53,24 +53,44 @@ GgmlType fallback_type(GgmlType wanted, int64_t cols) {
   return cols % kernels::ggml_block_size(t) == 0 ? t : GgmlType::F16;
 }
 
-std::vector<std::byte> quantize(GgmlType t, const float* x, int64_t rows, int64_t cols, std::span<const float> importance) {
+namespace {
+
+// The checks both entry points make before writing anything; returns the bytes of one row.
+uint64_t checked_row_bytes(GgmlType t, int64_t rows, int64_t cols, std::span<const float> importance) {
   require(can_quantize(t), "ggml quantize: type ", kernels::ggml_type_name(t), " is not quantizable (supported:",
           quantizable_list(), ")");
   const kernels::GgmlCodec& codec = kernels::ggml_codec(t);
   kernels::detail::check_row_args(codec, cols, importance);
   require(rows >= 0, "ggml quantize ", lower_name(t), ": negative row count ", rows);
+  return codec.row_bytes(cols);
+}
+
+}  // namespace
+
+void quantize(GgmlType t, const float* x, int64_t rows, int64_t cols, std::span<const float> importance,
+              std::span<std::byte> out) {
+  const uint64_t row_bytes = checked_row_bytes(t, rows, cols, importance);
+  require(out.size() == row_bytes * static_cast<uint64_t>(rows), "ggml quantize ", lower_name(t), ": output of ",
+          out.size(), " bytes for ", rows, " rows of ", row_bytes, " bytes");
+  const kernels::GgmlCodec& codec = kernels::ggml_codec(t);
   const float* qw = importance.empty() ? nullptr : importance.data();
-  const uint64_t row_bytes = codec.row_bytes(cols);
-  std::vector<std::byte> out(row_bytes * static_cast<uint64_t>(rows));
   // A few rows per chunk: enough work to amortise scheduling, small enough to balance two cores.
   const int64_t chunk = std::max<int64_t>(1, 16384 / cols);
   parallel_for(rows, chunk, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * cols;
-      kernels::detail::check_finite(xr, cols, "weight", t, r);
+      // Checked after the row is quantized, from the cache: checked first, a matrix larger than the
+      // caches would be read from memory at the pace of the check, with nothing to overlap it. The
+      // quantizers give defined bytes for any float, and a non-finite row still throws.
       codec.quantize_row(xr, cols, out.data() + static_cast<uint64_t>(r) * row_bytes, qw);
+      kernels::detail::check_finite(xr, cols, "weight", t, r);
     }
   });
+}
+
+std::vector<std::byte> quantize(GgmlType t, const float* x, int64_t rows, int64_t cols, std::span<const float> importance) {
+  std::vector<std::byte> out(checked_row_bytes(t, rows, cols, importance) * static_cast<uint64_t>(rows));
+  quantize(t, x, rows, cols, importance, out);
   return out;
 }
 

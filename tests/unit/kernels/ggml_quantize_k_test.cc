@@ -292,5 +292,47 @@ TEST(GgmlQuantizeK, TensorMatchesReferenceRows) {
   }
   set_num_threads(threads_before);
 }
+
+// Every quantizable type through both whole-tensor entry points: the caller's buffer (filled with
+// garbage first) receives the bytes the returned vector holds, a buffer of the wrong size is
+// refused, and a NaN or an infinity is refused naming its row and column, for every type (the rows
+// are checked after they are quantized, so every quantizer meets the value first).
+TEST(GgmlQuantizeK, TensorIntoBufferAndNonFiniteEveryType) {
+  constexpr int64_t rows = 9, cols = 512;
+  const auto expect_error = [](const std::function<void()>& f, const std::string& part) {
+    try {
+      f();
+      ADD_FAILURE() << "no error; expected one naming '" << part << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.f, 0.03f);
+  std::vector<float> x(static_cast<std::size_t>(rows * cols)), qw(static_cast<std::size_t>(cols));
+  for (auto& v : x) v = normal(rng);
+  for (auto& v : qw) v = std::fabs(normal(rng)) * 100.f;
+  const int threads_before = num_threads();
+  set_num_threads(1);
+  for (kernels::GgmlType t : compress::ggml::quantizable_types())
+    for (bool use : {false, true}) {
+      SCOPED_TRACE(kernels::lower_name(t) + (use ? " imatrix" : ""));
+      const std::span<const float> imp = use ? std::span<const float>(qw) : std::span<const float>();
+      const auto want = compress::ggml::quantize(t, x.data(), rows, cols, imp);
+      std::vector<std::byte> got(want.size(), std::byte{0xAB});
+      compress::ggml::quantize(t, x.data(), rows, cols, imp, got);
+      EXPECT_TRUE(got == want);
+      std::vector<std::byte> short_buf(want.size() - 1);
+      expect_error([&] { compress::ggml::quantize(t, x.data(), rows, cols, imp, short_buf); },
+                   "output of " + std::to_string(want.size() - 1) + " bytes");
+      for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+        std::vector<float> y = x;
+        y[static_cast<std::size_t>(6 * cols + 300)] = bad;
+        expect_error([&] { compress::ggml::quantize(t, y.data(), rows, cols, imp); }, "row 6, column 300");
+        expect_error([&] { compress::ggml::quantize(t, y.data(), rows, cols, imp, got); }, "row 6, column 300");
+      }
+    }
+  set_num_threads(threads_before);
+}
 }  // namespace strata
 #endif

@@ -55,6 +55,11 @@ using kernels::quantize_row;
 // `cols` values, applied to every row as llama.cpp applies an imatrix. Same checks as quantize_row.
 std::vector<std::byte> quantize(GgmlType t, const float* x, int64_t rows, int64_t cols,
                                 std::span<const float> importance = {});
+// The same bytes written into `out`, which must hold exactly rows * ggml_row_size(t, cols) bytes
+// (throws strata::Error naming the sizes otherwise): for callers that quantize many matrices into
+// one reused buffer, which saves the allocation, zeroing and first-touch page faults of a new one.
+void quantize(GgmlType t, const float* x, int64_t rows, int64_t cols, std::span<const float> importance,
+              std::span<std::byte> out);
 
 // ---- for the GGUF writer ------------------------------------------------------------------------
 // What to put in a GGUF tensor for a layer compressed by quant.ggml / quant.ggml_noimatrix: its
