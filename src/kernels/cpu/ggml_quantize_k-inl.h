@@ -568,17 +568,16 @@ HWY_INLINE void RequantizeK4(const float* HWY_RESTRICT x, float d, float dm, flo
   const DF df;
   const DI di;
   const size_t N = hn::Lanes(df);
-  const VF zero = hn::Zero(df), vnmax = hn::Set(df, static_cast<float>(nmax));
+  // ggml's integer nearest_int, clamped as integers (no float-to-int conversion).
+  const VI izero = hn::Zero(di), inmax = hn::Set(di, nmax);
+  auto clamped = [&](VF v) { return hn::Min(hn::Max(GgmlNearestInt(v), izero), inmax); };
   if (d != 0) {
     const VF vd = hn::Set(df, d), vdm = hn::Set(df, dm);
     for (int l = 0; l < n; l += static_cast<int>(N))
-      hn::Store(hn::ConvertTo(di, NearestClamped(hn::Div(hn::Add(hn::LoadU(df, x + l), vdm), vd), zero, vnmax)), di,
-                q + l);
+      hn::Store(clamped(hn::Div(hn::Add(hn::LoadU(df, x + l), vdm), vd)), di, q + l);
   } else {
     const VF vi = hn::Set(df, l_iscale), vm = hn::Set(df, l_min);
-    for (int l = 0; l < n; l += static_cast<int>(N))
-      hn::Store(hn::ConvertTo(di, NearestClamped(MulR(vi, hn::Sub(hn::LoadU(df, x + l), vm)), zero, vnmax)), di,
-                q + l);
+    for (int l = 0; l < n; l += static_cast<int>(N)) hn::Store(clamped(MulR(vi, hn::Sub(hn::LoadU(df, x + l), vm))), di, q + l);
   }
 }
 
@@ -723,20 +722,27 @@ HWY_INLINE void SearchQx(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT
   constexpr int n = 16, nmax = 32, n_cand = 19;
   const VF zero = hn::Zero(df);
   VF x[n], w[n], wx[n];
-  VF amax = zero, max = zero;
+  VF amax = zero, max = zero, xlo = hn::Load(df, xt), xhi = xlo;
   for (int i = 0; i < n; ++i) {
     x[i] = hn::Load(df, xt + static_cast<size_t>(i) * N);
     const VF ax = hn::Abs(x[i]);
     const auto gt = hn::Gt(ax, amax);
     amax = hn::IfThenElse(gt, ax, amax);
     max = hn::IfThenElse(gt, x[i], max);
+    xlo = hn::Min(xlo, x[i]);
+    xhi = hn::Max(xhi, x[i]);
     w[i] = qt ? hn::Load(df, qt + static_cast<size_t>(i) * N) : MulR(x[i], x[i]);
     wx[i] = MulR(w[i], x[i]);
   }
   const auto flat = hn::Lt(amax, hn::Set(df, kGroupMaxEps));
   // Outside flat lanes |iscale * x| <= 32.9, so clamping before rounding gives what rounding then
-  // clamping gives, and 1.5 * 2^23 added and taken away rounds exactly (half to even).
+  // clamping gives, and 1.5 * 2^23 added and taken away rounds exactly (half to even). A clamp is
+  // left out where no lane needs it: iscale * x is monotonic in x (each rounding is), so a lane's
+  // products lie between those at max (its lowest, near -num) and at the extreme of the other sign
+  // (its highest); -32.5 rounds to -32 (half to even) and 31.5 to 32. Flat lanes are discarded.
   const VF lo = hn::Set(df, static_cast<float>(-nmax)), hi = hn::Set(df, static_cast<float>(nmax - 1));
+  const VF bottom = hn::Set(df, -32.5f), top = hn::Set(df, 31.5f);
+  const VF opposite = hn::IfThenElse(hn::Gt(max, zero), xlo, xhi);
   const VF magic = hn::Set(df, kMagic);
   VF scale = zero, best = zero, chosen = zero;
   for (int c = 0; c < n_cand; ++c) {
@@ -744,12 +750,28 @@ HWY_INLINE void SearchQx(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT
     const int is = c == 0 ? 0 : (c <= 9 ? c - 10 : c - 9);
     const float num = c == 0 ? static_cast<float>(-nmax) : -(static_cast<float>(nmax) + ProdS(0.1f, static_cast<float>(is)));
     const VF iscale = hn::Div(hn::Set(df, num), max);
+    const bool low_idle = hn::AllTrue(df, hn::Or(flat, hn::Ge(MulR(iscale, max), bottom)));
+    const bool high_idle = hn::AllTrue(df, hn::Or(flat, hn::Lt(MulR(iscale, opposite), top)));
     VF sumlx = zero, suml2 = zero;
-    for (int i = 0; i < n; ++i) {
-      const VF l = hn::Sub(hn::Add(hn::Min(hn::Max(MulR(iscale, x[i]), lo), hi), magic), magic);
-      sumlx = hn::Add(sumlx, MulR(wx[i], l));
-      suml2 = hn::Add(suml2, MulR(MulR(w[i], l), l));
-    }
+    auto sums = [&](auto low_, auto high_) STRATA_INLINE_LAMBDA {
+      VF slx = zero, sl2 = zero;
+      for (int i = 0; i < n; ++i) {
+        VF v = MulR(iscale, x[i]);
+        if constexpr (decltype(low_)::value) v = hn::Max(v, lo);
+        if constexpr (decltype(high_)::value) v = hn::Min(v, hi);
+        const VF l = hn::Sub(hn::Add(v, magic), magic);
+        slx = hn::Add(slx, MulR(wx[i], l));
+        sl2 = hn::Add(sl2, MulR(MulR(w[i], l), l));
+      }
+      sumlx = slx;
+      suml2 = sl2;
+    };
+    using Yes = std::true_type;
+    using No = std::false_type;
+    if (low_idle)
+      high_idle ? sums(No(), No()) : sums(No(), Yes());
+    else
+      high_idle ? sums(Yes(), No()) : sums(Yes(), Yes());
     if (c == 0) {
       scale = hn::IfThenElseZero(hn::Not(hn::Eq(suml2, zero)), hn::Div(sumlx, suml2));
       best = MulR(scale, sumlx);
@@ -788,8 +810,9 @@ inline void QuantizeRowQ6K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
     SearchQx(xt, importance ? qt : nullptr, scales + g, l_iscale + g, flat + g);
   }
 
-  const VF lo = hn::Set(df, -32.f), hi = hn::Set(df, 31.f);
-  const VI v32 = hn::Set(di, 32), low4 = hn::Set(di, 0xF);
+  // clamp(nearest_int(v), -32, 31) + 32 with ggml's integer nearest_int.
+  const VI ilo = hn::Set(di, -32), ihi = hn::Set(di, 31), v32 = hn::Set(di, 32), low4 = hn::Set(di, 0xF);
+  auto quant = [&](VF v) { return hn::Add(hn::Min(hn::Max(GgmlNearestInt(v), ilo), ihi), v32); };
   HWY_ALIGN int32_t L[kQK_K];
   for (int64_t i = 0; i < nsb; ++i, x += kQK_K) {
     kernels::BlockQ6_K& b = y[i];
@@ -802,16 +825,12 @@ inline void QuantizeRowQ6K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
       int32_t* Ls = L + 16 * j;
       if (d != 0) {
         const VF vd = hn::Set(df, d);
-        for (int l = 0; l < 16; l += static_cast<int>(N))
-          hn::Store(hn::Add(hn::ConvertTo(di, NearestClamped(hn::Div(hn::LoadU(df, xs + l), vd), lo, hi)), v32), di,
-                    Ls + l);
+        for (int l = 0; l < 16; l += static_cast<int>(N)) hn::Store(quant(hn::Div(hn::LoadU(df, xs + l), vd)), di, Ls + l);
       } else if (flat[s0 + j] != 0) {
         for (int l = 0; l < 16; l += static_cast<int>(N)) hn::Store(hn::Zero(di), di, Ls + l);
       } else {
         const VF vi = hn::Set(df, l_iscale[s0 + j]);
-        for (int l = 0; l < 16; l += static_cast<int>(N))
-          hn::Store(hn::Add(hn::ConvertTo(di, NearestClamped(MulR(vi, hn::LoadU(df, xs + l)), lo, hi)), v32), di,
-                    Ls + l);
+        for (int l = 0; l < 16; l += static_cast<int>(N)) hn::Store(quant(MulR(vi, hn::LoadU(df, xs + l))), di, Ls + l);
       }
     }
     // ql: low nibbles of quants l and l + 64 (then l + 32 and l + 96) of each half; qh: their top
