@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
   strata::ensure_fast_blas(argc, argv);
   const auto paths = strata::io::DataPaths::resolve(STRATA_SOURCE_DIR);
   std::filesystem::path model = paths.models / "all-minilm-l6-v2", text = paths.moby_dick();
-  std::string slice = "0.7:0.8", schedule, matching = "bipartite";
+  std::string slice = "0.7:0.8", schedule, matching = "greedy";
   int64_t batch = 32, passages = 120;
   std::vector<char*> rest;
   const auto fail = [](const std::string& what) {
@@ -146,7 +146,7 @@ int main(int argc, char** argv) {
             ->UseRealTime();
       };
       add("encoder/dense", std::nullopt);
-      // As token_merge_eval runs them: merging on the hidden states.
+      // As token_merge_eval runs them: merging on the hidden states, greedy pairs unless --matching says.
       strata::token::ReducerOptions base;
       base.metric = strata::token::Metric::hidden;
       base.matching = strata::token::parse_matching(matching);

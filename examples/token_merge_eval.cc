@@ -35,12 +35,17 @@ struct Args {
   std::vector<double> rates = {0.25, 0.5, 0.75};
   std::vector<std::string> methods = {"merge", "prune"};
   bool allocator = true;
+  // The searched schedule: measured whole-schedule loss on the tuning slice, FLOPs within search_flops.
+  double search_flops = 0.7, search_step = 0.025;
+  // Explicit merge schedules, one row each: per-layer fractions separated by '/' (0.05/0.2/0.15/0.1/0/0).
+  std::vector<std::string> schedules;
   // Merge, compute, unmerge: "ATTENTION:MLP" fractions merged in each layer from unmerge_from on.
   std::vector<std::string> unmerge;
   int64_t unmerge_from = 0;
   std::vector<double> fractions = {0.05, 0.1, 0.2, 0.3};
   // Chosen on the tuning slice (docs/token-merging.md): hidden states matched better than keys there.
-  std::string metric = "hidden", matching = "bipartite";
+  // Greedy pairs matched better than the bipartite matching there (mean cosine at 25% and 50%).
+  std::string metric = "hidden", matching = "greedy";
   bool center = false;
   std::filesystem::path report;
 
@@ -74,6 +79,15 @@ struct Args {
     ex::add_list(app, "--rates", rates, "fractions of the tokens removed by the last layer");
     ex::add_list(app, "--fractions", fractions, "per-layer rates the sensitivity is measured at");
     ex::add_list(app, "--methods", methods, "methods of the rows that shrink the sequence (merge, prune)");
+    app.add_option("--search-flops", search_flops,
+                   "searched schedule: encoder FLOPs relative to dense at most (0: no search)")
+        ->check(CLI::Range(0.0, 1.0))
+        ->capture_default_str();
+    app.add_option("--search-step", search_step, "searched schedule: fraction moved between layers per move")
+        ->check(CLI::Range(0.001, 0.5))
+        ->capture_default_str();
+    ex::add_list(app, "--schedules", schedules,
+                 "explicit merge schedules, each per-layer fractions separated by '/', e.g. 0.05/0.2/0.15/0.1/0/0");
     app.add_flag("!--no-allocator", allocator, "skip the allocator's schedule (and its sensitivity measurement)");
     ex::add_list(app, "--unmerge", unmerge,
                  "merge-compute-unmerge rows, each ATTENTION:MLP, the fractions of the rows merged for each "
@@ -321,6 +335,23 @@ void run(const Args& a) {
     const token::Schedule decreasing = token::Schedule::decreasing(c.n_layers, rate);
     for (const auto& [name, schedule] : {std::pair{"constant", &constant}, std::pair{"decreasing", &decreasing}})
       for (token::Method m : methods) measure(m, name, *schedule, rate);
+    if (a.search_flops > 0 && std::find(methods.begin(), methods.end(), token::Method::merge) != methods.end()) try {
+        token::SearchOptions so;
+        so.reducer.metric = metric;
+        so.reducer.matching = matching;
+        so.reducer.center = a.center;
+        so.total = rate;
+        so.max_flops = a.search_flops;
+        so.step = a.search_step;
+        const auto t0 = std::chrono::steady_clock::now();
+        const token::SearchResult found = token::search_schedule(enc, tb.batches, so);
+        std::printf("search at %.0f%% (tuning slice, %lld runs, %.0f s): %s, loss %.5f, FLOPs %.1f%%\n", 100 * rate,
+                    static_cast<long long>(found.evaluations), ex::seconds_since(t0), found.schedule.str().c_str(),
+                    found.loss, 100 * found.flops);
+        measure(token::Method::merge, "searched", found.schedule, rate);
+      } catch (const Error& e) {
+        std::printf("search at %.0f%%: %s\n", 100 * rate, e.what());
+      }
     // The allocator at the constant schedule's FLOPs (under the token-linear cost model).
     if (allocate) try {
         measure(token::Method::merge, "allocator",
@@ -328,6 +359,11 @@ void run(const Args& a) {
       } catch (const Error& e) {
         std::printf("allocator at %.0f%%: %s\n", 100 * rate, e.what());
       }
+  }
+  for (const auto& item : a.schedules) {
+    token::Schedule s;
+    for (const auto& f : ex::split(item, '/')) s.fraction.push_back(ex::to_value<double>("--schedules", f));
+    measure(token::Method::merge, "explicit", s, s.total());
   }
   for (const auto& [att, mlp] : unmerge) {
     token::ReducerOptions o;
@@ -339,7 +375,7 @@ void run(const Args& a) {
       o.merge_mlp.push_back(l >= a.unmerge_from ? mlp : 0.0);
     }
     char name[64], layers[96];
-    std::snprintf(name, sizeof name, "att %.2f, MLP %.2f", att, mlp);
+    std::snprintf(name, sizeof name, "att %.2f + MLP %.2f", att, mlp);
     std::snprintf(layers, sizeof layers, "layers %lld-%lld", static_cast<long long>(a.unmerge_from),
                   static_cast<long long>(c.n_layers - 1));
     // The rate column: the share of the sublayers' rows merged, weighted by their FLOPs per row.

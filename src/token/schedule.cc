@@ -42,6 +42,24 @@ void check(const Sensitivity& s, const nn::BertConfig& c) {
             s.fractions.size(), " rates");
 }
 
+// 1 - mean cosine between the embeddings with `options`' reduction and the dense ones, over every sequence.
+double reduction_loss(const nn::BertEncoder& encoder, std::span<const nn::TokenBatch> batches,
+                      const std::vector<Tensor>& dense, const ReducerOptions& options) {
+  const int64_t dim = encoder.config().dim;
+  Reducer reducer(options);
+  double cos = 0;
+  int64_t sequences = 0;
+  for (size_t bi = 0; bi < batches.size(); ++bi) {
+    const Tensor e = encoder.embed(batches[bi], &reducer);
+    const float* a = e.view<const float>().data();
+    const float* d = dense[bi].view<const float>().data();
+    for (int64_t i = 0; i < batches[bi].size; ++i)
+      cos += nn::cosine({a + i * dim, static_cast<size_t>(dim)}, {d + i * dim, static_cast<size_t>(dim)});
+    sequences += batches[bi].size;
+  }
+  return std::max(0.0, 1.0 - cos / static_cast<double>(std::max<int64_t>(1, sequences)));
+}
+
 }  // namespace
 
 Sensitivity measure_sensitivity(const nn::BertEncoder& encoder, std::span<const nn::TokenBatch> batches,
@@ -65,7 +83,6 @@ Sensitivity measure_sensitivity(const nn::BertEncoder& encoder, std::span<const 
   }
   require(sequences > 0, "token sensitivity: option 'batches' holds no sequence");
   s.mean_length = static_cast<double>(tokens) / static_cast<double>(sequences);
-  const int64_t dim = c.dim;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     std::vector<double> row;
     for (double f : options.fractions) {
@@ -75,16 +92,7 @@ Sensitivity measure_sensitivity(const nn::BertEncoder& encoder, std::span<const 
       ro.proportional_attention = options.proportional_attention;
       ro.schedule.fraction.assign(static_cast<size_t>(c.n_layers), 0.0);
       ro.schedule.fraction[static_cast<size_t>(l)] = f;
-      Reducer reducer(ro);
-      double cos = 0;
-      for (size_t bi = 0; bi < batches.size(); ++bi) {
-        const Tensor e = encoder.embed(batches[bi], &reducer);
-        const float* a = e.view<const float>().data();
-        const float* d = dense[bi].view<const float>().data();
-        for (int64_t i = 0; i < batches[bi].size; ++i)
-          cos += nn::cosine({a + i * dim, static_cast<size_t>(dim)}, {d + i * dim, static_cast<size_t>(dim)});
-      }
-      row.push_back(std::max(0.0, 1.0 - cos / static_cast<double>(sequences)));
+      row.push_back(reduction_loss(encoder, batches, dense, ro));
     }
     s.loss.push_back(std::move(row));
   }
@@ -149,6 +157,108 @@ Schedule allocate_schedule(const Sensitivity& s, const nn::BertConfig& c, double
     }
     out = solve(hi);
   }
+  return out;
+}
+
+double schedule_flops(const nn::BertConfig& c, const ReducerOptions& reducer, std::span<const int64_t> lengths) {
+  const Reducer r(reducer);
+  std::vector<LayerStats> stats(static_cast<size_t>(c.n_layers));
+  for (int64_t n : lengths) {
+    const std::vector<int64_t> removed = r.removals(n);
+    int64_t current = n;
+    for (size_t l = 0; l < stats.size(); ++l) {
+      stats[l].tokens_in += current;
+      stats[l].attention_pairs += static_cast<double>(current) * static_cast<double>(current);
+      if (l < removed.size()) current -= removed[l];
+      stats[l].tokens_out += current;
+    }
+  }
+  return encoder_flops(c, stats);
+}
+
+SearchResult search_schedule(const nn::BertEncoder& encoder, std::span<const nn::TokenBatch> batches,
+                             const SearchOptions& o) {
+  require(!batches.empty(), "token schedule search: option 'batches' is empty; calibration passages are needed");
+  require(o.total > 0 && o.total < 1, "token schedule search: option 'total' is ", o.total, "; it must be in (0, 1)");
+  require(o.step > 0 && o.step <= o.total, "token schedule search: option 'step' is ", o.step,
+          "; it must be in (0, total]");
+  const nn::BertConfig& c = encoder.config();
+  std::vector<int64_t> lengths;
+  std::vector<Tensor> dense;
+  for (const auto& b : batches) {
+    dense.push_back(encoder.embed(b));
+    for (int64_t i = 0; i < b.size; ++i) lengths.push_back(b.tokens(i));
+  }
+  const double dense_flops = dense_encoder_flops(c, lengths);
+  ReducerOptions ro = o.reducer;
+  // FLOPs relative to dense, or infinity for a schedule the sequences cannot take.
+  const auto flops = [&](const Schedule& s) {
+    ro.schedule = s;
+    try {
+      return schedule_flops(c, ro, lengths) / dense_flops;
+    } catch (const Error&) {
+      return static_cast<double>(INFINITY);
+    }
+  };
+  SearchResult out;
+  const auto loss = [&](const Schedule& s) {
+    ro.schedule = s;
+    ++out.evaluations;
+    return reduction_loss(encoder, batches, dense, ro);
+  };
+  // The start: the constant schedule moved toward the decreasing one as far as the FLOPs need.
+  const Schedule constant = Schedule::constant(c.n_layers, o.total), decreasing = Schedule::decreasing(c.n_layers, o.total);
+  require(flops(decreasing) <= o.max_flops, "token schedule search: option 'max_flops' is ", o.max_flops,
+          "; even the decreasing schedule of total ", o.total, " needs ", flops(decreasing));
+  const auto blend = [&](double a) {
+    Schedule s;
+    for (size_t l = 0; l < constant.fraction.size(); ++l)
+      s.fraction.push_back((1 - a) * constant.fraction[l] + a * decreasing.fraction[l]);
+    return s;
+  };
+  double lo = 0, hi = 1;
+  if (flops(constant) <= o.max_flops) hi = 0;
+  for (int i = 0; i < 30 && hi > 0; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (flops(blend(mid)) <= o.max_flops ? hi : lo) = mid;
+  }
+  out.schedule = blend(hi);
+  out.loss = loss(out.schedule);
+  // Moves of `step` (from, to): one to a neighbouring layer, or two in opposite directions (i to i + 1 and j to
+  // j - 1, or back), which leave the FLOPs about where they were.
+  std::vector<std::vector<std::pair<size_t, size_t>>> moves;
+  const size_t layers = out.schedule.fraction.size();
+  for (size_t i = 0; i + 1 < layers; ++i) {
+    moves.push_back({{i, i + 1}});
+    moves.push_back({{i + 1, i}});
+    for (size_t j = i + 2; j < layers; ++j) {
+      moves.push_back({{i, i + 1}, {j, j - 1}});
+      moves.push_back({{i + 1, i}, {j - 1, j}});
+    }
+  }
+  for (int64_t round = 0; round < o.max_rounds; ++round) {
+    Schedule best = out.schedule;
+    double best_loss = out.loss;
+    for (const auto& move : moves) {
+      Schedule s = out.schedule;
+      bool valid = true;
+      for (const auto& [from, to] : move) {
+        valid = valid && s.fraction[from] >= o.step - 1e-12;
+        s.fraction[from] = std::max(0.0, s.fraction[from] - o.step);
+        s.fraction[to] += o.step;
+      }
+      if (!valid || flops(s) > o.max_flops) continue;
+      const double l = loss(s);
+      if (l < best_loss) {
+        best_loss = l;
+        best = s;
+      }
+    }
+    if (best_loss >= out.loss) break;
+    out.schedule = best;
+    out.loss = best_loss;
+  }
+  out.flops = flops(out.schedule);
   return out;
 }
 

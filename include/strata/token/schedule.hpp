@@ -57,4 +57,32 @@ double schedule_cost(const Sensitivity& s, const nn::BertConfig& config, const S
 Schedule allocate_schedule(const Sensitivity& s, const nn::BertConfig& config, double budget,
                            double max_total = 0.99);
 
+// Encoder FLOPs (encoder_flops' count) of `reducer`'s schedule on sequences of these lengths, from the
+// removals alone (no forward pass); merge_attention and merge_mlp are not counted. Throws what
+// Reducer::removals throws.
+double schedule_flops(const nn::BertConfig& config, const ReducerOptions& reducer, std::span<const int64_t> lengths);
+
+// A schedule searched on measured whole-schedule loss (1 - mean cosine to the dense embeddings on the
+// calibration batches), where the allocator above adds up single-layer losses: from the constant schedule
+// of `total` (blended with the decreasing one, the least that brings the FLOPs within max_flops), steepest
+// descent over moves of `step` of the total (to a neighbouring layer, or a pair in opposite directions that
+// leaves the FLOPs about equal) that keep the FLOPs (schedule_flops over the batches' lengths, relative to
+// dense) within max_flops, until no move lowers the loss or max_rounds moves were made.
+struct SearchOptions {
+  ReducerOptions reducer;  // method, metric, matching, ...; its schedule is what the search sets
+  double total = 0.5;      // fraction of the tokens removed by the last layer
+  double max_flops = 0.7;  // encoder FLOPs relative to dense, at most
+  double step = 0.025;     // fraction of the original length moved per move
+  int64_t max_rounds = 12;
+};
+struct SearchResult {
+  Schedule schedule;
+  double loss = 0, flops = 0;  // measured loss; FLOPs relative to dense
+  int64_t evaluations = 0;     // encoder runs over the batches
+};
+// Throws strata::Error naming "batches" when there are none, "total" outside (0, 1), "step" outside (0, total],
+// "max_flops" when even the decreasing schedule's FLOPs exceed it.
+SearchResult search_schedule(const nn::BertEncoder& encoder, std::span<const nn::TokenBatch> batches,
+                             const SearchOptions& options);
+
 }  // namespace strata::token

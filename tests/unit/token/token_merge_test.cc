@@ -485,8 +485,6 @@ TEST(Schedule, AllocatorMatchesExhaustiveSearch) {
   }
 }
 
-// ---- refusals ---------------------------------------------------------------------------------------
-
 template <class F>
 void expect_error(F f, const std::string& option) {
   try {
@@ -496,6 +494,71 @@ void expect_error(F f, const std::string& option) {
     EXPECT_THAT(e.what(), HasSubstr(option));
   }
 }
+
+TEST(Schedule, FlopsFromTheRemovalsEqualTheEncodersCount) {
+  const TinyEncoder tiny;
+  const nn::TokenBatch b = batch_of({{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}, {4, 5, 6, 7, 8, 9}, {3, 9, 27, 1}});
+  for (const auto& schedule : {Schedule::constant(kLayers, 0.4), Schedule::decreasing(kLayers, 0.6)}) {
+    ReducerOptions o;
+    o.metric = Metric::hidden;
+    o.matching = Matching::greedy;
+    o.schedule = schedule;
+    o.allow_shortfall = true;
+    Reducer r(o);
+    tiny.encoder.forward(b, &r);
+    EXPECT_DOUBLE_EQ(schedule_flops(tiny.encoder.config(), o, std::vector<int64_t>{13, 6, 4}),
+                     encoder_flops(tiny.encoder.config(), r.stats()));
+  }
+}
+
+TEST(Schedule, SearchKeepsTheTotalAndTheFlopsAndReportsItsLoss) {
+  const TinyEncoder tiny;
+  std::mt19937 rng(4);
+  std::uniform_int_distribution<int32_t> id(1, kVocab - 1);
+  std::vector<std::vector<int32_t>> seqs;
+  for (int64_t len : {30, 24, 36, 28}) {
+    std::vector<int32_t> q(static_cast<size_t>(len));
+    for (auto& t : q) t = id(rng);
+    seqs.push_back(q);
+  }
+  const nn::TokenBatch b = batch_of(seqs);
+  const std::vector<int64_t> lengths = {30, 24, 36, 28};
+  SearchOptions so;
+  so.reducer.metric = Metric::hidden;
+  so.total = 0.4;
+  so.step = 0.05;
+  const auto& c = tiny.encoder.config();
+  const double dense = dense_encoder_flops(c, lengths);
+  // Half way between the constant and the decreasing schedule's FLOPs.
+  ReducerOptions probe = so.reducer;
+  probe.schedule = Schedule::constant(kLayers, 0.4);
+  const double constant = schedule_flops(c, probe, lengths) / dense;
+  probe.schedule = Schedule::decreasing(kLayers, 0.4);
+  so.max_flops = 0.5 * (constant + schedule_flops(c, probe, lengths) / dense);
+  const SearchResult got = search_schedule(tiny.encoder, std::span(&b, 1), so);
+  EXPECT_NEAR(got.schedule.total(), 0.4, 1e-9);
+  EXPECT_LE(got.flops, so.max_flops + 1e-12);
+  probe.schedule = got.schedule;
+  EXPECT_DOUBLE_EQ(got.flops, schedule_flops(c, probe, lengths) / dense);
+  // The loss it reports, by a run of its own.
+  const Tensor d = tiny.encoder.embed(b);
+  Reducer r(probe);
+  const Tensor e = tiny.encoder.embed(b, &r);
+  double cos = 0;
+  for (int64_t i = 0; i < b.size; ++i)
+    cos += nn::cosine({e.view<const float>().data() + i * kDim, static_cast<size_t>(kDim)},
+                      {d.view<const float>().data() + i * kDim, static_cast<size_t>(kDim)});
+  EXPECT_NEAR(got.loss, 1 - cos / static_cast<double>(b.size), 1e-6);
+  EXPECT_GE(got.evaluations, 1);
+  so.max_flops = 0.1;
+  expect_error([&] { search_schedule(tiny.encoder, std::span(&b, 1), so); }, "'max_flops'");
+  so.max_flops = 0.9;
+  so.step = 0.5;
+  expect_error([&] { search_schedule(tiny.encoder, std::span(&b, 1), so); }, "'step'");
+  expect_error([&] { search_schedule(tiny.encoder, {}, so); }, "'batches'");
+}
+
+// ---- refusals ---------------------------------------------------------------------------------------
 
 TEST(TokenReductionErrors, NameTheOption) {
   const auto m = random_rows(8, 4, 1);
