@@ -49,14 +49,14 @@ using VI = hn::Vec<DI>;
 
 constexpr float kMagic = 12582912.f;  // 1.5 * 2^23, ggml's nearest_int constant
 constexpr float kGroupMaxEps = 1e-15f;
-constexpr int kQkxGroups = 2;
+constexpr int kQkxGroups = 2;  // lane groups the Q4_K search runs together (two halves)
 
 // Lambdas the searches call in their loops, inlined so that their state stays in registers.
 #if defined(__GNUC__)
 #define STRATA_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define STRATA_INLINE_LAMBDA
-#endif  // lane groups the Q4_K search runs together (two halves)
+#endif
 
 // The vector as computed, opaque to the optimiser (see the file comment).
 template <class V>
