@@ -251,6 +251,64 @@ KlResult KlEvaluator::operator()(const LlamaModel& model, int first_block) const
   return out;
 }
 
+std::vector<double> KlEvaluator::mean_kl(std::span<const LlamaModel* const> models, int first_block,
+                                         int64_t max_rows) const {
+  require(first_block == 0 || !hidden_.empty(), "KL evaluation from block ", first_block,
+          ": the evaluator keeps no hidden states (keep_hidden)");
+  require(first_block >= 0 && first_block < std::max<int64_t>(n_layers_, 1), "KL evaluation: block ", first_block,
+          " outside [0, ", n_layers_, ")");
+  for (const LlamaModel* m : models)
+    require(m->config().vocab_size == vocab_, "KL evaluation: vocabularies differ (", vocab_, " vs ",
+            m->config().vocab_size, ")");
+  std::vector<double> out(models.size());
+  const auto length = static_cast<int64_t>(windows_.front().size());
+  const bool one_length = std::all_of(windows_.begin(), windows_.end(),
+                                      [&](const auto& w) { return static_cast<int64_t>(w.size()) == length; });
+  if (!one_length) {
+    for (size_t v = 0; v < models.size(); ++v) out[v] = mean_kl(*models[v], first_block);
+    return out;
+  }
+  // The shared input: every window's tokens, or the hidden states entering first_block, stacked.
+  const auto sequences = static_cast<int64_t>(windows_.size());
+  const int64_t per = sequences * length;
+  std::vector<int32_t> tokens;
+  RowMatrix<float> hidden;
+  if (first_block == 0) {
+    for (const auto& w : windows_) tokens.insert(tokens.end(), w.begin(), w.end());
+  } else {
+    hidden.resize(per, hidden_[0][static_cast<size_t>(first_block)].cols());
+    for (int64_t q = 0; q < sequences; ++q)
+      hidden.middleRows(q * length, length) = hidden_[static_cast<size_t>(q)][static_cast<size_t>(first_block)];
+  }
+  const int64_t group = std::max<int64_t>(1, max_rows / per);
+  std::vector<float> logits;
+  for (size_t v0 = 0; v0 < models.size(); v0 += static_cast<size_t>(group)) {
+    const size_t v1 = std::min(models.size(), v0 + static_cast<size_t>(group));
+    const auto count = static_cast<int64_t>(v1 - v0);
+    logits.resize(static_cast<size_t>(count * per * vocab_));
+    forward_variants(models.subspan(v0, v1 - v0), sequences, length, first_block, tokens,
+                     first_block == 0 ? nullptr : hidden.data(), logits.data());
+    // Each window's last row predicts nothing scored; the others are judged against the reference.
+    const int64_t scored = length - 1;
+    std::vector<double> kl(static_cast<size_t>(count * sequences * scored));
+    parallel_for(count * sequences * scored, 8, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t vq = i / scored, r = i % scored, q = vq % sequences;
+        float* row = logits.data() + (vq * length + r) * vocab_;
+        kernels::log_softmax_inplace(row, vocab_);
+        const float* ref = reference_logp_[static_cast<size_t>(q)].data() + r * vocab_;
+        kl[static_cast<size_t>(i)] = std::max(0.0, kernels::kl_from_log_probs(ref, row, vocab_));
+      }
+    });
+    for (int64_t v = 0; v < count; ++v) {
+      double sum = 0;
+      for (int64_t i = v * sequences * scored; i < (v + 1) * sequences * scored; ++i) sum += kl[static_cast<size_t>(i)];
+      out[v0 + static_cast<size_t>(v)] = sum / static_cast<double>(tokens_);
+    }
+  }
+  return out;
+}
+
 std::vector<std::vector<int32_t>> sample_sequences(const LlamaModel& model, int64_t count, int64_t length, int32_t bos,
                                                    uint64_t seed) {
   require(count >= 0 && length >= 2, "sample_sequences: need count >= 0 and length >= 2");

@@ -324,6 +324,25 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
   const int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, group = n_heads / n_kv;
   const int64_t pos0 = pos_, total = pos0 + n;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // The rows are n_seqs sequences of seq_len tokens: the session's own one at pos0, or a variant
+  // run's independent sequences, each from position 0.
+  int64_t seq_len = variants_ ? variants_->length : n, n_seqs = n / seq_len;
+  const int64_t seq_pos0 = variants_ ? 0 : pos0;
+  int64_t seq_total = variants_ ? seq_len : total;
+  // RMSNorm of rows [0, rows) with block `block`'s weights (block n_layers: the output norm), each
+  // variant's own where several run.
+  auto norm_rows = [&](const float* in, int64_t block, bool ffn, int64_t rows, float* out) {
+    auto weights = [&](const LlamaModel& m) -> const Vector<float>& {
+      if (block == c.n_layers) return m.output_norm();
+      const auto& b = m.blocks()[static_cast<size_t>(block)];
+      return ffn ? b.ffn_norm : b.attn_norm;
+    };
+    if (!variants_) return rms_norm(in, weights(model_), c.norm_eps, rows, dim, out);
+    const int64_t per = variants_->rows_per_model;
+    for (size_t v = 0; v < variants_->models.size(); ++v)
+      rms_norm(in + static_cast<int64_t>(v) * per * dim, weights(*variants_->models[v]), c.norm_eps, per, dim,
+               out + static_cast<int64_t>(v) * per * dim);
+  };
   // With a pruner the hooks are the pruner, which reads attention only; rows keep their positions here.
   ForwardHooks* observer = pruner ? nullptr : hooks;
   std::vector<int64_t> positions;
@@ -343,32 +362,34 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
     const int li = static_cast<int>(l);
     if (pruner && pruner->reduce(li, x, positions)) {
       n = x.rows();
+      seq_len = n;  // pruned rows keep their positions; attention goes through the store
       for (RowMatrix<float>* m : {&xn, &tmp}) m->resize(n, dim);
       for (RowMatrix<float>* m : {&q, &att}) m->resize(n, q_dim);
       for (RowMatrix<float>* m : {&gate, &up}) m->resize(n, c.hidden_dim);
       for (RowMatrix<float>* m : {&k_rows, &v_rows}) m->resize(n, kv_dim);
     }
-    const auto& blk = model_.blocks()[static_cast<size_t>(l)];
     const std::string prefix = observer ? "blk." + std::to_string(l) + "." : std::string();
     RowMatrix<float> block_in;
     if (observer) block_in = x;
 
-    rms_norm(x.data(), blk.attn_norm, c.norm_eps, n, dim, xn.data());
+    norm_rows(x.data(), l, /*ffn=*/false, n, xn.data());
     if (observer) {
       const std::string names[3] = {prefix + "attn_q.weight", prefix + "attn_k.weight", prefix + "attn_v.weight"};
       observer->on_linear_input(li, names, xn.data(), n, dim);
     }
     float* k_new = store_ ? k_rows.data() : k_cache_[static_cast<size_t>(l)].data() + pos0 * kv_dim;
     float* v_new = store_ ? v_rows.data() : v_cache_[static_cast<size_t>(l)].data() + pos0 * kv_dim;
-    model_.layer(li, LlamaModel::kQ).forward(xn.data(), n, q.data());
-    model_.layer(li, LlamaModel::kK).forward(xn.data(), n, k_new);
-    model_.layer(li, LlamaModel::kV).forward(xn.data(), n, v_new);
+    run_linear(li, LlamaModel::kQ, xn.data(), n, q.data());
+    run_linear(li, LlamaModel::kK, xn.data(), n, k_new);
+    run_linear(li, LlamaModel::kV, xn.data(), n, v_new);
     if (pruner) {
       apply_rope_at(q.data(), n, n_heads, hd, positions.data(), c.rope_theta);
       apply_rope_at(k_new, n, n_kv, hd, positions.data(), c.rope_theta);
     } else {
-      apply_rope(q.data(), n, n_heads, hd, pos0, c.rope_theta);
-      apply_rope(k_new, n, n_kv, hd, pos0, c.rope_theta);
+      for (int64_t s = 0; s < n_seqs; ++s) {
+        apply_rope(q.data() + s * seq_len * q_dim, seq_len, n_heads, hd, seq_pos0, c.rope_theta);
+        apply_rope(k_new + s * seq_len * kv_dim, seq_len, n_kv, hd, seq_pos0, c.rope_theta);
+      }
     }
 
     // A KvStore stores the new keys and values and attends over what it holds; the dense cache
@@ -378,26 +399,29 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
     } else if (store_) {
       store_->attend(li, q.data(), k_new, v_new, n, pos0, att.data(), hooks);
     }
-    // Causal attention, one query head per task; each head's work is independent, so the result
-    // does not depend on the thread count.
+    // Causal attention, one (sequence, query head) per task; each task's work is independent, so
+    // the result does not depend on the thread count.
     const float* kc = store_ ? nullptr : k_cache_[static_cast<size_t>(l)].data();
     const float* vc = store_ ? nullptr : v_cache_[static_cast<size_t>(l)].data();
     const bool want_probs = hooks && hooks->wants_attention(li);
     // Small attention (short prompts, decode at short context) is cheaper on one thread than the
     // cost of waking others.
-    const bool parallel_heads = n * total * hd * n_heads >= (int64_t{1} << 20);
-    if (!store_) parallel_for(n_heads, parallel_heads ? 1 : n_heads, [&](int64_t h0, int64_t h1) {
-      RowMatrix<float> scores(n, total);
-      for (int64_t h = h0; h < h1; ++h) {
-        const int64_t kvh = h / group;
+    const bool parallel_heads = n_seqs * seq_len * seq_total * hd * n_heads >= (int64_t{1} << 20);
+    const int64_t tasks = n_seqs * n_heads;
+    if (!store_) parallel_for(tasks, parallel_heads ? 1 : tasks, [&](int64_t t0, int64_t t1) {
+      RowMatrix<float> scores(seq_len, seq_total);
+      for (int64_t task = t0; task < t1; ++task) {
+        const int64_t s = task / n_heads, h = task % n_heads, kvh = h / group;
+        // A sequence of a variant run keeps its keys at rows [s * seq_len, (s + 1) * seq_len).
+        const int64_t row0 = s * seq_len, key0 = variants_ ? row0 : 0;
         using Strided = Eigen::Map<const RowMatrix<float>, 0, Eigen::OuterStride<>>;
-        Strided qh(q.data() + h * hd, n, hd, Eigen::OuterStride<>(q_dim));
-        Strided kh(kc + kvh * hd, total, hd, Eigen::OuterStride<>(kv_dim));
-        Strided vh(vc + kvh * hd, total, hd, Eigen::OuterStride<>(kv_dim));
+        Strided qh(q.data() + row0 * q_dim + h * hd, seq_len, hd, Eigen::OuterStride<>(q_dim));
+        Strided kh(kc + key0 * kv_dim + kvh * hd, seq_total, hd, Eigen::OuterStride<>(kv_dim));
+        Strided vh(vc + key0 * kv_dim + kvh * hd, seq_total, hd, Eigen::OuterStride<>(kv_dim));
         scores.noalias() = (qh * kh.transpose()) * scale;
-        causal_softmax_rows(scores.data(), n, total, pos0);
-        if (want_probs) hooks->on_attention(li, static_cast<int>(h), scores.data(), n, total, pos0);
-        Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>> out(att.data() + h * hd, n, hd,
+        causal_softmax_rows(scores.data(), seq_len, seq_total, seq_pos0);
+        if (want_probs) hooks->on_attention(li, static_cast<int>(h), scores.data(), seq_len, seq_total, seq_pos0);
+        Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>> out(att.data() + row0 * q_dim + h * hd, seq_len, hd,
                                                                    Eigen::OuterStride<>(q_dim));
         out.noalias() = scores * vh;
       }
@@ -407,16 +431,16 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
       const std::string names[1] = {prefix + "attn_output.weight"};
       observer->on_linear_input(li, names, att.data(), n, q_dim);
     }
-    model_.layer(li, LlamaModel::kO).forward(att.data(), n, tmp.data());
+    run_linear(li, LlamaModel::kO, att.data(), n, tmp.data());
     x += tmp;
 
-    rms_norm(x.data(), blk.ffn_norm, c.norm_eps, n, dim, xn.data());
+    norm_rows(x.data(), l, /*ffn=*/true, n, xn.data());
     if (observer) {
       const std::string names[2] = {prefix + "ffn_gate.weight", prefix + "ffn_up.weight"};
       observer->on_linear_input(li, names, xn.data(), n, dim);
     }
-    model_.layer(li, LlamaModel::kGate).forward(xn.data(), n, gate.data());
-    model_.layer(li, LlamaModel::kUp).forward(xn.data(), n, up.data());
+    run_linear(li, LlamaModel::kGate, xn.data(), n, gate.data());
+    run_linear(li, LlamaModel::kUp, xn.data(), n, up.data());
     // SwiGLU: silu(gate) * up, written over gate.
     float* g = gate.data();
     const float* u = up.data();
@@ -426,7 +450,7 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
       const std::string names[1] = {prefix + "ffn_down.weight"};
       observer->on_linear_input(li, names, gate.data(), n, c.hidden_dim);
     }
-    model_.layer(li, LlamaModel::kDown).forward(gate.data(), n, tmp.data());
+    run_linear(li, LlamaModel::kDown, gate.data(), n, tmp.data());
     x += tmp;
     if (observer) observer->on_block(li, block_in.data(), x.data(), n, dim);
   }
@@ -441,13 +465,73 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
     }
     model_.output().forward(xn.data(), 1, logits);
   } else {
-    rms_norm(x.data(), model_.output_norm(), c.norm_eps, n, dim, xn.data());
+    norm_rows(x.data(), c.n_layers, false, n, xn.data());
     if (observer) {
       const std::string names[1] = {"output.weight"};
       observer->on_linear_input(static_cast<int>(c.n_layers), names, xn.data(), n, dim);
     }
-    model_.output().forward(xn.data(), n, logits);
+    run_linear(0, kOutput, xn.data(), n, logits);
   }
+}
+
+void LlamaSession::run_linear(int block, int slot, const float* in, int64_t n, float* out) const {
+  auto layer_of = [&](const LlamaModel& m) -> const Linear& {
+    return slot == kOutput ? m.output() : m.layer(block, slot);
+  };
+  if (!variants_) return layer_of(model_).forward(in, n, out);
+  // Consecutive variants holding the same layer object run as one product over all their rows.
+  const auto& models = variants_->models;
+  const int64_t per = variants_->rows_per_model;
+  const int64_t in_dim = layer_of(model_).in_features(), out_dim = layer_of(model_).out_features();
+  for (size_t v0 = 0; v0 < models.size();) {
+    const Linear& layer = layer_of(*models[v0]);
+    size_t v1 = v0 + 1;
+    while (v1 < models.size() && &layer_of(*models[v1]) == &layer) ++v1;
+    const auto r0 = static_cast<int64_t>(v0) * per;
+    layer.forward(in + r0 * in_dim, static_cast<int64_t>(v1 - v0) * per, out + r0 * out_dim);
+    v0 = v1;
+  }
+}
+
+void forward_variants(std::span<const LlamaModel* const> models, int64_t sequences, int64_t length, int first_block,
+                      std::span<const int32_t> tokens, const float* hidden, float* logits) {
+  require(!models.empty(), "forward_variants: no models");
+  require(sequences > 0 && length > 0, "forward_variants: ", sequences, " sequences of ", length,
+          " tokens; both must be positive");
+  require(logits != nullptr, "forward_variants: null logits buffer");
+  const LlamaModel& first = *models[0];
+  const LlamaConfig& c = first.config();
+  for (size_t v = 1; v < models.size(); ++v) {
+    const LlamaConfig& o = models[v]->config();
+    require(o.dim == c.dim && o.hidden_dim == c.hidden_dim && o.n_layers == c.n_layers && o.n_heads == c.n_heads &&
+                o.n_kv_heads == c.n_kv_heads && o.head_dim == c.head_dim && o.vocab_size == c.vocab_size &&
+                o.rope_theta == c.rope_theta && o.norm_eps == c.norm_eps,
+            "forward_variants: model ", v, "'s configuration differs from model 0's");
+  }
+  require(first_block >= 0 && first_block <= c.n_layers, "forward_variants: block ", first_block, " outside [0, ",
+          c.n_layers, "]");
+  const int64_t per = sequences * length, rows = per * static_cast<int64_t>(models.size());
+  require(hidden != nullptr || first_block == 0, "forward_variants: from block ", first_block,
+          " needs the hidden states entering it");
+  RowMatrix<float> x(rows, c.dim);
+  if (hidden) {
+    const Eigen::Map<const RowMatrix<float>> in(hidden, per, c.dim);
+    for (size_t v = 0; v < models.size(); ++v) x.middleRows(static_cast<int64_t>(v) * per, per) = in;
+  } else {
+    require(static_cast<int64_t>(tokens.size()) == per, "forward_variants: ", tokens.size(), " tokens for ",
+            sequences, " sequences of ", length);
+    for (int32_t t : tokens)
+      require(t >= 0 && t < c.vocab_size, "forward_variants: token id ", t, " outside the vocabulary of ",
+              c.vocab_size);
+    for (size_t v = 0; v < models.size(); ++v)
+      for (int64_t t = 0; t < per; ++t)
+        models[v]->token_embedding().lookup(tokens[static_cast<size_t>(t)],
+                                            x.row(static_cast<int64_t>(v) * per + t).data());
+  }
+  LlamaSession session(first, rows);
+  const LlamaSession::Variants variants{models, per, length};
+  session.variants_ = &variants;
+  session.run_blocks(x, first_block, static_cast<int>(c.n_layers), logits, Logits::all, nullptr);
 }
 
 std::vector<int32_t> generate(const LlamaModel& model, std::span<const int32_t> prompt, int64_t n, float temperature,

@@ -57,6 +57,13 @@ class KlEvaluator {
   KlEvaluator(const LlamaModel& reference, std::vector<std::vector<int32_t>> windows, bool keep_hidden = false);
   KlResult operator()(const LlamaModel& model, int first_block = 0) const;
   double mean_kl(const LlamaModel& model, int first_block = 0) const { return (*this)(model, first_block).mean_kl; }
+  // The mean KL of each of several models (variants of the reference's configuration, typically
+  // sharing most layers), judged together: with windows of one length they run as one variant pass
+  // (forward_variants) per group of models filling about max_rows rows, so a layer the models share
+  // is dequantized and packed once per group. Equal to mean_kl of each model alone up to the order of
+  // float sums; windows of several lengths fall back to one model at a time.
+  std::vector<double> mean_kl(std::span<const LlamaModel* const> models, int first_block = 0,
+                              int64_t max_rows = 1024) const;
   int64_t tokens() const { return tokens_; }
   const PerplexityResult& reference() const { return reference_; }
   const std::vector<std::vector<int32_t>>& windows() const { return windows_; }

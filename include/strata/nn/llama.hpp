@@ -152,6 +152,18 @@ class LlamaSession {
   uint64_t cache_bytes() const;
 
  private:
+  friend void forward_variants(std::span<const LlamaModel* const> models, int64_t sequences, int64_t length,
+                               int first_block, std::span<const int32_t> tokens, const float* hidden, float* logits);
+  // Rows [v * rows_per_model, (v + 1) * rows_per_model) run under models[v], in sequences of `length`
+  // tokens from position 0 (forward_variants); null for the session's own single sequence.
+  struct Variants {
+    std::span<const LlamaModel* const> models;
+    int64_t rows_per_model = 0, length = 0;
+  };
+  // The slot's linear layer (kOutput: the head) on rows [0, n) of `in`, per variant where several run.
+  void run_linear(int block, int slot, const float* in, int64_t n, float* out) const;
+  static constexpr int kOutput = -1;
+
   void run_blocks(RowMatrix<float>& x, int first_block, int last_block, float* logits, Logits which,
                   ForwardHooks* hooks, PrefillPruner* pruner = nullptr);
 
@@ -160,7 +172,20 @@ class LlamaSession {
   int64_t pos_ = 0;
   std::vector<RowMatrix<float>> k_cache_, v_cache_;  // per layer [max_tokens, n_kv_heads * head_dim]
   KvStore* store_ = nullptr;                          // replaces k_cache_ / v_cache_ when set
+  const Variants* variants_ = nullptr;
 };
+
+// Runs `models` (one configuration; typically compressed variants of one model, sharing most of their
+// Linear objects) on the same `sequences` independent sequences of `length` tokens, each from
+// position 0, with the logits separate fresh sessions would give. A linear layer that consecutive
+// models share runs as one matrix product over all their rows: judging V variants that differ in a
+// few layers dequantizes and packs each shared weight once instead of V times, and the products are
+// V times taller. The input is the hidden states entering `first_block`, [sequences * length, dim]
+// sequence-major (the same for every model), or with first_block 0 and `hidden` null the `tokens`
+// [sequences * length]. Writes logits [models.size() * sequences * length, vocab], model-major.
+// Throws strata::Error naming the mismatch when the models' configurations differ or sizes disagree.
+void forward_variants(std::span<const LlamaModel* const> models, int64_t sequences, int64_t length, int first_block,
+                      std::span<const int32_t> tokens, const float* hidden, float* logits);
 
 // RoPE in place on x [tokens, n_heads * head_dim] at absolute positions pos0, pos0 + 1, ..: the
 // adjacent pairs (x[2i], x[2i+1]) of every head rotated by (pos0 + t) theta^(-2i / head_dim). This is

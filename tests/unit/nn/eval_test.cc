@@ -251,5 +251,114 @@ TEST_F(Eval, KlBetweenTwoModelsMatchesDirectFormula) {
   EXPECT_GT(std::abs(kl_divergence(perturbed, *model_, toks, o).mean_kl - r.mean_kl), 100 * tol);
 }
 
+// A copy of the model with one linear layer's weight perturbed (a different Linear object).
+LlamaModel with_noisy(const LlamaModel& base, const std::string& name, uint32_t seed) {
+  LlamaModel out = base.clone();
+  RowMatrix<float> w = base.linear(name).dense_weight();
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const float rms = std::sqrt(w.squaredNorm() / static_cast<float>(w.size()));
+  for (int64_t i = 0; i < w.size(); ++i) w.data()[i] += 0.3f * rms * g(rng);
+  out.set_linear(name, std::make_shared<DenseLinear>(w));
+  return out;
+}
+
+// Several models on several sequences in one variant pass give what a fresh session per (model,
+// sequence) gives: from the tokens (each model its own embedding) and from cached hidden states.
+TEST_F(Eval, VariantPassEqualsOneSessionPerModelAndSequence) {
+  const LlamaConfig& c = model_->config();
+  LlamaModel ffn = with_noisy(*model_, "blk.2.ffn_up.weight", 3);
+  LlamaModel attn = with_noisy(*model_, "blk.3.attn_q.weight", 4);
+  LlamaModel embedding = model_->clone();
+  {
+    RowMatrix<float> e(c.vocab_size, c.dim);
+    for (int32_t t = 0; t < c.vocab_size; ++t) model_->token_embedding().lookup(t, e.row(t).data());
+    e *= 1.5f;
+    embedding.set_token_embedding(std::make_shared<const RowMatrix<float>>(std::move(e)));
+  }
+  const LlamaModel same = model_->clone();  // shares every layer with the model: one product for both
+  const std::vector<const LlamaModel*> models = {model_.get(), &same, &ffn, &attn, &embedding};
+  const int64_t sequences = 3, length = 17;
+  const auto toks = text(sequences * length, 5);
+  const int64_t vocab = c.vocab_size;
+
+  for (int first_block : {0, 2}) {
+    SCOPED_TRACE("first block " + std::to_string(first_block));
+    // The hidden states entering first_block, per sequence, from the reference model.
+    RowMatrix<float> hidden(sequences * length, c.dim);
+    for (int64_t s = 0; s < sequences; ++s) {
+      LlamaSession session(*model_, length);
+      RowMatrix<float> x(length, c.dim);
+      for (int64_t t = 0; t < length; ++t)
+        model_->token_embedding().lookup(toks[static_cast<size_t>(s * length + t)], x.row(t).data());
+      session.forward_blocks(0, first_block, x.data(), length);
+      hidden.middleRows(s * length, length) = x;
+    }
+    std::vector<float> batched(static_cast<size_t>(5 * sequences * length * vocab));
+    forward_variants(models, sequences, length, first_block, toks, first_block == 0 ? nullptr : hidden.data(),
+                     batched.data());
+    for (size_t v = 0; v < models.size(); ++v) {
+      if (first_block > 0 && models[v] == &embedding) continue;  // hidden states bypass the embedding
+      for (int64_t s = 0; s < sequences; ++s) {
+        std::vector<float> alone(static_cast<size_t>(length * vocab));
+        LlamaSession session(*models[v], length);
+        if (first_block == 0)
+          session.forward(std::span(toks).subspan(static_cast<size_t>(s * length), static_cast<size_t>(length)),
+                          alone.data(), Logits::all);
+        else
+          session.forward_hidden(first_block, hidden.row(s * length).data(), length, alone.data(), Logits::all);
+        const float* got = batched.data() + (static_cast<int64_t>(v) * sequences + s) * length * vocab;
+        float scale = 0, worst = 0;
+        for (size_t i = 0; i < alone.size(); ++i) {
+          scale = std::max(scale, std::abs(alone[i]));
+          worst = std::max(worst, std::abs(alone[i] - got[i]));
+        }
+        EXPECT_LE(worst, 1e-5f * scale) << "model " << v << ", sequence " << s;
+      }
+    }
+    // The variants really differ from the reference (else the comparison above proves little).
+    const auto off = [&](size_t v) { return static_cast<size_t>(static_cast<int64_t>(v) * sequences * length * vocab); };
+    float diff = 0;
+    for (size_t i = 0; i < off(1); ++i) diff = std::max(diff, std::abs(batched[off(2) + i] - batched[i]));
+    EXPECT_GT(diff, 1e-2f);
+  }
+  EXPECT_THROW(forward_variants(models, sequences, length, 0, std::span(toks).subspan(1), nullptr, nullptr),
+               strata::Error);
+  std::vector<float> out(static_cast<size_t>(sequences * length * vocab));
+  EXPECT_THROW(forward_variants(models, sequences, length, 0, std::span(toks).subspan(1), nullptr, out.data()),
+               strata::Error);
+  EXPECT_THROW(forward_variants(models, sequences, length, 1, toks, nullptr, out.data()), strata::Error);
+  EXPECT_THROW(forward_variants({}, sequences, length, 0, toks, nullptr, out.data()), strata::Error);
+}
+
+// The KL of several models judged together equals each judged alone, whatever the group size, and
+// windows of several lengths fall back to one model at a time.
+TEST_F(Eval, KlOfSeveralModelsEqualsEachAlone) {
+  LlamaModel a = with_noisy(*model_, "blk.1.ffn_down.weight", 7);
+  LlamaModel b = with_noisy(*model_, "blk.1.attn_k.weight", 8);
+  LlamaModel d = with_noisy(*model_, "blk.4.attn_output.weight", 9);
+  const std::vector<const LlamaModel*> models = {&a, model_.get(), &b, &d};
+  const auto toks = text(60, 21);
+  for (bool one_length : {true, false}) {
+    std::vector<std::vector<int32_t>> windows = {{toks.begin(), toks.begin() + 20}, {toks.begin() + 20, toks.begin() + 40},
+                                                 {toks.begin() + 40, toks.begin() + (one_length ? 60 : 55)}};
+    const KlEvaluator probe(*model_, windows, /*keep_hidden=*/true);
+    for (int from : {0, 1}) {
+      for (int64_t max_rows : {1, 120, 1024}) {
+        const std::vector<double> together = probe.mean_kl(models, from, max_rows);
+        ASSERT_EQ(together.size(), models.size());
+        for (size_t v = 0; v < models.size(); ++v) {
+          const double alone = probe.mean_kl(*models[v], from);
+          // Taller products round differently: float32 logits leave a KL floor near 1e-7 nats.
+          EXPECT_NEAR(together[v], alone, 1e-5 * alone + 1e-6)
+              << "model " << v << " from block " << from << ", rows " << max_rows << ", one length " << one_length;
+        }
+        EXPECT_LT(together[1], 1e-6);  // the reference itself
+        EXPECT_GT(together[0], 1e-3);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace strata::nn
