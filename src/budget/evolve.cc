@@ -94,6 +94,19 @@ std::optional<Levels> mutate(const Ladder& ladder, const Levels& parent, double 
 
 EvolveResult evolve(const Table& table, const Constraint& constraint, const Plan& start,
                     const std::function<double(const Plan&)>& fitness, const EvolveOptions& options) {
+  require(static_cast<bool>(fitness), "evolve: no fitness function");
+  return evolve(
+      table, constraint, start,
+      BatchFitness([&](const std::vector<Plan>& plans) {
+        std::vector<double> out;
+        for (const Plan& p : plans) out.push_back(fitness(p));
+        return out;
+      }),
+      options);
+}
+
+EvolveResult evolve(const Table& table, const Constraint& constraint, const Plan& start, const BatchFitness& fitness,
+                    const EvolveOptions& options) {
   table.validate();
   require(std::isfinite(constraint.budget) && constraint.budget >= 0, "evolve: budget must be finite and >= 0, got ",
           constraint.budget);
@@ -132,14 +145,18 @@ EvolveResult evolve(const Table& table, const Constraint& constraint, const Plan
 
   const std::string solver = start.solver.empty() ? "evolve" : start.solver + "+evolve";
   EvolveResult result;
-  const auto evaluate = [&](const Levels& x, const char* what) {
-    const double f = fitness(to_plan(ladder, x, solver, constraint));
-    ++result.evaluations;
-    require(std::isfinite(f), "evolve: fitness of ", what, " is ", f, " (must be finite)");
+  const auto evaluate = [&](const std::vector<Levels>& xs, const char* what) {
+    std::vector<Plan> plans;
+    for (const Levels& x : xs) plans.push_back(to_plan(ladder, x, solver, constraint));
+    std::vector<double> f = fitness(plans);
+    require(f.size() == plans.size(), "evolve: the fitness gave ", f.size(), " values for ", plans.size(), " plans");
+    result.evaluations += static_cast<int>(plans.size());
+    for (double v : f) require(std::isfinite(v), "evolve: fitness of ", what, " is ", v, " (must be finite)");
     return f;
   };
   Levels best = lv;
-  double best_f = evaluate(best, "the start plan");
+  double best_f =
+      std::isfinite(options.start_fitness) ? options.start_fitness : evaluate({best}, "the start plan")[0];
   result.start_fitness = best_f;
   std::set<Levels> seen{best};
   Rng rng(options.seed);
@@ -147,22 +164,27 @@ EvolveResult evolve(const Table& table, const Constraint& constraint, const Plan
   // is exhausted yields fewer offspring.
   constexpr int kDrawsPerOffspring = 64;
   for (int g = 1; g <= options.generations; ++g) {
-    Levels gen_best;
-    double gen_f = 0;
-    bool have = false;
+    // All offspring are drawn before any is measured: the draws do not depend on the measurements,
+    // so measuring them together changes nothing but the cost.
+    std::vector<Levels> children;
     for (int o = 0; o < options.offspring; ++o) {
       for (int draw = 0; draw < kDrawsPerOffspring; ++draw) {
         std::optional<Levels> child = mutate(ladder, best, constraint.budget, options.max_swaps, rng);
         if (!child || !seen.insert(*child).second) continue;
-        const double f = evaluate(*child, "an offspring");
-        if (!have || f < gen_f) {
-          gen_best = std::move(*child);
-          gen_f = f;
-          have = true;
-        }
+        children.push_back(std::move(*child));
         break;
       }
     }
+    Levels gen_best;
+    double gen_f = 0;
+    bool have = false;
+    const std::vector<double> f = children.empty() ? std::vector<double>{} : evaluate(children, "an offspring");
+    for (size_t c = 0; c < children.size(); ++c)
+      if (!have || f[c] < gen_f) {
+        gen_best = std::move(children[c]);
+        gen_f = f[c];
+        have = true;
+      }
     if (have && gen_f < best_f) {
       best = std::move(gen_best);
       best_f = gen_f;

@@ -197,12 +197,22 @@ compress::LayerCalibration LayerBank::calibration(std::string_view tensor, bool 
   return lc;
 }
 
-std::shared_ptr<const compress::Compressed> LayerBank::compressed(const std::string& tensor, const std::string& method,
-                                                                  const std::string& knob) {
+void LayerBank::make_room(uint64_t extra, const Entry* keep) {
+  while (cached_bytes_ + extra > cache_limit_) {
+    auto oldest = cache_.end();
+    for (auto it = cache_.begin(); it != cache_.end(); ++it)
+      if (&it->second != keep && (oldest == cache_.end() || it->second.last_use < oldest->second.last_use)) oldest = it;
+    if (oldest == cache_.end()) return;
+    cached_bytes_ -= oldest->second.bytes;
+    cache_.erase(oldest);
+  }
+}
+
+LayerBank::Entry* LayerBank::entry(const std::string& tensor, const std::string& method, const std::string& knob) {
   const Key key{tensor, method, knob};
   if (auto it = cache_.find(key); it != cache_.end()) {
     it->second.last_use = ++clock_;
-    return it->second.value;
+    return &it->second;
   }
   const compress::WeightCompressor& c = compress::find_compressor(method);
   const RowMatrix<float> w = model_.weight(tensor);
@@ -210,17 +220,50 @@ std::shared_ptr<const compress::Compressed> LayerBank::compressed(const std::str
   auto value =
       std::make_shared<const compress::Compressed>(c.apply(layer, calibration(tensor, c.reads_hessian()), knob));
   const uint64_t bytes = value->stored_bytes();
-  while (!cache_.empty() && cached_bytes_ + bytes > cache_limit_) {
-    auto oldest = std::min_element(cache_.begin(), cache_.end(),
-                                   [](const auto& a, const auto& b) { return a.second.last_use < b.second.last_use; });
-    cached_bytes_ -= oldest->second.value->stored_bytes();
-    cache_.erase(oldest);
+  make_room(bytes, nullptr);
+  // A form larger than the whole cache is kept only while this call's caller holds it.
+  if (bytes > cache_limit_) {
+    uncached_ = Entry{std::move(value), nullptr, nullptr, nullptr, bytes, ++clock_};
+    return &uncached_;
   }
-  if (bytes <= cache_limit_) {
-    cache_.emplace(key, Entry{value, ++clock_});
-    cached_bytes_ += bytes;
+  cached_bytes_ += bytes;
+  return &cache_.emplace(key, Entry{std::move(value), nullptr, nullptr, nullptr, bytes, ++clock_}).first->second;
+}
+
+std::shared_ptr<const compress::Compressed> LayerBank::compressed(const std::string& tensor, const std::string& method,
+                                                                  const std::string& knob) {
+  return entry(tensor, method, knob)->value;
+}
+
+std::shared_ptr<const nn::Linear> LayerBank::linear(const std::string& tensor, const std::string& method,
+                                                    const std::string& knob) {
+  Entry* e = entry(tensor, method, knob);
+  if (!e->linear) {
+    e->linear = compress::find_compressor(method).to_linear(*e->value);
+    const uint64_t extra = e->linear->weight_bytes();
+    if (e != &uncached_) {
+      make_room(extra, e);
+      e->bytes += extra;
+      cached_bytes_ += extra;
+    }
   }
-  return value;
+  return e->linear;
+}
+
+std::pair<std::shared_ptr<const nn::Embedding>, std::shared_ptr<const nn::Linear>> LayerBank::embedding(
+    const std::string& tensor, const std::string& method, const std::string& knob) {
+  Entry* e = entry(tensor, method, knob);
+  if (!e->embedding) {
+    e->embedding = compress::find_compressor(method).to_embedding(*e->value);
+    e->head = e->embedding->as_linear();  // reads the table's own bytes
+    const uint64_t extra = e->embedding->bytes();
+    if (e != &uncached_) {
+      make_room(extra, e);
+      e->bytes += extra;
+      cached_bytes_ += extra;
+    }
+  }
+  return {e->embedding, e->head};
 }
 
 // ---- measure ----
@@ -303,33 +346,52 @@ std::vector<double> weigh_by_kl(budget::Table& table, LayerBank& bank, const nn:
   std::vector<double> sensitivity(table.layers.size(), 0.0);
   const auto total = static_cast<int64_t>(table.layers.size());
   const int64_t n_layers = bank.model().dense->config().n_layers;
+  // Each kind its own factor, from its own worst option: the errors of a rank cut, a sparsity
+  // pattern and a rounding grid map to KL differently, and one factor measured at one kind's worst
+  // point misprices the others. A kind's factor does not depend on which other kinds the menu has,
+  // so the table of one kind alone is exactly that kind's part of a mixed table.
+  struct Measurement {
+    size_t layer;
+    std::vector<budget::Candidate*> options;  // one kind's options
+    const budget::Candidate* worst;
+  };
+  // Measurements that change the model from the same block on run together: their models share
+  // every layer but one, so one variant pass judges them all (nn::KlEvaluator::mean_kl of several).
+  std::map<int, std::vector<Measurement>> by_first_block;
   for (size_t i = 0; i < table.layers.size(); ++i) {
-    report(progress, "measuring sensitivities", static_cast<int64_t>(i), total);
     auto& layer = table.layers[i];
     if (layer.options.size() < 2) continue;  // pinned: a constant, nothing to weigh
     const bool tied_head = layer.tensor == "token_embd.weight" && bank.model().tied_output();
     const int from = tied_head ? 0 : first_changed_block(layer.tensor, n_layers);
-    auto kl_of = [&](const budget::Candidate& o) {
-      budget::Plan one;
-      one.choices.push_back(budget::Choice::of(layer.tensor, o));
-      return std::max(probe.mean_kl(apply(one, bank), from), 0.0);
-    };
-    // Each kind its own factor, from its own worst option: the errors of a rank cut, a sparsity
-    // pattern and a rounding grid map to KL differently, and one factor measured at one kind's worst
-    // point misprices the others. A kind's factor does not depend on which other kinds the menu has,
-    // so the table of one kind alone is exactly that kind's part of a mixed table.
     std::map<std::string, std::vector<budget::Candidate*>> by_method;
     for (auto& o : layer.options) by_method[o.method].push_back(&o);
-    double worst_ratio = 0;
     for (auto& [method, opts] : by_method) {
-      const budget::Candidate& worst =
-          **std::max_element(opts.begin(), opts.end(), [](const auto* a, const auto* b) { return a->error < b->error; });
-      if (!(worst.error > 0)) continue;
-      const double ratio = kl_of(worst) / worst.error;
-      for (auto* o : opts) o->error *= ratio;
-      worst_ratio = std::max(worst_ratio, ratio);
+      const budget::Candidate* worst =
+          *std::max_element(opts.begin(), opts.end(), [](const auto* a, const auto* b) { return a->error < b->error; });
+      if (worst->error > 0) by_first_block[from].push_back({i, opts, worst});
     }
-    sensitivity[i] = worst_ratio;
+  }
+  int64_t done = 0;
+  std::vector<char> counted(table.layers.size(), 0);
+  for (auto& [from, measurements] : by_first_block) {
+    report(progress, "measuring sensitivities", done, total);
+    std::vector<nn::LlamaModel> models;
+    models.reserve(measurements.size());
+    for (const auto& m : measurements) {
+      budget::Plan one;
+      one.choices.push_back(budget::Choice::of(table.layers[m.layer].tensor, *m.worst));
+      models.push_back(apply(one, bank));
+    }
+    std::vector<const nn::LlamaModel*> pointers;
+    for (const auto& m : models) pointers.push_back(&m);
+    const std::vector<double> kl = probe.mean_kl(pointers, from);
+    for (size_t j = 0; j < measurements.size(); ++j) {
+      const auto& m = measurements[j];
+      const double ratio = std::max(kl[j], 0.0) / m.worst->error;
+      for (auto* o : m.options) o->error *= ratio;
+      sensitivity[m.layer] = std::max(sensitivity[m.layer], ratio);
+      if (!counted[m.layer]) ++done, counted[m.layer] = 1;
+    }
   }
   report(progress, "measuring sensitivities", total, total);
   return sensitivity;
@@ -503,30 +565,42 @@ PlanResult plan(const budget::Table& table, const budget::Constraint& constraint
   r.plan = budget::solve(front, constraint, budget::parse_solver(options.solver));
   const std::vector<std::pair<std::string, budget::Table>> menus = single_kind_menus(table, constraint);
   if (probe == nullptr || (!options.evolve && (!options.guard || menus.empty()))) return r;
-  auto fitness = [&](const budget::Plan& p) { return probe->mean_kl(apply(p, bank)); };
+  // Plans are measured together: their models share the layers they choose alike, and a variant
+  // pass runs each shared layer once (nn::KlEvaluator::mean_kl of several models).
+  auto fitness = [&](const std::vector<budget::Plan>& plans) {
+    std::vector<nn::LlamaModel> models;
+    models.reserve(plans.size());
+    for (const auto& p : plans) models.push_back(apply(p, bank));
+    std::vector<const nn::LlamaModel*> pointers;
+    for (const auto& m : models) pointers.push_back(&m);
+    return probe->mean_kl(pointers);
+  };
   // Candidates for the start, as measured: the plan, the other per-layer-error solvers' plans (with
   // the search), and the plans of each single kind's menu (the guard: a wider menu is never worse on
   // the probe than any one kind alone, whatever the per-layer estimates got wrong).
-  budget::Plan start = r.plan;
-  double start_fit = fitness(start);
-  r.probe_kl.emplace_back(start.solver, start_fit);
-  auto consider = [&](budget::Plan alt, std::string label) {
-    const double f = fitness(alt);
-    r.probe_kl.emplace_back(std::move(label), f);
-    if (f < start_fit) {
-      start = std::move(alt);
-      start_fit = f;
-    }
-  };
+  std::vector<budget::Plan> candidates = {r.plan};
+  std::vector<std::string> labels = {r.plan.solver};
   if (options.evolve)
     for (const char* s : {"greedy", "dp", "minimax"})
-      if (s != options.solver) consider(budget::solve(front, constraint, budget::parse_solver(s)), s);
+      if (s != options.solver) {
+        candidates.push_back(budget::solve(front, constraint, budget::parse_solver(s)));
+        labels.emplace_back(s);
+      }
   if (options.guard)
     for (const auto& [method, sub] : menus) {
       budget::Plan alt = budget::solve(sub.pareto(constraint.metric), constraint, budget::parse_solver(options.solver));
       alt.solver = options.solver + " on " + method + " alone";
-      consider(std::move(alt), options.solver + " on " + method + " alone");
+      candidates.push_back(std::move(alt));
+      labels.push_back(options.solver + " on " + method + " alone");
     }
+  const std::vector<double> measured = fitness(candidates);
+  size_t chosen = 0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    r.probe_kl.emplace_back(labels[i], measured[i]);
+    if (measured[i] < measured[chosen]) chosen = i;
+  }
+  budget::Plan start = std::move(candidates[chosen]);
+  const double start_fit = measured[chosen];
   if (!options.evolve) {
     r.plan = std::move(start);
     return r;
@@ -537,8 +611,9 @@ PlanResult plan(const budget::Table& table, const budget::Constraint& constraint
     if (user_progress) user_progress(g, best);
     report(progress, "evolutionary search", g, eo.generations);
   };
+  eo.start_fitness = start_fit;
   r.start_solver = start.solver;
-  r.evolved = budget::evolve(front, constraint, start, fitness, eo);
+  r.evolved = budget::evolve(front, constraint, start, budget::BatchFitness(fitness), eo);
   r.plan = r.evolved->best;
   r.plan.solver = "evolve (from " + start.solver + ")";
   return r;
@@ -550,15 +625,13 @@ nn::LlamaModel apply(const budget::Plan& plan, LayerBank& bank) {
   const Model& model = bank.model();
   nn::LlamaModel m = model.dense->clone();
   for (const auto& ch : plan.choices) {
-    const auto c = bank.compressed(ch.tensor, ch.method, ch.knob);
-    const compress::WeightCompressor& comp = compress::find_compressor(ch.method);
     if (ch.tensor == "token_embd.weight") {
-      auto e = comp.to_embedding(*c);
-      if (model.tied_output()) m.set_linear("output.weight", e->as_linear());
-      m.set_token_embedding(std::move(e));
+      auto [table, head] = bank.embedding(ch.tensor, ch.method, ch.knob);
+      if (model.tied_output()) m.set_linear("output.weight", std::move(head));
+      m.set_token_embedding(std::move(table));
       continue;
     }
-    m.set_linear(ch.tensor, comp.to_linear(*c));
+    m.set_linear(ch.tensor, bank.linear(ch.tensor, ch.method, ch.knob));
   }
   return m;
 }

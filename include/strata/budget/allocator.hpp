@@ -158,11 +158,13 @@ struct EvolveOptions {
   int max_swaps = 3;  // each offspring makes 1..max_swaps swaps
   uint64_t seed = 1;
   std::function<void(int generation, double best)> progress;  // after each generation, from 1
+  // The start plan's fitness when the caller has measured it already (finite): not measured again.
+  double start_fitness = std::numeric_limits<double>::quiet_NaN();
 };
 struct EvolveResult {
   Plan best;
   double best_fitness = 0, start_fitness = 0;
-  int evaluations = 0;          // fitness calls, the start plan's included
+  int evaluations = 0;          // plans measured, the start plan's included unless its fitness was given
   std::vector<double> history;  // best fitness after each generation
 };
 // `fitness` is the measured damage of a whole plan (lower is better, e.g. KL divergence of the
@@ -170,5 +172,11 @@ struct EvolveResult {
 // of the table for every layer, in table order, and fit the constraint.
 EvolveResult evolve(const Table& table, const Constraint& constraint, const Plan& start,
                     const std::function<double(const Plan&)>& fitness, const EvolveOptions& options = {});
+// The same search with the fitness of a generation's offspring measured together (one value per
+// plan, in order), for a fitness that is cheaper over several plans at once (a variant pass over
+// models sharing most layers). Draws, selection and the result are those of the one-plan form.
+using BatchFitness = std::function<std::vector<double>(const std::vector<Plan>&)>;
+EvolveResult evolve(const Table& table, const Constraint& constraint, const Plan& start, const BatchFitness& fitness,
+                    const EvolveOptions& options = {});
 
 }  // namespace strata::budget

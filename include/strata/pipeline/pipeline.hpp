@@ -120,6 +120,14 @@ class LayerBank {
   // The compressed form (cached).
   std::shared_ptr<const compress::Compressed> compressed(const std::string& tensor, const std::string& method,
                                                          const std::string& knob);
+  // The compressed form as the engine runs it: a linear layer, or for the token embedding the table
+  // and (for a tied output head) the head reading it. Cached with the form, so that the models of
+  // several plans choosing the same option share one layer object (a variant pass then runs it as
+  // one product) and applying a plan copies no weights.
+  std::shared_ptr<const nn::Linear> linear(const std::string& tensor, const std::string& method,
+                                           const std::string& knob);
+  std::pair<std::shared_ptr<const nn::Embedding>, std::shared_ptr<const nn::Linear>> embedding(
+      const std::string& tensor, const std::string& method, const std::string& knob);
   uint64_t cached_bytes() const { return cached_bytes_; }
   void clear() {
     cache_.clear();
@@ -130,12 +138,19 @@ class LayerBank {
   using Key = std::tuple<std::string, std::string, std::string>;
   struct Entry {
     std::shared_ptr<const compress::Compressed> value;
-    uint64_t last_use = 0;
+    std::shared_ptr<const nn::Linear> linear;        // made on first use
+    std::shared_ptr<const nn::Embedding> embedding;  // made on first use, with its head
+    std::shared_ptr<const nn::Linear> head;
+    uint64_t bytes = 0, last_use = 0;
   };
+  Entry* entry(const std::string& tensor, const std::string& method, const std::string& knob);
+  // Drops the least recently used entries other than `keep` until `extra` more bytes fit the limit.
+  void make_room(uint64_t extra, const Entry* keep);
   const Model& model_;
   const nn::Calibration* calibration_;
   uint64_t cache_limit_, cached_bytes_ = 0, clock_ = 0;
   std::map<Key, Entry> cache_;
+  Entry uncached_;  // the last form too large for the cache
   // The Hessian of the last input asked for: q/k/v (and gate/up) share theirs, asked in a row.
   const nn::InputStats* stats_for_ = nullptr;
   const nn::InputStats* hessian_for_ = nullptr;
@@ -167,7 +182,8 @@ double cheapest_cost(const Model& model, const budget::Recipe& recipe, budget::M
 // cached hidden states): per layer and per kind of option (compressor), the worst option's KL, and
 // every option of that kind scaled by KL / error. Per kind, because the errors of a rank cut, a
 // sparsity pattern and a rounding grid map to KL differently; and a kind's factors do not depend on
-// which other kinds the menu holds. Returns per layer the largest KL / error.
+// which other kinds the menu holds. The layers whose change starts at the same block are judged in
+// one variant pass (nn::KlEvaluator::mean_kl of several models). Returns per layer the largest KL / error.
 std::vector<double> weigh_by_kl(budget::Table& table, LayerBank& bank, const nn::KlEvaluator& probe,
                                 const Progress& progress = {});
 

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <random>
 #include <set>
 
@@ -122,6 +124,52 @@ TEST(Evolve, DeterministicPerSeed) {
   EXPECT_EQ(std::set<std::string>(a.begin(), a.end()).size(), a.size());
 }
 
+// Measuring a generation's offspring together draws, measures and keeps exactly what measuring
+// them one by one does; a start fitness the caller already has is not measured again.
+TEST(Evolve, BatchedFitnessGivesTheSameSearch) {
+  const Table t = ladder_table(10, 3);
+  const Constraint c = bits_per_weight(t, 4.0);
+  const Plan start = solve(t, c, Solver::greedy);
+  const auto key = [](const Plan& p) {
+    std::string k;
+    for (const Choice& ch : p.choices) k += ch.knob + ";";
+    return k;
+  };
+  std::vector<std::string> one_by_one, together;
+  std::vector<size_t> batch_sizes;
+  const EvolveResult a = evolve(
+      t, c, start,
+      [&](const Plan& p) {
+        one_by_one.push_back(key(p));
+        return synthetic_fitness(p);
+      },
+      options(25, 5));
+  EvolveOptions o = options(25, 5);
+  o.start_fitness = synthetic_fitness(start);
+  const EvolveResult b = evolve(t, c, start,
+                                BatchFitness([&](const std::vector<Plan>& plans) {
+                                  batch_sizes.push_back(plans.size());
+                                  std::vector<double> f;
+                                  for (const Plan& p : plans) {
+                                    together.push_back(key(p));
+                                    f.push_back(synthetic_fitness(p));
+                                  }
+                                  return f;
+                                }),
+                                o);
+  ASSERT_FALSE(one_by_one.empty());
+  // The start plan was measured by the one-plan search only.
+  EXPECT_EQ(one_by_one.front(), key(start));
+  EXPECT_EQ(std::vector<std::string>(one_by_one.begin() + 1, one_by_one.end()), together);
+  EXPECT_EQ(a.evaluations, b.evaluations + 1);
+  EXPECT_EQ(key(a.best), key(b.best));
+  EXPECT_EQ(a.best_fitness, b.best_fitness);
+  EXPECT_EQ(a.history, b.history);
+  EXPECT_EQ(b.start_fitness, synthetic_fitness(start));
+  ASSERT_EQ(batch_sizes.size(), 25u);
+  EXPECT_EQ(*std::max_element(batch_sizes.begin(), batch_sizes.end()), 5u);
+}
+
 TEST(Evolve, FitnessEqualToTheProxyCannotBeatTheExactOptimum) {
   const Table t = ladder_table(6, 3);
   const Constraint c = bits_per_weight(t, 5.0);
@@ -171,7 +219,10 @@ TEST(Evolve, RejectsBadStartsAndFitness) {
             std::string::npos);
   EXPECT_THROW(evolve(t, c, start, synthetic_fitness, options(50, 0)), Error);
   EXPECT_THROW(evolve(t, c, start, synthetic_fitness, options(50, 8, 0)), Error);
-  EXPECT_THROW(evolve(t, c, start, nullptr, {}), Error);
+  EXPECT_THROW(evolve(t, c, start, std::function<double(const Plan&)>{}, {}), Error);
+  EXPECT_THROW(evolve(t, c, start, BatchFitness([](const std::vector<Plan>&) { return std::vector<double>{1.0}; }),
+                      options(3, 4)),
+               Error);  // one value for several plans
 }
 
 }  // namespace
