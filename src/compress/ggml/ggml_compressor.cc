@@ -59,6 +59,10 @@ uint64_t row_bytes_for(const Layer& layer, GgmlType t) {
 
 void check_layer(const Layer& layer) {
   require(layer.weight != nullptr, "layer '", layer.name, "': no weight matrix");
+}
+
+// For paths whose arithmetic would spread a NaN or infinity before any quantizer sees it (GPTQ).
+void check_finite_weights(const Layer& layer) {
   const RowMatrix<float>& w = *layer.weight;
   if (w.allFinite()) return;
   for (int64_t r = 0; r < w.rows(); ++r)
@@ -135,7 +139,14 @@ class GgmlCompressor : public WeightCompressor {
     check_layer(layer);
     const uint64_t row_bytes = row_bytes_for(layer, k.type);
     const std::vector<float> imp = importance_for(layer, calib, use_imatrix_, k.require_imatrix, knob);
-    const std::vector<std::byte> blocks = ggml::quantize(k.type, layer.weight->data(), layer.rows(), layer.cols(), imp);
+    // Non-finite weights are refused by the quantizer itself, which checks each row from the cache
+    // after quantizing it (a separate pass would read every weight once more per knob).
+    std::vector<std::byte> blocks;
+    try {
+      blocks = ggml::quantize(k.type, layer.weight->data(), layer.rows(), layer.cols(), imp);
+    } catch (const Error& e) {
+      throw Error("layer '" + layer.name + "': " + e.what());
+    }
 
     Compressed c;
     c.method = std::string(name());
@@ -241,6 +252,7 @@ class GgmlGptqCompressor final : public GgmlCompressor {
   Compressed apply(const Layer& layer, const LayerCalibration& calib, std::string_view knob) const override {
     const GptqKnob k = parse_gptq_knob(knob, layer.name);
     check_layer(layer);
+    check_finite_weights(layer);
     const uint64_t row_bytes = row_bytes_for(layer, k.type);
     require(calib.hessian != nullptr, "layer '", layer.name, "': ", kGptq, " needs the input Hessian (X^T X)");
     const std::vector<float> imp = importance_for(layer, calib, true, false, knob);
