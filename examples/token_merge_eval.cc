@@ -46,7 +46,7 @@ struct Args {
   // Chosen on the tuning slice (docs/token-merging.md): hidden states matched better than keys there.
   // Greedy pairs matched better than the bipartite matching there (mean cosine at 25% and 50%).
   std::string metric = "hidden", matching = "greedy";
-  bool center = false;
+  bool center = false, protect_last = false;
   std::filesystem::path report;
 
   void add_options(CLI::App& app) {
@@ -99,6 +99,7 @@ struct Args {
         ->capture_default_str();
     app.add_option("--matching", matching, "how merging pairs tokens: bipartite (ToMe's) or greedy")
         ->capture_default_str();
+    app.add_flag("--protect-last", protect_last, "merging: the last token ([SEP]) neither merges nor absorbs");
     app.add_flag("--center", center, "subtract each sequence's mean metric row before matching");
     app.add_option("--report", report, "folder for report.md, results.csv and tokens.png");
   }
@@ -327,6 +328,7 @@ void run(const Args& a) {
     o.metric = metric;
     o.matching = matching;
     o.center = a.center;
+    o.protect_last = a.protect_last;
     o.schedule = s;
     measure_with(std::string(token::method_name(m)), name, s.str(), o, rate);
   };
@@ -340,6 +342,7 @@ void run(const Args& a) {
         so.reducer.metric = metric;
         so.reducer.matching = matching;
         so.reducer.center = a.center;
+        so.reducer.protect_last = a.protect_last;
         so.total = rate;
         so.max_flops = a.search_flops;
         so.step = a.search_step;
@@ -370,6 +373,7 @@ void run(const Args& a) {
     o.metric = token::Metric::hidden;
     o.matching = matching;
     o.center = a.center;
+    o.protect_last = a.protect_last;
     for (int64_t l = 0; l < c.n_layers; ++l) {
       o.merge_attention.push_back(l >= a.unmerge_from ? att : 0.0);
       o.merge_mlp.push_back(l >= a.unmerge_from ? mlp : 0.0);

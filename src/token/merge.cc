@@ -311,12 +311,25 @@ std::vector<int64_t> Reducer::removals(int64_t length) const {
 }
 
 int64_t Reducer::merge_cap(int64_t n) const {
-  return options_.matching == Matching::greedy ? max_pairs(n, options_.protect_first)
-                                               : max_merge(n, options_.protect_first);
+  // A protected last token takes no part in the matching.
+  const int64_t matched = options_.protect_last && n > 1 ? n - 1 : n;
+  return options_.matching == Matching::greedy ? max_pairs(matched, options_.protect_first)
+                                               : max_merge(matched, options_.protect_first);
 }
 
 Reduction Reducer::match(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r,
                          std::vector<float>& scratch) const {
+  if (options_.protect_last && n > 1) {
+    // The first n - 1 tokens matched among themselves, the last one kept after them.
+    Reduction out = match_all(rows, n - 1, d, ld, r, scratch);
+    out.dest.push_back(out.out++);
+    return out;
+  }
+  return match_all(rows, n, d, ld, r, scratch);
+}
+
+Reduction Reducer::match_all(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r,
+                             std::vector<float>& scratch) const {
   if (r > 0 && options_.center) {
     scratch.resize(static_cast<size_t>(n * d));
     Eigen::Map<RowMatrix<float>> c(scratch.data(), n, d);

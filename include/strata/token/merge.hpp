@@ -101,6 +101,7 @@ struct ReducerOptions {
   Schedule schedule;
   bool proportional_attention = true;  // log(size) added to each key's logit
   bool protect_first = true;           // [CLS] never merged away (pruning always keeps it)
+  bool protect_last = false;           // merging: the last token ([SEP]) neither merges nor absorbs
   // Merge, compute, unmerge (ToMe for Stable Diffusion, Bolya and Hoffman 2023): per layer, the fraction of
   // the current rows (each in [0, 0.5]) merged by bipartite matching on the hidden states for that layer's
   // attention (queries, keys and values; proportional attention over the groups) or its MLP alone; every row
@@ -152,7 +153,10 @@ class Reducer final : public nn::TokenReducer {
     std::vector<int64_t> source;    // per original token: its current token
   };
   // The matching of options_ on n rows of width d (stride ld), centred when asked; `scratch` holds the copy.
+  // match leaves the last row out when it is protected; match_all matches every row.
   Reduction match(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r, std::vector<float>& scratch) const;
+  Reduction match_all(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r,
+                      std::vector<float>& scratch) const;
 
   ReducerOptions options_;
   std::vector<Sequence> seqs_;

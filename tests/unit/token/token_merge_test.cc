@@ -432,6 +432,36 @@ TEST(TokenMergeEncoder, MergeComputeUnmergeKeepsEveryRow) {
   for (int64_t s = 0; s < b.size; ++s) EXPECT_EQ(static_cast<int64_t>(r.sizes(s).size()), b.tokens(s));
 }
 
+TEST(TokenMergeEncoder, ProtectedLastTokenKeepsItsOwnRow) {
+  const TinyEncoder tiny;
+  // The last token duplicates its neighbour: unprotected, the matching would pair them first.
+  const nn::TokenBatch b = batch_of({{1, 5, 9, 13, 17, 21, 25, 3, 3}, {2, 4, 6, 8, 8}});
+  for (Matching m : {Matching::bipartite, Matching::greedy}) {
+    ReducerOptions o;
+    o.metric = Metric::hidden;
+    o.matching = m;
+    o.protect_last = true;
+    o.schedule.fraction = {0.2, 0.2, 0.1};
+    o.allow_shortfall = true;
+    Reducer r(o);
+    tiny.encoder.forward(b, &r);
+    for (int64_t s = 0; s < b.size; ++s) {
+      const auto size = r.sizes(s);
+      ASSERT_GT(size.size(), 2u);
+      EXPECT_EQ(size.back(), 1.0f) << matching_name(m) << " sequence " << s;
+      EXPECT_EQ(size.front(), 1.0f) << matching_name(m) << " sequence " << s;
+      EXPECT_LT(static_cast<int64_t>(size.size()), b.tokens(s)) << matching_name(m) << " sequence " << s;
+    }
+    // Unprotected, with one merging layer (later ones may merge the pair's row into an earlier one): the
+    // last row holds the pair.
+    o.protect_last = false;
+    o.schedule.fraction = {0.2};
+    Reducer free(o);
+    tiny.encoder.forward(b, &free);
+    EXPECT_GE(free.sizes(0).back(), 2.0f) << matching_name(m);
+  }
+}
+
 // ---- schedules and the allocator --------------------------------------------------------------------
 
 TEST(Schedule, ConstantAndDecreasing) {
