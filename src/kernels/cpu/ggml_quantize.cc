@@ -655,38 +655,16 @@ void quantize_q2_k(const float* x, BlockQ2_K* y, int64_t n, const float* importa
   for (int64_t i = 0; i < nb; ++i, x += kQK_K) {
     if (!importance) {
       // quantize_row_q2_K_ref: |x| weights, 4-bit sub-scales and mins against max / 15.
-      constexpr float q4scale = 15.f;
-      float max_scale = 0, max_min = 0;
       for (int j = 0; j < kQK_K / 16; ++j) {
         for (int l = 0; l < 16; ++l) weight[l] = std::fabs(x[16 * j + l]);
         scales[j] = make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
-        if (scales[j] > max_scale) max_scale = scales[j];
-        if (mins[j] > max_min) max_min = mins[j];
       }
-      if (max_scale > 0) {
-        const float iscale = q4scale / max_scale;
-        for (int j = 0; j < kQK_K / 16; ++j) y[i].scales[j] = static_cast<uint8_t>(nearest_int(prod(iscale, scales[j])));
-        y[i].d = to_half(max_scale / q4scale);
-      } else {
-        for (int j = 0; j < kQK_K / 16; ++j) y[i].scales[j] = 0;
-        y[i].d = to_half(0.f);
-      }
-      if (max_min > 0) {
-        const float iscale = q4scale / max_min;
-        for (int j = 0; j < kQK_K / 16; ++j) {
-          const int l = nearest_int(prod(iscale, mins[j]));
-          y[i].scales[j] = static_cast<uint8_t>(y[i].scales[j] | (l << 4));
-        }
-        y[i].dmin = to_half(max_min / q4scale);
-      } else {
-        y[i].dmin = to_half(0.f);
-      }
+      encode_q2_k_scales(scales, mins, nullptr, y[i]);
     } else {
       // quantize_row_q2_K_impl: importance weights, scales and mins fitted jointly by make_qp_quants.
       const float* qw_row = importance + kQK_K * i;
       const float sigma2 = sum_sq(x, kQK_K) / kQK_K;
       float sw[kQK_K / 16];
-      uint8_t Ls[kQK_K / 16], Lm[kQK_K / 16];
       for (int j = 0; j < kQK_K / 16; ++j) {
         imatrix_weights(x + 16 * j, qw_row + 16 * j, 16, sigma2, weight);
         float s = 0;
@@ -694,11 +672,7 @@ void quantize_q2_k(const float* x, BlockQ2_K* y, int64_t n, const float* importa
         sw[j] = s;
         scales[j] = make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
       }
-      const float dm = make_qp_quants(kQK_K / 16, 15, scales, Ls, sw);
-      const float mm = make_qp_quants(kQK_K / 16, 15, mins, Lm, sw);
-      y[i].d = to_half(dm);
-      y[i].dmin = to_half(mm);
-      for (int j = 0; j < kQK_K / 16; ++j) y[i].scales[j] = static_cast<uint8_t>(Ls[j] | (Lm[j] << 4));
+      encode_q2_k_scales(scales, mins, sw, y[i]);
     }
     // Both paths requantize against the stored (binary16) scales.
     const float dm = from_half(y[i].d), mm = from_half(y[i].dmin);
@@ -926,6 +900,48 @@ void pack_q4_k_scales(const uint8_t* Ls, const uint8_t* Lm, float d_block, float
 }
 
 void pack_q5_k_quants(const uint8_t* L, BlockQ5_K& y) { pack_q5k(L, y); }
+
+// The super-block half of Q2_K: the sixteen sub-block scales and mins to 4 bits, against d and dmin.
+// Without weights (quantize_row_q2_K_ref) the largest of each maps to 15; with the sub-blocks' total
+// importance weights sw (quantize_row_q2_K_impl) make_qp_quants fits them.
+void encode_q2_k_scales(const float* scales, const float* mins, const float* sw, BlockQ2_K& y) {
+  if (sw) {
+    uint8_t Ls[kQK_K / 16], Lm[kQK_K / 16];
+    const float d_block = make_qp_quants(kQK_K / 16, 15, scales, Ls, sw);
+    const float m_block = make_qp_quants(kQK_K / 16, 15, mins, Lm, sw);
+    return pack_q2_k_scales(Ls, Lm, d_block, m_block, y);
+  }
+  constexpr float q4scale = 15.f;
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < kQK_K / 16; ++j) {
+    if (scales[j] > max_scale) max_scale = scales[j];
+    if (mins[j] > max_min) max_min = mins[j];
+  }
+  if (max_scale > 0) {
+    const float iscale = q4scale / max_scale;
+    for (int j = 0; j < kQK_K / 16; ++j) y.scales[j] = static_cast<uint8_t>(nearest_int(prod(iscale, scales[j])));
+    y.d = to_half(max_scale / q4scale);
+  } else {
+    for (int j = 0; j < kQK_K / 16; ++j) y.scales[j] = 0;
+    y.d = to_half(0.f);
+  }
+  if (max_min > 0) {
+    const float iscale = q4scale / max_min;
+    for (int j = 0; j < kQK_K / 16; ++j) {
+      const int l = nearest_int(prod(iscale, mins[j]));
+      y.scales[j] = static_cast<uint8_t>(y.scales[j] | (l << 4));
+    }
+    y.dmin = to_half(max_min / q4scale);
+  } else {
+    y.dmin = to_half(0.f);
+  }
+}
+
+void pack_q2_k_scales(const uint8_t* Ls, const uint8_t* Lm, float d_block, float m_block, BlockQ2_K& y) {
+  y.d = to_half(d_block);
+  y.dmin = to_half(m_block);
+  for (int j = 0; j < kQK_K / 16; ++j) y.scales[j] = static_cast<uint8_t>(Ls[j] | (Lm[j] << 4));
+}
 
 // The super-block half of Q6_K: the sixteen sub-block scales to signed 8 bits, the largest in
 // magnitude at -128. Returns false, with the block zeroed, when every scale vanishes.

@@ -1,4 +1,4 @@
-// Q4_K and Q6_K row quantizers, one source for every SIMD target (Google Highway). Included by
+// Q2_K, Q4_K, Q5_K and Q6_K row quantizers, one source for every SIMD target (Google Highway). Included by
 // ggml_quantize_k.cc for dynamic dispatch and by the per-target tests; the scalar quantizers of
 // ggml_quantize.cc are the oracle these must match byte for byte.
 //
@@ -208,8 +208,10 @@ HWY_INLINE void WithMode(QMode mode, const F& f) {
   }
 }
 
-// make_qkx_quants of ggml_quantize.cc (n 32, nmax 15 for Q4_K or 31 for Q5_K), lane k of group g on
-// sub-block g * N + k of xt / wt (K groups, each transposed, 32 x N). lq: scratch of K x 32 x N.
+// make_qkx_quants of ggml_quantize.cc (n 32 with nmax 15 for Q4_K or 31 for Q5_K; n 16 with nmax 3
+// for Q2_K), lane k of group g on sub-block g * N + k of xt / wt (K groups, each transposed, n x N).
+// lq: scratch of K x n x N. mad: the errors sum w |diff| (use_mad, Q2_K without importance) instead
+// of w diff^2.
 //
 // Per candidate each group runs pass 1 (quants, three weighted sums), the fit (D and the fitted scale
 // and min: divisions), the error pass and the choice, a chain in which every step waits for the one
@@ -220,14 +222,13 @@ HWY_INLINE void WithMode(QMode mode, const F& f) {
 // candidate's iscale) overlap the other half's loop. The next candidate's iscale is divided out both
 // ways (minimum kept, minimum replaced) during the error pass and picked by the comparison; the
 // least-squares scale with the minimum clipped to 0 is divided out only where some lane clips.
-template <int K, int nmax>
+template <int K, int nmax, int n = 32, bool mad = false>
 HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt, float* HWY_RESTRICT lq,
                           float rmin, float rdelta, int nstep, const KxOut& out) {
   static_assert(K == 1 || K % 2 == 0, "one group, or two halves of K / 2");
   constexpr int halves = K == 1 ? 1 : 2, HK = K / halves;  // groups per half
   const DF df;
   const size_t N = hn::Lanes(df);
-  constexpr int n = 32;
   using M = hn::Mask<DF>;
   const VF zero = hn::Zero(df), vnmax = hn::Set(df, static_cast<float>(nmax)), magic = hn::Set(df, kMagic);
   auto at = [&](int k, int l) { return (static_cast<size_t>(k) * n + static_cast<size_t>(l)) * N; };
@@ -268,7 +269,7 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
         const VF x = X(k, l);
         const VF q = QuantizeK<decltype(mode)::value>(MulR(is_[k], hn::Sub(x, mn[k])), zero, vnmax, magic);
         VF diff = hn::Sub(hn::Add(MulR(sc[k], q), mn[k]), x);
-        diff = MulR(diff, diff);
+        diff = mad ? hn::Abs(diff) : MulR(diff, diff);
         err[k] = hn::Add(err[k], MulR(W(k, l), diff));
       }
     for (int k = 0; k < K; ++k) best_error[k] = err[k];
@@ -314,7 +315,7 @@ HWY_INLINE void SearchQkx(const float* HWY_RESTRICT xt, const float* HWY_RESTRIC
           const int g = E * HK + k;
           const VF q = hn::Load(df, qs + off(g, l));
           VF diff = hn::Sub(hn::Add(MulR(sc[k], q), tm[k]), hn::Load(df, xs + off(g, l)));
-          diff = MulR(diff, diff);
+          diff = mad ? hn::Abs(diff) : MulR(diff, diff);
           err[k] = hn::Add(err[k], MulR(hn::Load(df, ws + off(g, l)), diff));
         }
     }
@@ -414,17 +415,18 @@ HWY_INLINE VI GgmlNearestInt(VF v) {
   return hn::Sub(hn::And(b, hn::Set(di, 0x007FFFFF)), hn::Set(di, 0x00400000));
 }
 
-// make_qp_quants of ggml_quantize.cc (n 8, nmax 63) for N super-blocks at once: lane k fits the
-// eight values xt[i * N + k] (a super-block's sub-block scales or mins) with weights wt[i * N + k],
+// make_qp_quants of ggml_quantize.cc (n 8 with nmax 63 for Q4_K and Q5_K; n 16 with nmax 15 for
+// Q2_K) for N super-blocks at once: lane k fits the n values xt[i * N + k] (a super-block's
+// sub-block scales or mins) with weights wt[i * N + k],
 // through the scalar sequence of operations, each branch a per-lane select. Stores the quants as
 // ggml keeps them (an int cast to uint8_t, so a negative quant wraps, as there) in L[i * N + k]
 // and returns the fitted scale per lane. The refinement tries stop when no lane changes: a lane
 // that changed nothing in a try would change nothing in the next, so running on is exact.
+template <int n, int nmax>
 HWY_INLINE VF QpQuants(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt, int32_t* HWY_RESTRICT L_out) {
   const DF df;
   const DI di;
   const size_t N = hn::Lanes(df);
-  constexpr int n = 8, nmax = 63;
   using M = hn::Mask<DF>;
   const VF zero = hn::Zero(df), one = hn::Set(df, 1.f);
   const VI inmax = hn::Set(di, nmax), byte = hn::Set(di, 0xFF);
@@ -496,16 +498,15 @@ HWY_INLINE VF QpQuants(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT w
   return hn::IfThenZeroElse(flat, hn::IfThenElseZero(hn::Gt(suml2, zero), hn::Div(sumlx, suml2)));
 }
 
-// quantize_row_q4_K_impl's (and q5_K's) super-block step for the nsb super-blocks of a row, N at a
-// time: the sub-block scales and mins (8 per super-block, in order) fitted by make_qp_quants with the
-// sub-blocks' summed weights sw, packed into y's d, dmin and scales as the reference packs them
-// (Q5_K's clamps the quants to 63 first, Q4_K's does not).
-HWY_INLINE void EncodeScalesQ4K(const float* HWY_RESTRICT scales, const float* HWY_RESTRICT mins,
-                                const float* HWY_RESTRICT sw, int64_t nsb, bool clamp63,
-                                kernels::BlockQ4_K* HWY_RESTRICT y) {
+// The super-block step of the importance paths for the nsb super-blocks of a row, N at a time: each
+// super-block's n sub-block scales and n mins (in order) fitted by make_qp_quants (nmax) with the
+// sub-blocks' summed weights sw; then pack(i, Ls, Lm, d, m) receives super-block i's quants (as ggml
+// keeps them: uint8_t) and the two fitted scales.
+template <int n, int nmax, class Pack>
+HWY_INLINE void FitScalesQp(const float* HWY_RESTRICT scales, const float* HWY_RESTRICT mins,
+                            const float* HWY_RESTRICT sw, int64_t nsb, const Pack& pack) {
   const DF df;
   const size_t N = hn::Lanes(df);
-  constexpr int n = 8;
   auto buf = hwy::AllocateAligned<float>(3 * n * N);
   auto ibuf = hwy::AllocateAligned<int32_t>(2 * n * N);
   float* st = buf.get();
@@ -524,26 +525,39 @@ HWY_INLINE void EncodeScalesQ4K(const float* HWY_RESTRICT scales, const float* H
       }
     }
     HWY_ALIGN float d[hn::MaxLanes(df)], m[hn::MaxLanes(df)];
-    hn::Store(QpQuants(st, wt, Ls), df, d);
-    hn::Store(QpQuants(mt, wt, Lm), df, m);
+    hn::Store(QpQuants<n, nmax>(st, wt, Ls), df, d);
+    hn::Store(QpQuants<n, nmax>(mt, wt, Lm), df, m);
     for (size_t k = 0; k < valid; ++k) {
       uint8_t ls[n], lm[n];
       for (int i = 0; i < n; ++i) {
         ls[i] = static_cast<uint8_t>(Ls[static_cast<size_t>(i) * N + k]);
         lm[i] = static_cast<uint8_t>(Lm[static_cast<size_t>(i) * N + k]);
-        if (clamp63) {
-          ls[i] = std::min<uint8_t>(63, ls[i]);
-          lm[i] = std::min<uint8_t>(63, lm[i]);
-        }
       }
-      kernels::detail::pack_q4_k_scales(ls, lm, d[k], m[k], y[s0 + static_cast<int64_t>(k)]);
+      pack(s0 + static_cast<int64_t>(k), ls, lm, d[k], m[k]);
     }
   }
 }
 
-// 2 * sum(x^2) / 256 over each super-block (quantize_row_q*_K_impl's sigma2), the sum in element
-// order, N super-blocks at a time.
-HWY_INLINE void SuperBlockSigma2(const float* HWY_RESTRICT x, int64_t nsb, float* HWY_RESTRICT sigma2) {
+// quantize_row_q4_K_impl's (and q5_K's) super-block step: the eight sub-block scales and mins per
+// super-block, packed into y's d, dmin and scales as the reference packs them (Q5_K's clamps the
+// quants to 63 first, Q4_K's does not).
+HWY_INLINE void EncodeScalesQ4K(const float* HWY_RESTRICT scales, const float* HWY_RESTRICT mins,
+                                const float* HWY_RESTRICT sw, int64_t nsb, bool clamp63,
+                                kernels::BlockQ4_K* HWY_RESTRICT y) {
+  FitScalesQp<8, 63>(scales, mins, sw, nsb, [&](int64_t i, uint8_t* ls, uint8_t* lm, float d, float m) {
+    if (clamp63)
+      for (int j = 0; j < 8; ++j) {
+        ls[j] = std::min<uint8_t>(63, ls[j]);
+        lm[j] = std::min<uint8_t>(63, lm[j]);
+      }
+    kernels::detail::pack_q4_k_scales(ls, lm, d, m, y[i]);
+  });
+}
+
+// 2 * sum(x^2) / 256 over each super-block (quantize_row_q*_K_impl's sigma2; Q2_K's, not doubled:
+// sum(x^2) / 256), the sum in element order, N super-blocks at a time.
+HWY_INLINE void SuperBlockSigma2(const float* HWY_RESTRICT x, int64_t nsb, float* HWY_RESTRICT sigma2,
+                                 bool doubled = true) {
   const DF df;
   const size_t N = hn::Lanes(df);
   auto t = hwy::AllocateAligned<float>(kernels::kQK_K * N);
@@ -556,9 +570,34 @@ HWY_INLINE void SuperBlockSigma2(const float* HWY_RESTRICT x, int64_t nsb, float
       s = hn::Add(s, MulR(v, v));
     }
     HWY_ALIGN float lanes[hn::MaxLanes(df)];
-    hn::Store(hn::Div(MulR(hn::Set(df, 2.f), s), hn::Set(df, static_cast<float>(kernels::kQK_K))), df, lanes);
+    if (doubled) s = MulR(hn::Set(df, 2.f), s);
+    hn::Store(hn::Div(s, hn::Set(df, static_cast<float>(kernels::kQK_K))), df, lanes);
     for (size_t k = 0; k < valid; ++k) sigma2[s0 + static_cast<int64_t>(k)] = lanes[k];
   }
+}
+
+// quantize_row_q*_K_impl's weights of N sub-blocks of n (first .. first + valid - 1, transposed in
+// xk): qw * sqrt(sigma2 + x^2), sigma2 of each lane's super-block, into wk (transposed), and each
+// sub-block's sum of them, in element order, into sw (N values).
+template <int n>
+HWY_INLINE void ImportanceWeights(const float* HWY_RESTRICT importance, const float* HWY_RESTRICT sigma2,
+                                  int64_t first, size_t valid, const float* HWY_RESTRICT xk, float* HWY_RESTRICT wk,
+                                  float* HWY_RESTRICT sw) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  Transpose(importance + n * first, n, n, valid, wk);
+  HWY_ALIGN float s2[hn::MaxLanes(df)];
+  for (size_t j = 0; j < N; ++j)
+    s2[j] = sigma2[(first + static_cast<int64_t>(std::min(j, valid - 1))) / (kernels::kQK_K / n)];
+  const VF vs2 = hn::Load(df, s2);
+  VF s = hn::Zero(df);
+  for (int l = 0; l < n; ++l) {
+    const VF v = hn::Load(df, xk + static_cast<size_t>(l) * N);
+    const VF w = MulR(hn::Load(df, wk + static_cast<size_t>(l) * N), hn::Sqrt(hn::Add(vs2, MulR(v, v))));
+    hn::Store(w, df, wk + static_cast<size_t>(l) * N);
+    s = hn::Add(s, w);
+  }
+  hn::Store(s, df, sw);
 }
 
 // Quants of n elements (a multiple of N) into int32 q[]: against the stored scale d and min dm,
@@ -581,6 +620,62 @@ HWY_INLINE void RequantizeK4(const float* HWY_RESTRICT x, float d, float dm, flo
   }
 }
 
+// A row's asymmetric search results, per sub-block (padded to whole batches): the scale, -min, the
+// summed importance weights (with importance), and the (iscale, min) that rebuild the kept quants.
+struct KxRow {
+  hwy::AlignedFreeUniquePtr<float[]> buf;
+  float* scales;
+  float* mins;
+  float* sw;
+  float* l_iscale;
+  float* l_min;
+};
+
+// The sub-blocks of len elements of a row of n, kQkxGroups x N at a time: each batch transposed, its
+// weights set by weigh(xk, wk) per group without importance, or to quantize_row_q*_K_impl's with it
+// (sigma2 of each super-block doubled or not, as the type's reference has it), then searched by
+// search(xt, wt, lq, out).
+template <int len, class Weigh, class Search>
+HWY_INLINE KxRow SearchRowQkx(const float* HWY_RESTRICT x, int64_t n, const float* HWY_RESTRICT importance,
+                              bool doubled_sigma2, const Weigh& weigh, const Search& search) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const int64_t nsb = n / kernels::kQK_K, nsub = n / len;
+  // Scratch: xt, wt, lq (len x G each), then the results, then sigma2.
+  constexpr int K = kQkxGroups;
+  const size_t G = K * N;
+  const int64_t padded = (nsub + static_cast<int64_t>(G) - 1) / static_cast<int64_t>(G) * static_cast<int64_t>(G);
+  KxRow r;
+  r.buf = hwy::AllocateAligned<float>(3 * len * G + 5 * static_cast<size_t>(padded) + static_cast<size_t>(nsb));
+  float* xt = r.buf.get();
+  float* wt = xt + len * G;
+  float* lq = wt + len * G;
+  r.scales = lq + len * G;
+  r.mins = r.scales + padded;
+  r.sw = r.mins + padded;
+  r.l_iscale = r.sw + padded;
+  r.l_min = r.l_iscale + padded;
+  float* sigma2 = r.l_min + padded;
+  if (importance) SuperBlockSigma2(x, nsb, sigma2, doubled_sigma2);
+
+  for (int64_t g = 0; g < nsub; g += static_cast<int64_t>(G)) {
+    for (int k = 0; k < K; ++k) {
+      // Past the row's end a group re-reads its last sub-block; those results are never read.
+      const int64_t first = std::min(g + k * static_cast<int64_t>(N), nsub - 1);
+      const size_t valid = static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(N), nsub - first));
+      float* xk = xt + len * N * static_cast<size_t>(k);
+      float* wk = wt + len * N * static_cast<size_t>(k);
+      Transpose(x + len * first, len, len, valid, xk);
+      if (!importance)
+        weigh(xk, wk);
+      else
+        ImportanceWeights<len>(importance, sigma2, first, valid, xk, wk, r.sw + g + k * static_cast<int64_t>(N));
+    }
+    search(xt, wt, lq, KxOut{r.scales + g, r.mins + g, r.l_iscale + g, r.l_min + g});
+  }
+  return r;
+}
+
 // Q4_K (nmax 15) and Q5_K (nmax 31), which share the search, the scale encoding and the header
 // layout (d, dmin, twelve bytes of scales: BlockQ4_K's first fields). Sub-blocks are searched N at a
 // time across the row; then each super-block's scales are encoded and its quants recomputed against
@@ -593,32 +688,11 @@ HWY_INLINE void QuantizeRowK45(const float* HWY_RESTRICT x, int64_t n, Block* HW
   using kernels::kQK_K;
   const DF df;
   const size_t N = hn::Lanes(df);
-  const int64_t nsb = n / kQK_K, nsub = n / 32;
-  // Scratch: xt, wt, lq (32 x G each), then per sub-block scale, -min, sw, l_iscale, l_min, then sigma2.
+  const int64_t nsb = n / kQK_K;
   constexpr int K = kQkxGroups;
-  const size_t G = K * N;
-  const int64_t padded = (nsub + static_cast<int64_t>(G) - 1) / static_cast<int64_t>(G) * static_cast<int64_t>(G);
-  auto buf = hwy::AllocateAligned<float>(3 * 32 * G + 5 * static_cast<size_t>(padded) + static_cast<size_t>(nsb));
-  float* xt = buf.get();
-  float* wt = xt + 32 * G;
-  float* lq = wt + 32 * G;
-  float* scales = lq + 32 * G;
-  float* mins = scales + padded;
-  float* sw = mins + padded;
-  float* l_iscale = sw + padded;
-  float* l_min = l_iscale + padded;
-  float* sigma2 = l_min + padded;
-  if (importance) SuperBlockSigma2(x, nsb, sigma2);
-
-  for (int64_t g = 0; g < nsub; g += static_cast<int64_t>(G)) {
-    for (int k = 0; k < K; ++k) {
-      // Past the row's end a group re-reads its last sub-block; those results are never read.
-      const int64_t first = std::min(g + k * static_cast<int64_t>(N), nsub - 1);
-      const size_t valid = static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(N), nsub - first));
-      float* xk = xt + 32 * N * static_cast<size_t>(k);
-      float* wk = wt + 32 * N * static_cast<size_t>(k);
-      Transpose(x + 32 * first, 32, 32, valid, xk);
-      if (!importance) {
+  const KxRow r = SearchRowQkx<32>(
+      x, n, importance, true,
+      [&](const float* HWY_RESTRICT xk, float* HWY_RESTRICT wk) {
         // quantize_row_q4_K_ref's weights: av_x + |x|, av_x = sqrt(sum(x^2) / 32).
         VF s = hn::Zero(df);
         for (int l = 0; l < 32; ++l) {
@@ -629,30 +703,15 @@ HWY_INLINE void QuantizeRowK45(const float* HWY_RESTRICT x, int64_t n, Block* HW
         for (int l = 0; l < 32; ++l)
           hn::Store(hn::Add(av_x, hn::Abs(hn::Load(df, xk + static_cast<size_t>(l) * N))), df,
                     wk + static_cast<size_t>(l) * N);
-      } else {
-        // quantize_row_q4_K_impl's weights: qw * sqrt(sigma2 + x^2), sigma2 of the lane's super-block.
-        Transpose(importance + 32 * first, 32, 32, valid, wk);
-        HWY_ALIGN float s2[hn::MaxLanes(df)];
-        for (size_t j = 0; j < N; ++j) s2[j] = sigma2[(first + static_cast<int64_t>(std::min(j, valid - 1))) / 8];
-        const VF vs2 = hn::Load(df, s2);
-        VF s = hn::Zero(df);
-        for (int l = 0; l < 32; ++l) {
-          const VF v = hn::Load(df, xk + static_cast<size_t>(l) * N);
-          const VF w = MulR(hn::Load(df, wk + static_cast<size_t>(l) * N), hn::Sqrt(hn::Add(vs2, MulR(v, v))));
-          hn::Store(w, df, wk + static_cast<size_t>(l) * N);
-          s = hn::Add(s, w);
-        }
-        hn::Store(s, df, sw + g + k * static_cast<int64_t>(N));
-      }
-    }
-    const KxOut out{scales + g, mins + g, l_iscale + g, l_min + g};
-    if (importance)
-      SearchQkx<K, nmax>(xt, wt, lq, -0.9f, 0.05f, 36, out);
-    else if (nmax == 15)
-      SearchQkx<K, nmax>(xt, wt, lq, -1.f, 0.1f, 20, out);
-    else
-      SearchQkx<K, nmax>(xt, wt, lq, -0.5f, 0.1f, 15, out);
-  }
+      },
+      [&](const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt, float* HWY_RESTRICT lq, const KxOut& out) {
+        if (importance)
+          SearchQkx<K, nmax>(xt, wt, lq, -0.9f, 0.05f, 36, out);
+        else if (nmax == 15)
+          SearchQkx<K, nmax>(xt, wt, lq, -1.f, 0.1f, 20, out);
+        else
+          SearchQkx<K, nmax>(xt, wt, lq, -0.5f, 0.1f, 15, out);
+      });
 
   // The headers: in place for Q4_K, staged for Q5_K.
   hwy::AlignedFreeUniquePtr<kernels::BlockQ4_K[]> staged;
@@ -663,12 +722,12 @@ HWY_INLINE void QuantizeRowK45(const float* HWY_RESTRICT x, int64_t n, Block* HW
     staged = hwy::AllocateAligned<kernels::BlockQ4_K>(static_cast<size_t>(nsb));
     heads = staged.get();
   }
-  if (importance) EncodeScalesQ4K(scales, mins, sw, nsb, nmax == 31, heads);
+  if (importance) EncodeScalesQ4K(r.scales, r.mins, r.sw, nsb, nmax == 31, heads);
   HWY_ALIGN int32_t q[kQK_K];
   for (int64_t i = 0; i < nsb; ++i, x += kQK_K) {
     kernels::BlockQ4_K& b = heads[i];
     const int64_t s0 = 8 * i;
-    if (!importance) kernels::detail::encode_q4_k_scales(scales + s0, mins + s0, nullptr, b);
+    if (!importance) kernels::detail::encode_q4_k_scales(r.scales + s0, r.mins + s0, nullptr, b);
     if constexpr (!std::is_same_v<Block, kernels::BlockQ4_K>) {
       y[i].d = b.d;
       y[i].dmin = b.dmin;
@@ -680,7 +739,7 @@ HWY_INLINE void QuantizeRowK45(const float* HWY_RESTRICT x, int64_t n, Block* HW
       kernels::detail::unpack_scale_min_k4(j, b.scales, sc, m);
       const float d = ProdS(d_all, static_cast<float>(sc));
       const float dm = ProdS(m_all, static_cast<float>(m));
-      RequantizeK4(x + 32 * j, d, dm, l_iscale[s0 + j], l_min[s0 + j], nmax, 32, q + 32 * j);
+      RequantizeK4(x + 32 * j, d, dm, r.l_iscale[s0 + j], r.l_min[s0 + j], nmax, 32, q + 32 * j);
     }
     put(i, q);
   }
@@ -708,6 +767,59 @@ inline void QuantizeRowQ5K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
     for (int l = 0; l < kernels::kQK_K; ++l) L[l] = static_cast<uint8_t>(q[l]);
     kernels::detail::pack_q5_k_quants(L, y[i]);
   });
+}
+
+// ---- Q2_K -------------------------------------------------------------------------------------------
+
+// Q2_K: the sub-blocks of 16 searched by SearchQkx (nmax 3) N at a time across the row, with |x|
+// weights and absolute errors (quantize_row_q2_K_ref) or importance weights (quantize_row_q2_K_impl);
+// then each super-block's sixteen scales and mins to 4 bits (make_qp_quants across N super-blocks
+// with importance, the shared scalar step without), the quants against them, and the 2-bit packing.
+inline void QuantizeRowQ2K(const float* HWY_RESTRICT x, int64_t n, kernels::BlockQ2_K* HWY_RESTRICT y,
+                           const float* HWY_RESTRICT importance) {
+  using kernels::kQK_K;
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const KxRow r = SearchRowQkx<16>(
+      x, n, importance, false,
+      [&](const float* HWY_RESTRICT xk, float* HWY_RESTRICT wk) {
+        for (int l = 0; l < 16; ++l)
+          hn::Store(hn::Abs(hn::Load(df, xk + static_cast<size_t>(l) * N)), df, wk + static_cast<size_t>(l) * N);
+      },
+      [&](const float* HWY_RESTRICT xt, const float* HWY_RESTRICT wt, float* HWY_RESTRICT lq, const KxOut& out) {
+        if (importance)
+          SearchQkx<kQkxGroups, 3, 16, false>(xt, wt, lq, -0.9f, 0.05f, 36, out);
+        else
+          SearchQkx<kQkxGroups, 3, 16, true>(xt, wt, lq, -0.5f, 0.1f, 15, out);
+      });
+
+  if (importance)
+    FitScalesQp<16, 15>(r.scales, r.mins, r.sw, n / kQK_K,
+                        [&](int64_t i, const uint8_t* ls, const uint8_t* lm, float d, float m) {
+                          kernels::detail::pack_q2_k_scales(ls, lm, d, m, y[i]);
+                        });
+  HWY_ALIGN int32_t q[kQK_K];
+  const DI di;
+  const hn::Rebind<uint8_t, DI> d8;
+  for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
+    kernels::BlockQ2_K& b = y[i];
+    const int64_t s0 = 16 * i;
+    if (!importance) kernels::detail::encode_q2_k_scales(r.scales + s0, r.mins + s0, nullptr, b);
+    const float d_all = f16_to_f32(f16{b.d}), m_all = f16_to_f32(f16{b.dmin});
+    for (int j = 0; j < kQK_K / 16; ++j) {
+      const float d = ProdS(d_all, static_cast<float>(b.scales[j] & 0xF));
+      const float dm = ProdS(m_all, static_cast<float>(b.scales[j] >> 4));
+      RequantizeK4(x + 16 * j, d, dm, r.l_iscale[s0 + j], r.l_min[s0 + j], 3, 16, q + 16 * j);
+    }
+    // Byte l of each 32-byte quarter: quants l, l + 32, l + 64 and l + 96 of its 128, two bits each.
+    for (int j = 0; j < kQK_K; j += 128)
+      for (int l = 0; l < 32; l += static_cast<int>(N)) {
+        const VI q1 = hn::Load(di, q + j + l), q2 = hn::Load(di, q + j + l + 32);
+        const VI q3 = hn::Load(di, q + j + l + 64), q4 = hn::Load(di, q + j + l + 96);
+        const VI v = hn::Or(hn::Or(q1, hn::ShiftLeft<2>(q2)), hn::Or(hn::ShiftLeft<4>(q3), hn::ShiftLeft<6>(q4)));
+        hn::StoreU(hn::DemoteTo(d8, v), d8, b.qs + j / 4 + l);
+      }
+  }
 }
 
 // ---- Q6_K -------------------------------------------------------------------------------------------
@@ -852,6 +964,7 @@ inline void QuantizeRowQ6K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
 
 }  // namespace ggml_k
 
+using ggml_k::QuantizeRowQ2K;
 using ggml_k::QuantizeRowQ4K;
 using ggml_k::QuantizeRowQ5K;
 using ggml_k::QuantizeRowQ6K;

@@ -65,6 +65,8 @@ void quantize_blocks_legacy(GgmlType t, const float* x, int64_t n, void* out, co
 void quantize_row_q4_k_simd(const float* x, int64_t n, void* out, const float* importance);
 void quantize_row_q5_k_simd(const float* x, int64_t n, void* out, const float* importance);
 void quantize_row_q6_k_simd(const float* x, int64_t n, void* out, const float* importance);
+// Q2_K likewise (the same bytes as quantize_row_q2_k).
+void quantize_row_q2_k_simd(const float* x, int64_t n, void* out, const float* importance);
 
 // The per-super-block steps the SIMD quantizers share with the references. encode_q4_k_scales sets
 // d, dmin and the packed 6-bit scales and mins of y from the eight sub-blocks' fitted scales and
@@ -76,6 +78,11 @@ void encode_q4_k_scales(const float* scales, const float* mins, const float* sw,
 // (make_qp_quants' quants, stored as ggml stores them) packed into y with d and dmin.
 void pack_q4_k_scales(const uint8_t* Ls, const uint8_t* Lm, float d_block, float m_block, BlockQ4_K& y);
 bool encode_q6_k_scales(const float* scales, BlockQ6_K& y);
+// encode_q2_k_scales sets d, dmin and the sixteen packed 4-bit scales and mins of y from the
+// sub-blocks' fitted scales and mins (sw as above); pack_q2_k_scales is its last step with importance
+// (make_qp_quants' quants Ls and Lm, as ggml stores them, with d and dmin).
+void encode_q2_k_scales(const float* scales, const float* mins, const float* sw, BlockQ2_K& y);
+void pack_q2_k_scales(const uint8_t* Ls, const uint8_t* Lm, float d_block, float m_block, BlockQ2_K& y);
 // Q5_K's 256 quants (0 .. 31) into y's qs (low four bits) and qh (fifth bits).
 void pack_q5_k_quants(const uint8_t* L, BlockQ5_K& y);
 

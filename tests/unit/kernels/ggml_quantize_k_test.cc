@@ -1,4 +1,4 @@
-// The SIMD Q4_K, Q5_K and Q6_K quantizers, on every Highway target this CPU supports, against the
+// The SIMD Q2_K, Q4_K, Q5_K and Q6_K quantizers, on every Highway target this CPU supports, against the
 // scalar references of ggml_quantize.cc: the same bytes for every row, with and without importance
 // (hand-made corner rows, many random rows of mixed sub-blocks, and SmolLM2's dequantized weights
 // when the model is present); and the whole-tensor path (compress::ggml::quantize, rows over
@@ -155,6 +155,10 @@ void ExpectSameBytes(kernels::QuantizeRowFn reference, Fast fast, const char* ty
   }
 }
 
+void TestQ2KMatchesReference() {
+  ExpectSameBytes<kernels::BlockQ2_K>(&kernels::detail::quantize_row_q2_k, &QuantizeRowQ2K, "q2_k");
+}
+
 void TestQ4KMatchesReference() {
   ExpectSameBytes<kernels::BlockQ4_K>(&kernels::detail::quantize_row_q4_k, &QuantizeRowQ4K, "q4_k");
 }
@@ -194,6 +198,8 @@ void TestRandomRowsMatchReference() {
   std::exponential_distribution<float> e(1.f);
   for (std::size_t j = 0; j < qw.size(); ++j) qw[j] = j % 37 == 3 ? 0.f : e(rng);
   const std::string what = std::to_string(rows) + " random rows";
+  ExpectSameRows<kernels::BlockQ2_K>(&kernels::detail::quantize_row_q2_k, &QuantizeRowQ2K, "q2_k", x, kernels::kQK_K,
+                                     qw, what);
   ExpectSameRows<kernels::BlockQ4_K>(&kernels::detail::quantize_row_q4_k, &QuantizeRowQ4K, "q4_k", x, kernels::kQK_K,
                                      qw, what);
   ExpectSameRows<kernels::BlockQ5_K>(&kernels::detail::quantize_row_q5_k, &QuantizeRowQ5K, "q5_k", x, kernels::kQK_K,
@@ -227,6 +233,8 @@ void TestSmolLM2RowsMatchReference() {
     if (x.empty()) continue;
     std::vector<float> qw(static_cast<std::size_t>(cols), 0.f);
     for (std::size_t i = 0; i < x.size(); ++i) qw[i % qw.size()] += x[i] * x[i];
+    ExpectSameRows<kernels::BlockQ2_K>(&kernels::detail::quantize_row_q2_k, &QuantizeRowQ2K, "q2_k", x, cols, qw,
+                                       t.name);
     ExpectSameRows<kernels::BlockQ4_K>(&kernels::detail::quantize_row_q4_k, &QuantizeRowQ4K, "q4_k", x, cols, qw,
                                        t.name);
     ExpectSameRows<kernels::BlockQ5_K>(&kernels::detail::quantize_row_q5_k, &QuantizeRowQ5K, "q5_k", x, cols, qw,
@@ -246,15 +254,17 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace strata {
 HWY_BEFORE_TEST(GgmlQuantizeKTest);
+HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ2KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ4KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ5KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ6KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestRandomRowsMatchReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestSmolLM2RowsMatchReference);
 
-// The codec table routes Q4_K, Q5_K and Q6_K to the dispatched SIMD quantizers, misaligned output
+// The codec table routes Q2_K, Q4_K, Q5_K and Q6_K to the dispatched SIMD quantizers, misaligned output
 // included.
 const std::pair<kernels::GgmlType, kernels::QuantizeRowFn> kReferences[] = {
+    {kernels::GgmlType::Q2_K, &kernels::detail::quantize_row_q2_k},
     {kernels::GgmlType::Q4_K, &kernels::detail::quantize_row_q4_k},
     {kernels::GgmlType::Q5_K, &kernels::detail::quantize_row_q5_k},
     {kernels::GgmlType::Q6_K, &kernels::detail::quantize_row_q6_k},
