@@ -47,6 +47,7 @@ struct Args {
   // Greedy pairs matched better than the bipartite matching there (mean cosine at 25% and 50%).
   std::string metric = "hidden", matching = "greedy";
   bool center = false, protect_last = false;
+  double size_penalty = 0;
   std::filesystem::path report;
 
   void add_options(CLI::App& app) {
@@ -98,6 +99,9 @@ struct Args {
     app.add_option("--metric", metric, "what merging matches on: keys (averaged over heads) or hidden")
         ->capture_default_str();
     app.add_option("--matching", matching, "how merging pairs tokens: bipartite (ToMe's) or greedy")
+        ->capture_default_str();
+    app.add_option("--size-penalty", size_penalty, "greedy pairs: similarity less this x log(size) per token")
+        ->check(CLI::NonNegativeNumber)
         ->capture_default_str();
     app.add_flag("--protect-last", protect_last, "merging: the last token ([SEP]) neither merges nor absorbs");
     app.add_flag("--center", center, "subtract each sequence's mean metric row before matching");
@@ -329,6 +333,7 @@ void run(const Args& a) {
     o.matching = matching;
     o.center = a.center;
     o.protect_last = a.protect_last;
+    o.size_penalty = a.size_penalty;
     o.schedule = s;
     measure_with(std::string(token::method_name(m)), name, s.str(), o, rate);
   };
@@ -343,6 +348,7 @@ void run(const Args& a) {
         so.reducer.matching = matching;
         so.reducer.center = a.center;
         so.reducer.protect_last = a.protect_last;
+        so.reducer.size_penalty = a.size_penalty;
         so.total = rate;
         so.max_flops = a.search_flops;
         so.step = a.search_step;
@@ -374,6 +380,7 @@ void run(const Args& a) {
     o.matching = matching;
     o.center = a.center;
     o.protect_last = a.protect_last;
+    o.size_penalty = a.size_penalty;
     for (int64_t l = 0; l < c.n_layers; ++l) {
       o.merge_attention.push_back(l >= a.unmerge_from ? att : 0.0);
       o.merge_mlp.push_back(l >= a.unmerge_from ? mlp : 0.0);

@@ -110,7 +110,9 @@ int64_t max_pairs(int64_t n, bool protect_first) {
 }
 
 Reduction greedy_pair_matching(const float* metric, int64_t n, int64_t d, int64_t ld, int64_t r,
-                               bool protect_first) {
+                               bool protect_first, std::span<const float> penalty) {
+  require(penalty.empty() || static_cast<int64_t>(penalty.size()) == n, "token merge: ", penalty.size(),
+          " penalties for ", n, " tokens");
   check_merge_count(r, n, max_pairs(n, protect_first), d, ld,
                     protect_first ? "(disjoint pairs, the first token kept)" : "(disjoint pairs)");
   if (r == 0) return identity(n);
@@ -119,7 +121,12 @@ Reduction greedy_pair_matching(const float* metric, int64_t n, int64_t d, int64_
   for (int64_t i = 0; i < m; ++i)
     require(std::isfinite(set_unit(u.row(i), metric + (first + i) * ld)), "token merge: metric row ", first + i,
             " is not finite");
-  const RowMatrix<float> sim = u * u.transpose();
+  RowMatrix<float> sim = u * u.transpose();
+  if (!penalty.empty()) {
+    const Eigen::Map<const Eigen::VectorXf> p(penalty.data() + first, m);
+    sim.colwise() -= p;
+    sim.rowwise() -= p.transpose();
+  }
   // Each token's most similar free partner, kept in a heap by similarity; a token whose partner was taken
   // looks again among the free ones.
   std::vector<char> used(static_cast<size_t>(m), 0);
@@ -283,6 +290,8 @@ Reducer::Reducer(ReducerOptions options) : options_(std::move(options)) {
     for (size_t l = 0; l < rates->size(); ++l)
       require(std::isfinite((*rates)[l]) && (*rates)[l] >= 0 && (*rates)[l] <= 0.5, "token merge: option '", name,
               "' has ", (*rates)[l], " at layer ", l, "; each layer's fraction must be in [0, 0.5]");
+  require(std::isfinite(options_.size_penalty) && options_.size_penalty >= 0, "token merge: option 'size_penalty' is ",
+          options_.size_penalty, "; it must be finite and >= 0");
   const bool groups_attention = std::any_of(options_.merge_attention.begin(), options_.merge_attention.end(),
                                             [](double f) { return f > 0; });
   require(!(groups_attention && options_.method == Method::prune && options_.schedule.total() > 0),
@@ -317,19 +326,19 @@ int64_t Reducer::merge_cap(int64_t n) const {
                                                : max_merge(matched, options_.protect_first);
 }
 
-Reduction Reducer::match(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r,
+Reduction Reducer::match(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r, std::span<const float> sizes,
                          std::vector<float>& scratch) const {
   if (options_.protect_last && n > 1) {
     // The first n - 1 tokens matched among themselves, the last one kept after them.
-    Reduction out = match_all(rows, n - 1, d, ld, r, scratch);
+    Reduction out = match_all(rows, n - 1, d, ld, r, sizes.first(static_cast<size_t>(n - 1)), scratch);
     out.dest.push_back(out.out++);
     return out;
   }
-  return match_all(rows, n, d, ld, r, scratch);
+  return match_all(rows, n, d, ld, r, sizes, scratch);
 }
 
 Reduction Reducer::match_all(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r,
-                             std::vector<float>& scratch) const {
+                             std::span<const float> sizes, std::vector<float>& scratch) const {
   if (r > 0 && options_.center) {
     scratch.resize(static_cast<size_t>(n * d));
     Eigen::Map<RowMatrix<float>> c(scratch.data(), n, d);
@@ -338,6 +347,12 @@ Reduction Reducer::match_all(const float* rows, int64_t n, int64_t d, int64_t ld
     c.rowwise() -= c.colwise().mean();
     rows = scratch.data();
     ld = d;
+  }
+  if (options_.matching == Matching::greedy && options_.size_penalty > 0 && r > 0) {
+    std::vector<float> penalty(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i)
+      penalty[static_cast<size_t>(i)] = static_cast<float>(options_.size_penalty) * std::log(sizes[static_cast<size_t>(i)]);
+    return greedy_pair_matching(rows, n, d, ld, r, options_.protect_first, penalty);
   }
   return options_.matching == Matching::greedy ? greedy_pair_matching(rows, n, d, ld, r, options_.protect_first)
                                                : bipartite_soft_matching(rows, n, d, ld, r, options_.protect_first);
@@ -393,7 +408,7 @@ const nn::TokenGroups* Reducer::group(int layer, nn::Sublayer part, const RowMat
       const auto s = static_cast<size_t>(si);
       const int64_t n = lengths[s];
       const int64_t r = std::min<int64_t>(std::llround(f * static_cast<double>(n)), merge_cap(n));
-      reductions_[s] = match(x.data() + start[s] * dim, n, dim, dim, r, scratch);
+      reductions_[s] = match(x.data() + start[s] * dim, n, dim, dim, r, seqs_[s].size, scratch);
     }
   });
   groups_.lengths.resize(n_seq);
@@ -492,7 +507,7 @@ void Reducer::reduce(const nn::ReductionInput& in, RowMatrix<float>& x, std::vec
         red = identity(n);
         weights = q.size;
       } else if (merge && options_.metric == Metric::hidden) {
-        red = match(xs, n, dim, dim, r, scratch);
+        red = match(xs, n, dim, dim, r, q.size, scratch);
         weights = q.size;
       } else if (merge) {
         // Keys averaged over heads: [n, head_dim].
@@ -503,7 +518,7 @@ void Reducer::reduce(const nn::ReductionInput& in, RowMatrix<float>& x, std::vec
           for (int64_t h = 0; h < in.n_heads; ++h)
             for (int64_t c = 0; c < hd; ++c) metric[static_cast<size_t>(i * hd + c)] += k[h * hd + c];
         }
-        red = match(metric.data(), n, hd, hd, r, scratch);
+        red = match(metric.data(), n, hd, hd, r, q.size, scratch);
         weights = q.size;
       } else {
         const std::span<const float> score(in.first_attention + start[s], static_cast<size_t>(n));

@@ -44,8 +44,9 @@ Reduction bipartite_soft_matching(const float* metric, int64_t n, int64_t d, int
 // greedily by similarity (the lower indices on ties); the later token of each pair merges into the earlier
 // one. Unlike the bipartite matching any two tokens may pair, and no token absorbs more than one other.
 // Throws strata::Error naming the option "r" when r < 0 or r > max_pairs(n, protect_first).
+// `penalty` (empty, or one per token) is subtracted from a pair's similarity once per token of the pair.
 Reduction greedy_pair_matching(const float* metric, int64_t n, int64_t d, int64_t ld, int64_t r,
-                               bool protect_first = true);
+                               bool protect_first = true, std::span<const float> penalty = {});
 // The most tokens greedy_pair_matching can merge away from n: half of the unprotected tokens.
 int64_t max_pairs(int64_t n, bool protect_first);
 
@@ -102,6 +103,9 @@ struct ReducerOptions {
   bool proportional_attention = true;  // log(size) added to each key's logit
   bool protect_first = true;           // [CLS] never merged away (pruning always keeps it)
   bool protect_last = false;           // merging: the last token ([SEP]) neither merges nor absorbs
+  // Greedy pairs: a pair's similarity less size_penalty x log(size) of each of its tokens, so that tokens
+  // that already stand for many merge later (MCTF's size criterion in a simple form).
+  double size_penalty = 0;
   // Merge, compute, unmerge (ToMe for Stable Diffusion, Bolya and Hoffman 2023): per layer, the fraction of
   // the current rows (each in [0, 0.5]) merged by bipartite matching on the hidden states for that layer's
   // attention (queries, keys and values; proportional attention over the groups) or its MLP alone; every row
@@ -154,8 +158,10 @@ class Reducer final : public nn::TokenReducer {
   };
   // The matching of options_ on n rows of width d (stride ld), centred when asked; `scratch` holds the copy.
   // match leaves the last row out when it is protected; match_all matches every row.
-  Reduction match(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r, std::vector<float>& scratch) const;
-  Reduction match_all(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r,
+  // `sizes` are the rows' sizes (for size_penalty).
+  Reduction match(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r, std::span<const float> sizes,
+                  std::vector<float>& scratch) const;
+  Reduction match_all(const float* rows, int64_t n, int64_t d, int64_t ld, int64_t r, std::span<const float> sizes,
                       std::vector<float>& scratch) const;
 
   ReducerOptions options_;

@@ -117,7 +117,12 @@ TEST(BipartiteSoftMatching, AgreesWithExhaustiveSearch) {
 
 // Greedy pairs by the definition: r times, the most similar pair of free tokens (in double precision) over
 // every pair, scanned in full.
-std::vector<int64_t> greedy_pairs_direct(const std::vector<float>& m, int64_t n, int64_t d, int64_t r, bool protect) {
+std::vector<int64_t> greedy_pairs_direct(const std::vector<float>& m, int64_t n, int64_t d, int64_t r, bool protect,
+                                         const std::vector<float>& penalty = {}) {
+  const auto score = [&](int64_t i, int64_t j) {
+    return cos_rows(m, d, i, j) -
+           (penalty.empty() ? 0.0 : static_cast<double>(penalty[static_cast<size_t>(i)]) + penalty[static_cast<size_t>(j)]);
+  };
   std::vector<int64_t> into(static_cast<size_t>(n), -1);
   std::vector<char> used(static_cast<size_t>(n), 0);
   for (int64_t k = 0; k < r; ++k) {
@@ -125,8 +130,8 @@ std::vector<int64_t> greedy_pairs_direct(const std::vector<float>& m, int64_t n,
     int64_t bi = -1, bj = -1;
     for (int64_t i = protect ? 1 : 0; i < n; ++i)
       for (int64_t j = i + 1; j < n; ++j)
-        if (!used[static_cast<size_t>(i)] && !used[static_cast<size_t>(j)] && cos_rows(m, d, i, j) > best) {
-          best = cos_rows(m, d, i, j);
+        if (!used[static_cast<size_t>(i)] && !used[static_cast<size_t>(j)] && score(i, j) > best) {
+          best = score(i, j);
           bi = i;
           bj = j;
         }
@@ -137,7 +142,27 @@ std::vector<int64_t> greedy_pairs_direct(const std::vector<float>& m, int64_t n,
 }
 
 TEST(GreedyPairMatching, AgreesWithTheDirectDefinition) {
-  check_matching({2, 3, 8, 9, 17, 40}, 300, max_pairs, greedy_pair_matching, greedy_pairs_direct);
+  const auto plain = [](const float* m, int64_t n, int64_t d, int64_t ld, int64_t r, bool protect) {
+    return greedy_pair_matching(m, n, d, ld, r, protect);
+  };
+  check_matching({2, 3, 8, 9, 17, 40}, 300, max_pairs, plain,
+                 [](const std::vector<float>& m, int64_t n, int64_t d, int64_t r, bool protect) {
+                   return greedy_pairs_direct(m, n, d, r, protect);
+                 });
+  // With a per-token penalty on each pair's similarity (a size penalty's shape: 0, 0.1 or 0.2 by token).
+  const auto penalty = [](int64_t n) {
+    std::vector<float> p(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) p[static_cast<size_t>(i)] = 0.1f * static_cast<float>(i % 3);
+    return p;
+  };
+  check_matching(
+      {3, 9, 17, 40}, 500, max_pairs,
+      [&](const float* m, int64_t n, int64_t d, int64_t ld, int64_t r, bool protect) {
+        return greedy_pair_matching(m, n, d, ld, r, protect, penalty(n));
+      },
+      [&](const std::vector<float>& m, int64_t n, int64_t d, int64_t r, bool protect) {
+        return greedy_pairs_direct(m, n, d, r, protect, penalty(n));
+      });
 }
 
 TEST(BipartiteSoftMatching, MergedRowsAreSizeWeightedMeans) {
@@ -611,6 +636,9 @@ TEST(TokenReductionErrors, NameTheOption) {
   o.allow_shortfall = true;
   EXPECT_EQ(Reducer(o).removals(64), std::vector<int64_t>{31});
   ReducerOptions u;
+  u.size_penalty = -0.1;
+  expect_error([&] { Reducer{u}; }, "'size_penalty'");
+  u.size_penalty = 0;
   u.merge_attention = {0.6};
   expect_error([&] { Reducer{u}; }, "'merge_attention'");
   u.merge_attention = {0.2};
