@@ -174,9 +174,11 @@ void log_softmax_rows(float* logits, int64_t rows, int64_t vocab) {
 
 }  // namespace
 
-KlEvaluator::KlEvaluator(const LlamaModel& reference, std::vector<std::vector<int32_t>> windows, bool keep_hidden)
+KlEvaluator::KlEvaluator(const LlamaModel& reference, std::vector<std::vector<int32_t>> windows, bool keep_hidden,
+                         ForwardHooks* hooks)
     : windows_(std::move(windows)), vocab_(reference.config().vocab_size), n_layers_(reference.config().n_layers) {
   require(!windows_.empty(), "KL evaluation: no token windows");
+  require(!keep_hidden || hooks == nullptr, "KL evaluation: hooks on the reference pass and keep_hidden together");
   double nll = 0;
   for (const auto& w : windows_) {
     const auto n = static_cast<int64_t>(w.size());
@@ -185,7 +187,7 @@ KlEvaluator::KlEvaluator(const LlamaModel& reference, std::vector<std::vector<in
     LlamaSession session(reference, n);
     std::vector<RowMatrix<float>> hidden;
     BlockInputs record(hidden);
-    session.forward(w, logits.data(), Logits::all, keep_hidden ? &record : nullptr);
+    session.forward(w, logits.data(), Logits::all, keep_hidden ? &record : hooks);
     logits.resize(static_cast<size_t>((n - 1) * vocab_));
     log_softmax_rows(logits.data(), n - 1, vocab_);
     for (int64_t r = 0; r + 1 < n; ++r) {

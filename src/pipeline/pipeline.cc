@@ -916,67 +916,55 @@ Evaluation evaluate(const budget::Plan& plan, LayerBank& bank, const nn::KlEvalu
   return ev;
 }
 
-namespace {
+HeldOutErrors::HeldOutErrors(const Model& model, const budget::Plan& plan, const compress::LayerMap& layers)
+    : model_(model) {
+  for (const auto& ch : plan.choices) {
+    tensors_.push_back(ch.tensor);
+    if (ch.tensor == "token_embd.weight") continue;  // a lookup: no input to weigh its error by
+    auto it = layers.find(ch.tensor);
+    require(it != layers.end(), "held-out errors: the plan's tensor '", ch.tensor, "' has no compressed layer");
+    compressed_.emplace(ch.tensor, compress::find_compressor(it->second.method).to_linear(it->second));
+  }
+}
 
-// ||y - y'||^2 and ||y||^2 per planned tensor, from the dense and the compressed layer applied to the
-// inputs the dense model hands its linear layers: the relative output error on those inputs, with no
-// statistics kept beyond two sums per tensor.
-class OutputErrorHook final : public nn::ForwardHooks {
- public:
-  OutputErrorHook(const nn::LlamaModel& dense, std::map<std::string, std::shared_ptr<const nn::Linear>, std::less<>> compressed)
-      : dense_(dense), compressed_(std::move(compressed)) {}
-
-  void on_linear_input(int, std::span<const std::string> tensors, const float* x, int64_t tokens, int64_t) override {
-    for (const auto& name : tensors) {
-      auto it = compressed_.find(name);
-      if (it == compressed_.end()) continue;
-      const nn::Linear& d = dense_.linear(name);
-      const auto n = static_cast<size_t>(tokens * d.out_features());
-      y_.resize(n);
-      y_hat_.resize(n);
-      d.forward(x, tokens, y_.data());
-      it->second->forward(x, tokens, y_hat_.data());
-      auto& [num, den] = sums_[name];
-      for (size_t i = 0; i < n; ++i) {
-        const double e = static_cast<double>(y_[i]) - y_hat_[i];
-        num += e * e;
-        den += static_cast<double>(y_[i]) * y_[i];
-      }
+void HeldOutErrors::on_linear_input(int, std::span<const std::string> tensors, const float* x, int64_t tokens,
+                                    int64_t) {
+  for (const auto& name : tensors) {
+    auto it = compressed_.find(name);
+    if (it == compressed_.end()) continue;
+    const nn::Linear& d = model_.dense->linear(name);
+    const auto n = static_cast<size_t>(tokens * d.out_features());
+    y_.resize(n);
+    y_hat_.resize(n);
+    d.forward(x, tokens, y_.data());
+    it->second->forward(x, tokens, y_hat_.data());
+    auto& [num, den] = sums_[name];
+    for (size_t i = 0; i < n; ++i) {
+      const double e = static_cast<double>(y_[i]) - y_hat_[i];
+      num += e * e;
+      den += static_cast<double>(y_[i]) * y_[i];
     }
   }
+}
 
-  double error(const std::string& tensor) const {
+std::vector<double> HeldOutErrors::errors() const {
+  std::vector<double> out;
+  for (const auto& tensor : tensors_) {
     auto it = sums_.find(tensor);
-    if (it == sums_.end() || !(it->second.second > 0)) return std::numeric_limits<double>::quiet_NaN();
-    return it->second.first / it->second.second;
+    out.push_back(it == sums_.end() || !(it->second.second > 0) ? std::numeric_limits<double>::quiet_NaN()
+                                                                  : it->second.first / it->second.second);
   }
-
- private:
-  const nn::LlamaModel& dense_;
-  std::map<std::string, std::shared_ptr<const nn::Linear>, std::less<>> compressed_;
-  std::map<std::string, std::pair<double, double>> sums_;
-  std::vector<float> y_, y_hat_;
-};
-
-}  // namespace
+  return out;
+}
 
 std::vector<double> held_out_errors(const Model& model, const budget::Plan& plan, const compress::LayerMap& layers,
                                     const std::vector<std::vector<int32_t>>& windows) {
-  std::map<std::string, std::shared_ptr<const nn::Linear>, std::less<>> compressed;
-  for (const auto& ch : plan.choices) {
-    if (ch.tensor == "token_embd.weight") continue;  // a lookup: no input to weigh its error by
-    auto it = layers.find(ch.tensor);
-    require(it != layers.end(), "held_out_errors: the plan's tensor '", ch.tensor, "' has no compressed layer");
-    compressed.emplace(ch.tensor, compress::find_compressor(it->second.method).to_linear(it->second));
-  }
-  OutputErrorHook hook(*model.dense, std::move(compressed));
+  HeldOutErrors hook(model, plan, layers);
   for (const auto& w : windows) {
     nn::LlamaSession s(*model.dense, static_cast<int64_t>(w.size()));
     s.forward(w, nullptr, nn::Logits::none, &hook);
   }
-  std::vector<double> out;
-  for (const auto& ch : plan.choices) out.push_back(hook.error(ch.tensor));
-  return out;
+  return hook.errors();
 }
 
 uint64_t peak_resident_bytes() {

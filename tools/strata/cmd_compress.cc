@@ -291,7 +291,10 @@ void run(const Options& o, bool compress_model) {
   require(n_windows >= 1, "evaluation slice ", eval_slice->describe(), " has ", eval_tokens.size(),
           " tokens, fewer than one window of ", o.context);
   const auto windows = nn::cut_sequences(eval_tokens, n_windows, o.context, -1);
-  const nn::KlEvaluator judge(*model.dense, windows);
+  // The per-tensor errors on held-out inputs ride along the judge's dense pass over the same windows.
+  std::optional<pipeline::HeldOutErrors> held_out;
+  if (compress_model) held_out.emplace(model, plan, planned_layers);
+  const nn::KlEvaluator judge(*model.dense, windows, /*keep_hidden=*/false, held_out ? &*held_out : nullptr);
   report.evaluation = eval_slice->describe() + ", " + std::to_string(judge.tokens()) + " scored tokens in " +
                       std::to_string(n_windows) + " windows of " + std::to_string(o.context);
   std::vector<std::string> likes = split_list(o.compare);
@@ -333,11 +336,11 @@ void run(const Options& o, bool compress_model) {
     // The uniform plan the budget was sized by (or that happens to match it) joins the headline table.
     if (std::abs(u.bytes - budget_bytes) <= 0.5 * 0.001 * u.bytes) report.variants.push_back(to_row(u));
   }
-  report.seconds.emplace_back("evaluation", since(t));
+  report.seconds.emplace_back("evaluation and held-out layer errors", since(t));
 
   // Per tensor: the predicted error (calibration inputs) next to the error on held-out inputs.
-  t = Clock::now();
-  const std::vector<double> measured = pipeline::held_out_errors(model, plan, planned_layers, windows);
+  const std::vector<double> measured =
+      held_out ? held_out->errors() : pipeline::held_out_errors(model, plan, planned_layers, windows);
   for (size_t i = 0; i < plan.choices.size(); ++i) {
     const auto& ch = plan.choices[i];
     TensorRow row;
@@ -351,7 +354,6 @@ void run(const Options& o, bool compress_model) {
     row.measured_error = measured[i];
     report.tensors.push_back(row);
   }
-  report.seconds.emplace_back("held-out layer errors", since(t));
   report.seconds.emplace_back("total", since(t0));
   report.peak_resident_bytes = pipeline::peak_resident_bytes();
   const std::string dir = !o.report_dir.empty() ? o.report_dir : (o.out.empty() ? "strata-report" : o.out + ".report");

@@ -54,7 +54,10 @@ double quantile(std::span<const double> sorted, double q);
 // blocks b.. alone (first_block = b), with the same result as a whole forward pass.
 class KlEvaluator {
  public:
-  KlEvaluator(const LlamaModel& reference, std::vector<std::vector<int32_t>> windows, bool keep_hidden = false);
+  // `hooks` (may be null; not with keep_hidden) watch the reference's own pass over the windows, so a
+  // measurement on the same text costs no forward pass of its own (pipeline::HeldOutErrors).
+  KlEvaluator(const LlamaModel& reference, std::vector<std::vector<int32_t>> windows, bool keep_hidden = false,
+              ForwardHooks* hooks = nullptr);
   KlResult operator()(const LlamaModel& model, int first_block = 0) const;
   double mean_kl(const LlamaModel& model, int first_block = 0) const { return (*this)(model, first_block).mean_kl; }
   // The mean KL of each of several models (variants of the reference's configuration, typically

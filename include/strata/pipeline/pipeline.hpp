@@ -330,6 +330,23 @@ Evaluation evaluate(const budget::Plan& plan, LayerBank& bank, const nn::KlEvalu
 // compressed forms (compressed_layers()). Memory: two sums per layer, no statistics.
 std::vector<double> held_out_errors(const Model& model, const budget::Plan& plan, const compress::LayerMap& layers,
                                     const std::vector<std::vector<int32_t>>& windows);
+// The same measurement as hooks on a dense pass the caller runs anyway over the same text (the
+// judge's reference pass: nn::KlEvaluator's constructor takes hooks), read after it by errors().
+class HeldOutErrors final : public nn::ForwardHooks {
+ public:
+  HeldOutErrors(const Model& model, const budget::Plan& plan, const compress::LayerMap& layers);
+  void on_linear_input(int layer, std::span<const std::string> tensors, const float* x, int64_t tokens,
+                       int64_t dim) override;
+  // Per plan choice, in plan order: NaN for the token embedding or a tensor the pass did not reach.
+  std::vector<double> errors() const;
+
+ private:
+  const Model& model_;
+  std::vector<std::string> tensors_;  // the plan's, in order
+  std::map<std::string, std::shared_ptr<const nn::Linear>, std::less<>> compressed_;
+  std::map<std::string, std::pair<double, double>, std::less<>> sums_;  // ||y - y'||^2, ||y||^2
+  std::vector<float> y_, y_hat_;
+};
 
 // Peak resident memory of this process so far, in bytes (0 where the system does not say).
 uint64_t peak_resident_bytes();

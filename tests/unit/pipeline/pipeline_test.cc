@@ -200,6 +200,9 @@ TEST_F(PipelineTest, BankKeepsItsCacheWithinTheLimit) {
     // Asking again gives the same form (cached or made again: deterministic either way).
     const auto again = bank.compressed(name, "quant.rtn", "bits=8,group=32");
     EXPECT_EQ(again->stored_bytes(), c->stored_bytes());
+    // The layer object made from a form counts against the same limit.
+    const auto layer = bank.linear(name, "quant.rtn", "bits=8,group=32");
+    EXPECT_LE(bank.cached_bytes(), limit);
   }
   EXPECT_GT(bank.cached_bytes(), 0u);
 }
@@ -218,6 +221,66 @@ TEST_F(PipelineTest, ApplyingAPlanChangesExactlyItsLayers) {
     EXPECT_TRUE(m.linear(ch.tensor).dense_weight().isApprox(expect, 1e-6f)) << ch.tensor;
   }
   EXPECT_TRUE(m.linear("output.weight").dense_weight().isApprox(model_->dense->linear("output.weight").dense_weight()));
+  // Applied again, the plan's layers are the same objects (variant passes run shared layers once).
+  const nn::LlamaModel again = apply(r.plan, bank);
+  for (const auto& ch : r.plan.choices) EXPECT_EQ(&again.linear(ch.tensor), &m.linear(ch.tensor)) << ch.tensor;
+}
+
+// Records the inputs one linear layer receives.
+class InputsOf final : public nn::ForwardHooks {
+ public:
+  explicit InputsOf(std::string tensor) : tensor_(std::move(tensor)) {}
+  void on_linear_input(int, std::span<const std::string> tensors, const float* x, int64_t tokens, int64_t dim) override {
+    for (const auto& t : tensors)
+      if (t == tensor_)
+        for (int64_t r = 0; r < tokens; ++r) rows.emplace_back(x + r * dim, x + (r + 1) * dim);
+  }
+  std::vector<std::vector<float>> rows;
+
+ private:
+  std::string tensor_;
+};
+
+// Held-out errors measured on the judge's own dense pass equal those of a pass of their own, and a
+// layer's value is ||(W - W') X||^2 / ||W X||^2 on the inputs that pass hands it, computed directly.
+TEST_F(PipelineTest, HeldOutErrorsRideTheJudgesPass) {
+  const budget::Recipe recipe = mixed_recipe(4.0);
+  LayerBank bank(*model_, &calib_->stats);
+  const budget::Table table = measure(*model_, recipe, bank);
+  const auto constraint = resolve_budget(*model_, recipe, table, {});
+  const budget::Plan p = plan(table, constraint, PlanOptions::from(recipe), bank).plan;
+  const compress::LayerMap layers = compressed_layers(p, bank);
+  HeldOutErrors hooks(*model_, p, layers);
+  const nn::KlEvaluator judge(*model_->dense, probe_seqs_, /*keep_hidden=*/false, &hooks);
+  const std::vector<double> riding = hooks.errors();
+  const std::vector<double> own = held_out_errors(*model_, p, layers, probe_seqs_);
+  ASSERT_EQ(riding.size(), p.choices.size());
+  for (size_t i = 0; i < own.size(); ++i) EXPECT_DOUBLE_EQ(riding[i], own[i]) << p.choices[i].tensor;
+
+  const std::string tensor = "blk.2.ffn_down.weight";
+  InputsOf inputs(tensor);
+  for (const auto& w : probe_seqs_) {
+    nn::LlamaSession s(*model_->dense, static_cast<int64_t>(w.size()));
+    s.forward(w, nullptr, nn::Logits::none, &inputs);
+  }
+  size_t at = 0;
+  while (p.choices[at].tensor != tensor) ++at;
+  const RowMatrix<float> w = model_->weight(tensor);
+  const RowMatrix<float> w_hat = compress::find_compressor(layers.at(tensor).method).reconstruct(layers.at(tensor));
+  double num = 0, den = 0;
+  for (const auto& x : inputs.rows)
+    for (int64_t o = 0; o < w.rows(); ++o) {
+      double y = 0, y_hat = 0;
+      for (int64_t j = 0; j < w.cols(); ++j) {
+        y += static_cast<double>(w(o, j)) * x[static_cast<size_t>(j)];
+        y_hat += static_cast<double>(w_hat(o, j)) * x[static_cast<size_t>(j)];
+      }
+      num += (y - y_hat) * (y - y_hat);
+      den += y * y;
+    }
+  ASSERT_GT(num, 0);
+  EXPECT_NEAR(riding[at], num / den, 1e-3 * num / den);
+  EXPECT_THROW(nn::KlEvaluator(*model_->dense, probe_seqs_, /*keep_hidden=*/true, &hooks), Error);
 }
 
 TEST_F(PipelineTest, BlockByBlockMeasuresAndCompressesAsTheWholeModel) {
