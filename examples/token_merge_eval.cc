@@ -1,8 +1,9 @@
 // Token merging (ToMe) and attention-score pruning (EViT-style) on all-MiniLM-L6-v2 over real passages: at
 // several token-reduction rates, the cosine of each passage's embedding to its dense embedding,
 // nearest-neighbour agreement among the passages, the encoder's FLOPs and wall time. Schedules: constant,
-// decreasing, and per-layer rates from the budget allocator on sensitivity measured on a tuning slice
-// (disjoint from the report slice), at the constant schedule's FLOPs.
+// decreasing, per-layer rates from the budget allocator on sensitivity measured on a tuning slice (disjoint
+// from the report slice) at the constant schedule's FLOPs, a schedule searched on the tuning slice under a
+// FLOPs cap, explicit schedules, and merge-compute-unmerge rows.
 //
 //   token_merge_eval --report /tmp/tome     (docs/token-merging.md shows the figures)
 
