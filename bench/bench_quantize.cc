@@ -1,5 +1,5 @@
 // Speed of strata's ggml row quantizers on one thread, in GB/s of float input: every type the codec
-// table writes, with and without an importance vector, the scalar Q2_K, Q4_K, Q5_K and Q6_K references beside the
+// table writes, with and without an importance vector, the scalar Q2_K ... Q6_K references beside the
 // routed (SIMD) path, and a memcpy of the same input bytes measured in the same run as the ceiling.
 // The input is 4 MiB of float rows of 4096 (larger than L2, so the copy is not a cache-only figure):
 // normal values with a few outliers per row, the shape of real weights. Rates are per second of the
@@ -231,6 +231,7 @@ int main(int argc, char** argv) {
     }
   const std::pair<sk::GgmlType, sk::QuantizeRowFn> refs[] = {
       {sk::GgmlType::Q2_K, &sk::detail::quantize_row_q2_k},
+      {sk::GgmlType::Q3_K, &sk::detail::quantize_row_q3_k},
       {sk::GgmlType::Q4_K, &sk::detail::quantize_row_q4_k},
       {sk::GgmlType::Q5_K, &sk::detail::quantize_row_q5_k},
       {sk::GgmlType::Q6_K, &sk::detail::quantize_row_q6_k},

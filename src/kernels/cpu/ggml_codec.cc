@@ -79,7 +79,7 @@ constexpr RowFns kRowFns[] = {
     {GgmlType::Q5_1, &detail::quantize_row_q5_1_simd, &detail::dequantize_row_q5_1},
     {GgmlType::Q8_0, &detail::quantize_row_q8_0, &detail::dequantize_row_q8_0},
     {GgmlType::Q2_K, &detail::quantize_row_q2_k_simd, &detail::dequantize_row_q2_k},
-    {GgmlType::Q3_K, &detail::quantize_row_q3_k, &detail::dequantize_row_q3_k},
+    {GgmlType::Q3_K, &detail::quantize_row_q3_k_simd, &detail::dequantize_row_q3_k},
     {GgmlType::Q4_K, &detail::quantize_row_q4_k_simd, &detail::dequantize_row_q4_k},
     {GgmlType::Q5_K, &detail::quantize_row_q5_k_simd, &detail::dequantize_row_q5_k},
     {GgmlType::Q6_K, &detail::quantize_row_q6_k_simd, &detail::dequantize_row_q6_k},

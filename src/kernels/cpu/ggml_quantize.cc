@@ -698,26 +698,8 @@ void quantize_q3_k(const float* x, BlockQ3_K* y, int64_t n, const float* importa
     std::memset(y[i].scales, 0, sizeof y[i].scales);
     if (!importance) {
       // quantize_row_q3_K_ref: x^2-weighted fits per sub-block, 6-bit sub-scales against max / -32.
-      float max_scale = 0, amax = 0;
-      for (int j = 0; j < kQK_K / 16; ++j) {
-        scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
-        const float scale = std::fabs(scales[j]);
-        if (scale > amax) {
-          amax = scale;
-          max_scale = scales[j];
-        }
-      }
-      if (max_scale) {
-        const float iscale = -32.f / max_scale;
-        for (int j = 0; j < kQK_K / 16; ++j) {
-          int8_t l = static_cast<int8_t>(nearest_int(prod(iscale, scales[j])));
-          l = static_cast<int8_t>(std::max(-32, std::min(31, static_cast<int>(l))) + 32);
-          pack_scale_q3k(j, l, y[i].scales);
-        }
-        y[i].d = to_half(1 / iscale);
-      } else {
-        y[i].d = to_half(0.f);
-      }
+      for (int j = 0; j < kQK_K / 16; ++j) scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+      encode_q3_k_scales(scales, y[i]);
     } else {
       // quantize_row_q3_K_impl: importance weights, then the 16 scales quantized by make_qx_quants.
       const float* qw_row = importance + kQK_K * i;
@@ -732,8 +714,7 @@ void quantize_q3_k(const float* x, BlockQ3_K* y, int64_t n, const float* importa
         scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, weight);
       }
       const float d_block = make_qx_quants(kQK_K / 16, 32, scales, Ls, sw);
-      for (int j = 0; j < kQK_K / 16; ++j) pack_scale_q3k(j, Ls[j], y[i].scales);
-      y[i].d = to_half(d_block);
+      pack_q3_k_scales(Ls, d_block, y[i]);
     }
     finish_q3k(x, y[i], L);
   }
@@ -900,6 +881,31 @@ void pack_q4_k_scales(const uint8_t* Ls, const uint8_t* Lm, float d_block, float
 }
 
 void pack_q5_k_quants(const uint8_t* L, BlockQ5_K& y) { pack_q5k(L, y); }
+
+// The super-block half of Q3_K without importance (quantize_row_q3_K_ref): the sixteen sub-block
+// scales to signed 6 bits, the largest in magnitude at -32. y's scales must be zero.
+void encode_q3_k_scales(const float* scales, BlockQ3_K& y) {
+  float amax, max_scale;
+  signed_absmax(scales, kQK_K / 16, amax, max_scale);
+  if (!max_scale) {
+    y.d = to_half(0.f);
+    return;
+  }
+  const float iscale = -32.f / max_scale;
+  for (int j = 0; j < kQK_K / 16; ++j) {
+    int8_t l = static_cast<int8_t>(nearest_int(prod(iscale, scales[j])));
+    l = static_cast<int8_t>(std::max(-32, std::min(31, static_cast<int>(l))) + 32);
+    pack_scale_q3k(j, l, y.scales);
+  }
+  y.d = to_half(1 / iscale);
+}
+
+void pack_q3_k_scales(const int8_t* Ls, float d_block, BlockQ3_K& y) {
+  for (int j = 0; j < kQK_K / 16; ++j) pack_scale_q3k(j, Ls[j], y.scales);
+  y.d = to_half(d_block);
+}
+
+void finish_q3_k(const float* x, BlockQ3_K& y, int8_t* L) { finish_q3k(x, y, L); }
 
 // The super-block half of Q2_K: the sixteen sub-block scales and mins to 4 bits, against d and dmin.
 // Without weights (quantize_row_q2_K_ref) the largest of each maps to 15; with the sub-blocks' total

@@ -415,6 +415,51 @@ HWY_INLINE VI GgmlNearestInt(VF v) {
   return hn::Sub(hn::And(b, hn::Set(di, 0x007FFFFF)), hn::Set(di, 0x00400000));
 }
 
+// ggml's nearest_int of one float, for the few scalar steps (its argument already rounded).
+HWY_INLINE int GgmlNearestIntScalar(float v) {
+  const float t = v + kMagic;
+  int32_t i;
+  std::memcpy(&i, &t, sizeof i);
+  return (i & 0x007FFFFF) - 0x00400000;
+}
+
+// The refinement tries of make_qp_quants and make_q3_quants, per lane: up to five passes over the n
+// quants in order, each moving one quant to quant(x sl2 / slx) (the sums without it) where that
+// raises sumlx^2 / suml2. make_qp_quants asks sl2 > 0 before the move and keeps its quants as bytes
+// (q3 false); make_q3_quants asks it after the move and keeps them signed (q3 true). The tries stop
+// when no lane outside `flat` changes: a lane that changed nothing in a try would change nothing in
+// the next, so running on is exact.
+template <int n, bool q3, class Quant>
+HWY_INLINE void RefineQuants(const VF* x, const VF* w, const VF* wx, hn::Mask<DF> flat, const Quant& quant, VI* L,
+                             VF& sumlx, VF& suml2) {
+  const DF df;
+  const DI di;
+  using M = hn::Mask<DF>;
+  const VF zero = hn::Zero(df);
+  for (int itry = 0; itry < 5; ++itry) {
+    M changed = hn::FirstN(df, 0);
+    for (int i = 0; i < n; ++i) {
+      const VF lo = hn::ConvertTo(df, L[i]);
+      const VF slx = hn::Sub(sumlx, MulR(wx[i], lo));
+      const VF sl2 = hn::Sub(suml2, MulR(MulR(w[i], lo), lo));
+      const M usable = q3 ? hn::Gt(slx, zero) : hn::And(hn::Gt(slx, zero), hn::Gt(sl2, zero));
+      const VI li = quant(hn::Div(MulR(x[i], sl2), slx));
+      const M differs = hn::RebindMask(df, hn::Ne(li, L[i]));
+      const VF l = hn::ConvertTo(df, li);
+      const VF slx_new = hn::Add(slx, MulR(wx[i], l));
+      const VF sl2_new = hn::Add(sl2, MulR(MulR(w[i], l), l));
+      M gains = hn::Gt(MulR(MulR(slx_new, slx_new), suml2), MulR(MulR(sumlx, sumlx), sl2_new));
+      if (q3) gains = hn::And(hn::Gt(sl2_new, zero), gains);
+      const M accept = hn::And(hn::And(usable, differs), gains);
+      L[i] = hn::IfThenElse(hn::RebindMask(di, accept), q3 ? li : hn::And(li, hn::Set(di, 0xFF)), L[i]);
+      sumlx = hn::IfThenElse(accept, slx_new, sumlx);
+      suml2 = hn::IfThenElse(accept, sl2_new, suml2);
+      changed = hn::Or(changed, accept);
+    }
+    if (hn::AllFalse(df, hn::AndNot(flat, changed))) break;
+  }
+}
+
 // make_qp_quants of ggml_quantize.cc (n 8 with nmax 63 for Q4_K and Q5_K; n 16 with nmax 15 for
 // Q2_K) for N super-blocks at once: lane k fits the n values xt[i * N + k] (a super-block's
 // sub-block scales or mins) with weights wt[i * N + k],
@@ -472,27 +517,7 @@ HWY_INLINE VF QpQuants(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT w
     sumlx = hn::Add(sumlx, MulR(wx[i], l));
     suml2 = hn::Add(suml2, MulR(MulR(w[i], l), l));
   }
-  for (int itry = 0; itry < 5; ++itry) {
-    M changed = hn::FirstN(df, 0);
-    for (int i = 0; i < n; ++i) {
-      const VF lo = hn::ConvertTo(df, L[i]);
-      const VF slx = hn::Sub(sumlx, MulR(wx[i], lo));
-      const VF sl2 = hn::Sub(suml2, MulR(MulR(w[i], lo), lo));
-      const M usable = hn::And(hn::Gt(slx, zero), hn::Gt(sl2, zero));
-      const VI li = hn::Min(GgmlNearestInt(hn::Div(MulR(x[i], sl2), slx)), inmax);
-      const M differs = hn::RebindMask(df, hn::Ne(li, L[i]));
-      const VF l = hn::ConvertTo(df, li);
-      const VF slx_new = hn::Add(slx, MulR(wx[i], l));
-      const VF sl2_new = hn::Add(sl2, MulR(MulR(w[i], l), l));
-      const M gains = hn::Gt(MulR(MulR(slx_new, slx_new), suml2), MulR(MulR(sumlx, sumlx), sl2_new));
-      const M accept = hn::And(hn::And(usable, differs), gains);
-      L[i] = hn::IfThenElse(hn::RebindMask(di, accept), hn::And(li, byte), L[i]);
-      sumlx = hn::IfThenElse(accept, slx_new, sumlx);
-      suml2 = hn::IfThenElse(accept, sl2_new, suml2);
-      changed = hn::Or(changed, accept);
-    }
-    if (hn::AllFalse(df, hn::AndNot(flat, changed))) break;
-  }
+  RefineQuants<n, false>(x, w, wx, flat, [&](VF v) { return hn::Min(GgmlNearestInt(v), inmax); }, L, sumlx, suml2);
   const auto iflat = hn::RebindMask(di, flat);
   for (int i = 0; i < n; ++i) hn::Store(hn::IfThenZeroElse(iflat, L[i]), di, L_out + static_cast<size_t>(i) * N);
   return hn::IfThenZeroElse(flat, hn::IfThenElseZero(hn::Gt(suml2, zero), hn::Div(sumlx, suml2)));
@@ -824,36 +849,45 @@ inline void QuantizeRowQ2K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
 
 // ---- Q6_K -------------------------------------------------------------------------------------------
 
-// make_qx_quants of ggml_quantize.cc (n 16, nmax 32) for N sub-blocks: lane k on sub-block k of xt
-// (transposed, 16 x N), with weights qt (transposed importance) or x^2. Per lane: the scale, the
-// iscale whose quants were kept, and whether the sub-block is all zero (quants 0).
+// One step of ggml's signed absolute maximum: max takes x where |x| > amax (the first of equal ones).
+HWY_INLINE void TakeAbsMax(VF x, VF& amax, VF& max) {
+  const VF ax = hn::Abs(x);
+  const auto gt = hn::Gt(ax, amax);
+  amax = hn::IfThenElse(gt, ax, amax);
+  max = hn::IfThenElse(gt, x, max);
+}
+
+// make_qx_quants of ggml_quantize.cc (n 16; nmax 32 for Q6_K and Q3_K's super-block scales, 4 for
+// Q3_K's sub-blocks) for N sub-blocks: lane k on sub-block k of xt (transposed, 16 x N), with weights
+// qt (transposed importance) or x^2. Per lane: the scale, the iscale whose quants were kept, and
+// whether the sub-block is all zero (quants 0).
+template <int nmax = 32>
 HWY_INLINE void SearchQx(const float* HWY_RESTRICT xt, const float* HWY_RESTRICT qt, float* HWY_RESTRICT o_scale,
                          float* HWY_RESTRICT o_iscale, float* HWY_RESTRICT o_flat) {
   const DF df;
   const size_t N = hn::Lanes(df);
-  constexpr int n = 16, nmax = 32, n_cand = 19;
+  constexpr int n = 16, n_cand = 19;
   const VF zero = hn::Zero(df);
   VF x[n], w[n], wx[n];
   VF amax = zero, max = zero, xlo = hn::Load(df, xt), xhi = xlo;
   for (int i = 0; i < n; ++i) {
     x[i] = hn::Load(df, xt + static_cast<size_t>(i) * N);
-    const VF ax = hn::Abs(x[i]);
-    const auto gt = hn::Gt(ax, amax);
-    amax = hn::IfThenElse(gt, ax, amax);
-    max = hn::IfThenElse(gt, x[i], max);
+    TakeAbsMax(x[i], amax, max);
     xlo = hn::Min(xlo, x[i]);
     xhi = hn::Max(xhi, x[i]);
     w[i] = qt ? hn::Load(df, qt + static_cast<size_t>(i) * N) : MulR(x[i], x[i]);
     wx[i] = MulR(w[i], x[i]);
   }
   const auto flat = hn::Lt(amax, hn::Set(df, kGroupMaxEps));
-  // Outside flat lanes |iscale * x| <= 32.9, so clamping before rounding gives what rounding then
+  // Outside flat lanes |iscale * x| <= nmax + 0.9, so clamping before rounding gives what rounding then
   // clamping gives, and 1.5 * 2^23 added and taken away rounds exactly (half to even). A clamp is
   // left out where no lane needs it: iscale * x is monotonic in x (each rounding is), so a lane's
   // products lie between those at max (its lowest, near -num) and at the extreme of the other sign
-  // (its highest); -32.5 rounds to -32 (half to even) and 31.5 to 32. Flat lanes are discarded.
+  // (its highest); -nmax - 0.5 rounds to -nmax (half to even, nmax even) and nmax - 0.5 to nmax.
+  // Flat lanes are discarded.
   const VF lo = hn::Set(df, static_cast<float>(-nmax)), hi = hn::Set(df, static_cast<float>(nmax - 1));
-  const VF bottom = hn::Set(df, -32.5f), top = hn::Set(df, 31.5f);
+  static_assert(nmax % 2 == 0, "-nmax - 0.5 must tie to -nmax");
+  const VF bottom = hn::Set(df, -static_cast<float>(nmax) - 0.5f), top = hn::Set(df, static_cast<float>(nmax) - 0.5f);
   const VF opposite = hn::IfThenElse(hn::Gt(max, zero), xlo, xhi);
   const VF magic = hn::Set(df, kMagic);
   VF scale = zero, best = zero, chosen = zero;
@@ -962,9 +996,125 @@ inline void QuantizeRowQ6K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
   }
 }
 
+// ---- Q3_K -------------------------------------------------------------------------------------------
+
+// make_q3_quants of ggml_quantize.cc (n 16, nmax 4, x^2 weights, then up to five tries of coordinate
+// descent on single quants) for N sub-blocks: lane k on sub-block k of xt (transposed, 16 x N).
+// Stores the quants plus 4 (0 in an all-zero sub-block, as the reference leaves them) in
+// L_out[i * N + k] and returns the scale per lane.
+HWY_INLINE VF Q3Quants(const float* HWY_RESTRICT xt, int32_t* HWY_RESTRICT L_out) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  constexpr int n = 16, nmax = 4;
+  using M = hn::Mask<DF>;
+  const VF zero = hn::Zero(df);
+  const VI ilo = hn::Set(di, -nmax), ihi = hn::Set(di, nmax - 1);
+  auto quant = [&](VF v) { return hn::Min(hn::Max(GgmlNearestInt(v), ilo), ihi); };
+  VF x[n], w[n], wx[n];
+  VF amax = zero, max = zero;
+  for (int i = 0; i < n; ++i) {
+    x[i] = hn::Load(df, xt + static_cast<size_t>(i) * N);
+    TakeAbsMax(x[i], amax, max);
+    w[i] = MulR(x[i], x[i]);
+    wx[i] = MulR(w[i], x[i]);
+  }
+  const M flat = hn::Lt(amax, hn::Set(df, kGroupMaxEps));
+  const VF iscale = hn::Div(hn::Set(df, static_cast<float>(-nmax)), max);
+  VI L[n];
+  VF sumlx = zero, suml2 = zero;
+  for (int i = 0; i < n; ++i) {
+    L[i] = quant(MulR(iscale, x[i]));
+    const VF l = hn::ConvertTo(df, L[i]);
+    sumlx = hn::Add(sumlx, MulR(wx[i], l));
+    suml2 = hn::Add(suml2, MulR(MulR(w[i], l), l));
+  }
+  RefineQuants<n, true>(x, w, wx, flat, quant, L, sumlx, suml2);
+  const auto iflat = hn::RebindMask(di, flat);
+  const VI vnmax = hn::Set(di, nmax);
+  for (int i = 0; i < n; ++i) hn::Store(hn::IfThenZeroElse(iflat, hn::Add(L[i], vnmax)), di, L_out + static_cast<size_t>(i) * N);
+  return hn::IfThenZeroElse(flat, hn::IfThenElseZero(hn::Gt(suml2, zero), hn::Div(sumlx, suml2)));
+}
+
+// Q3_K: the sub-blocks of 16 fitted N at a time across the row, by make_q3_quants without importance
+// (quantize_row_q3_K_ref) or make_qx_quants (nmax 4) with importance weights (quantize_row_q3_K_impl,
+// whose sixteen sub-block scales per super-block are then fitted by make_qx_quants (nmax 32) across N
+// super-blocks); then the shared scalar steps: the scale encoding without importance, and the quants
+// against the stored scales with the high-bit mask and the 2-bit planes.
+inline void QuantizeRowQ3K(const float* HWY_RESTRICT x, int64_t n, kernels::BlockQ3_K* HWY_RESTRICT y,
+                           const float* HWY_RESTRICT importance) {
+  using kernels::kQK_K;
+  const int64_t nsb = n / kQK_K, nsub = n / 16;
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  // Scratch: xt, wt (16 x N each), per sub-block scale, l_iscale, flat and summed weight, sigma2; the
+  // quants of the row (16 per sub-block, in order).
+  const int64_t padded = (nsub + static_cast<int64_t>(N) - 1) / static_cast<int64_t>(N) * static_cast<int64_t>(N);
+  auto buf = hwy::AllocateAligned<float>(2 * 16 * N + 4 * static_cast<size_t>(padded) + static_cast<size_t>(nsb));
+  auto ibuf = hwy::AllocateAligned<int32_t>(16 * N);
+  auto Lrow = hwy::AllocateAligned<int8_t>(static_cast<size_t>(n));
+  float* xt = buf.get();
+  float* wt = xt + 16 * N;
+  float* scales = wt + 16 * N;
+  float* l_iscale = scales + padded;
+  float* flat = l_iscale + padded;
+  float* sw = flat + padded;
+  float* sigma2 = sw + padded;
+  int32_t* Lt = ibuf.get();
+  if (importance) SuperBlockSigma2(x, nsb, sigma2);
+  const DI di;
+  const VI ilo = hn::Set(di, -4), ihi = hn::Set(di, 3), v4 = hn::Set(di, 4);
+  for (int64_t g = 0; g < nsub; g += static_cast<int64_t>(N)) {
+    const size_t valid = static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(N), nsub - g));
+    Transpose(x + 16 * g, 16, 16, valid, xt);
+    if (!importance) {
+      hn::Store(Q3Quants(xt, Lt), df, scales + g);
+    } else {
+      ImportanceWeights<16>(importance, sigma2, g, valid, xt, wt, sw + g);
+      SearchQx<4>(xt, wt, scales + g, l_iscale + g, flat + g);
+      // The kept quants: 4 + clamp(nearest_int(iscale * x), -4, 3), 0 in an all-zero sub-block.
+      const auto none = hn::RebindMask(di, hn::Ne(hn::Load(df, flat + g), hn::Zero(df)));
+      const VF vi = hn::Load(df, l_iscale + g);
+      for (int l = 0; l < 16; ++l) {
+        const VI q = hn::Min(hn::Max(GgmlNearestInt(MulR(vi, hn::Load(df, xt + static_cast<size_t>(l) * N))), ilo), ihi);
+        hn::Store(hn::IfThenZeroElse(none, hn::Add(q, v4)), di, Lt + static_cast<size_t>(l) * N);
+      }
+    }
+    for (size_t k = 0; k < valid; ++k)
+      for (int l = 0; l < 16; ++l)
+        Lrow[(static_cast<size_t>(g) + k) * 16 + static_cast<size_t>(l)] = static_cast<int8_t>(Lt[static_cast<size_t>(l) * N + k]);
+  }
+  for (int64_t i = 0; i < nsb; ++i) std::memset(y[i].scales, 0, sizeof y[i].scales);
+  if (importance) {
+    // make_qx_quants (n 16, nmax 32) of each super-block's sixteen scales, weighted by the summed
+    // weights, N super-blocks at a time.
+    constexpr size_t kMax = hn::MaxLanes(DF());
+    HWY_ALIGN float st[16 * kMax], swt[16 * kMax], d_block[kMax], d_iscale[kMax], d_flat[kMax];
+    for (int64_t s0 = 0; s0 < nsb; s0 += static_cast<int64_t>(N)) {
+      const auto valid = static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(N), nsb - s0));
+      Transpose(scales + 16 * s0, 16, 16, valid, st);
+      Transpose(sw + 16 * s0, 16, 16, valid, swt);
+      SearchQx<32>(st, swt, d_block, d_iscale, d_flat);
+      for (size_t k = 0; k < valid; ++k) {
+        int8_t Ls[16];
+        for (int j = 0; j < 16; ++j) {
+          const int l = std::max(-32, std::min(31, GgmlNearestIntScalar(ProdS(d_iscale[k], st[static_cast<size_t>(j) * N + k]))));
+          Ls[j] = d_flat[k] != 0 ? int8_t{0} : static_cast<int8_t>(32 + l);
+        }
+        kernels::detail::pack_q3_k_scales(Ls, d_block[k], y[s0 + static_cast<int64_t>(k)]);
+      }
+    }
+  }
+  for (int64_t i = 0; i < nsb; ++i) {
+    if (!importance) kernels::detail::encode_q3_k_scales(scales + 16 * i, y[i]);
+    kernels::detail::finish_q3_k(x + kQK_K * i, y[i], Lrow.get() + kQK_K * i);
+  }
+}
+
 }  // namespace ggml_k
 
 using ggml_k::QuantizeRowQ2K;
+using ggml_k::QuantizeRowQ3K;
 using ggml_k::QuantizeRowQ4K;
 using ggml_k::QuantizeRowQ5K;
 using ggml_k::QuantizeRowQ6K;

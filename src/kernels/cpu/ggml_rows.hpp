@@ -65,8 +65,9 @@ void quantize_blocks_legacy(GgmlType t, const float* x, int64_t n, void* out, co
 void quantize_row_q4_k_simd(const float* x, int64_t n, void* out, const float* importance);
 void quantize_row_q5_k_simd(const float* x, int64_t n, void* out, const float* importance);
 void quantize_row_q6_k_simd(const float* x, int64_t n, void* out, const float* importance);
-// Q2_K likewise (the same bytes as quantize_row_q2_k).
+// Q2_K and Q3_K likewise (the same bytes as quantize_row_q2_k and quantize_row_q3_k).
 void quantize_row_q2_k_simd(const float* x, int64_t n, void* out, const float* importance);
+void quantize_row_q3_k_simd(const float* x, int64_t n, void* out, const float* importance);
 
 // The per-super-block steps the SIMD quantizers share with the references. encode_q4_k_scales sets
 // d, dmin and the packed 6-bit scales and mins of y from the eight sub-blocks' fitted scales and
@@ -83,6 +84,13 @@ bool encode_q6_k_scales(const float* scales, BlockQ6_K& y);
 // (make_qp_quants' quants Ls and Lm, as ggml stores them, with d and dmin).
 void encode_q2_k_scales(const float* scales, const float* mins, const float* sw, BlockQ2_K& y);
 void pack_q2_k_scales(const uint8_t* Ls, const uint8_t* Lm, float d_block, float m_block, BlockQ2_K& y);
+// Q3_K: encode_q3_k_scales sets d and the packed 6-bit scales from the sixteen sub-block scales
+// without importance (y's scales zeroed first); pack_q3_k_scales packs make_qx_quants' quants Ls
+// (0 .. 63) with d (importance); finish_q3_k writes the quants against the stored scales (L: the
+// searches' quants plus 4, kept where a sub-block's scale is 0), the high-bit mask and the 2-bit planes.
+void encode_q3_k_scales(const float* scales, BlockQ3_K& y);
+void pack_q3_k_scales(const int8_t* Ls, float d_block, BlockQ3_K& y);
+void finish_q3_k(const float* x, BlockQ3_K& y, int8_t* L);
 // Q5_K's 256 quants (0 .. 31) into y's qs (low four bits) and qh (fifth bits).
 void pack_q5_k_quants(const uint8_t* L, BlockQ5_K& y);
 

@@ -1,4 +1,4 @@
-// The SIMD Q2_K, Q4_K, Q5_K and Q6_K quantizers, on every Highway target this CPU supports, against the
+// The SIMD Q2_K, Q3_K, Q4_K, Q5_K and Q6_K quantizers, on every Highway target this CPU supports, against the
 // scalar references of ggml_quantize.cc: the same bytes for every row, with and without importance
 // (hand-made corner rows, many random rows of mixed sub-blocks, and SmolLM2's dequantized weights
 // when the model is present); and the whole-tensor path (compress::ggml::quantize, rows over
@@ -159,6 +159,10 @@ void TestQ2KMatchesReference() {
   ExpectSameBytes<kernels::BlockQ2_K>(&kernels::detail::quantize_row_q2_k, &QuantizeRowQ2K, "q2_k");
 }
 
+void TestQ3KMatchesReference() {
+  ExpectSameBytes<kernels::BlockQ3_K>(&kernels::detail::quantize_row_q3_k, &QuantizeRowQ3K, "q3_k");
+}
+
 void TestQ4KMatchesReference() {
   ExpectSameBytes<kernels::BlockQ4_K>(&kernels::detail::quantize_row_q4_k, &QuantizeRowQ4K, "q4_k");
 }
@@ -200,6 +204,8 @@ void TestRandomRowsMatchReference() {
   const std::string what = std::to_string(rows) + " random rows";
   ExpectSameRows<kernels::BlockQ2_K>(&kernels::detail::quantize_row_q2_k, &QuantizeRowQ2K, "q2_k", x, kernels::kQK_K,
                                      qw, what);
+  ExpectSameRows<kernels::BlockQ3_K>(&kernels::detail::quantize_row_q3_k, &QuantizeRowQ3K, "q3_k", x, kernels::kQK_K,
+                                     qw, what);
   ExpectSameRows<kernels::BlockQ4_K>(&kernels::detail::quantize_row_q4_k, &QuantizeRowQ4K, "q4_k", x, kernels::kQK_K,
                                      qw, what);
   ExpectSameRows<kernels::BlockQ5_K>(&kernels::detail::quantize_row_q5_k, &QuantizeRowQ5K, "q5_k", x, kernels::kQK_K,
@@ -235,6 +241,8 @@ void TestSmolLM2RowsMatchReference() {
     for (std::size_t i = 0; i < x.size(); ++i) qw[i % qw.size()] += x[i] * x[i];
     ExpectSameRows<kernels::BlockQ2_K>(&kernels::detail::quantize_row_q2_k, &QuantizeRowQ2K, "q2_k", x, cols, qw,
                                        t.name);
+    ExpectSameRows<kernels::BlockQ3_K>(&kernels::detail::quantize_row_q3_k, &QuantizeRowQ3K, "q3_k", x, cols, qw,
+                                       t.name);
     ExpectSameRows<kernels::BlockQ4_K>(&kernels::detail::quantize_row_q4_k, &QuantizeRowQ4K, "q4_k", x, cols, qw,
                                        t.name);
     ExpectSameRows<kernels::BlockQ5_K>(&kernels::detail::quantize_row_q5_k, &QuantizeRowQ5K, "q5_k", x, cols, qw,
@@ -255,16 +263,18 @@ HWY_AFTER_NAMESPACE();
 namespace strata {
 HWY_BEFORE_TEST(GgmlQuantizeKTest);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ2KMatchesReference);
+HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ3KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ4KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ5KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestQ6KMatchesReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestRandomRowsMatchReference);
 HWY_EXPORT_AND_TEST_P(GgmlQuantizeKTest, TestSmolLM2RowsMatchReference);
 
-// The codec table routes Q2_K, Q4_K, Q5_K and Q6_K to the dispatched SIMD quantizers, misaligned output
+// The codec table routes Q2_K, Q3_K, Q4_K, Q5_K and Q6_K to the dispatched SIMD quantizers, misaligned output
 // included.
 const std::pair<kernels::GgmlType, kernels::QuantizeRowFn> kReferences[] = {
     {kernels::GgmlType::Q2_K, &kernels::detail::quantize_row_q2_k},
+    {kernels::GgmlType::Q3_K, &kernels::detail::quantize_row_q3_k},
     {kernels::GgmlType::Q4_K, &kernels::detail::quantize_row_q4_k},
     {kernels::GgmlType::Q5_K, &kernels::detail::quantize_row_q5_k},
     {kernels::GgmlType::Q6_K, &kernels::detail::quantize_row_q6_k},
