@@ -905,7 +905,7 @@ void pack_q3_k_scales(const int8_t* Ls, float d_block, BlockQ3_K& y) {
   y.d = to_half(d_block);
 }
 
-void finish_q3_k(const float* x, BlockQ3_K& y, int8_t* L) { finish_q3k(x, y, L); }
+int unpack_q3_k_scale(int j, const uint8_t* scales) { return unpack_scale_q3k(j, scales); }
 
 // The super-block half of Q2_K: the sixteen sub-block scales and mins to 4 bits, against d and dmin.
 // Without weights (quantize_row_q2_K_ref) the largest of each maps to 15; with the sub-blocks' total

@@ -796,6 +796,21 @@ inline void QuantizeRowQ5K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
 
 // ---- Q2_K -------------------------------------------------------------------------------------------
 
+// Q2_K's and Q3_K's 2-bit planes: byte l of each 32-byte quarter holds quants l, l + 32, l + 64 and
+// l + 96 of its 128 (each 0 .. 3), two bits each.
+HWY_INLINE void Pack2Bit(const int32_t* HWY_RESTRICT q, uint8_t* HWY_RESTRICT qs) {
+  const DI di;
+  const hn::Rebind<uint8_t, DI> d8;
+  const size_t N = hn::Lanes(di);
+  for (int j = 0; j < kernels::kQK_K; j += 128)
+    for (int l = 0; l < 32; l += static_cast<int>(N)) {
+      const VI q1 = hn::Load(di, q + j + l), q2 = hn::Load(di, q + j + l + 32);
+      const VI q3 = hn::Load(di, q + j + l + 64), q4 = hn::Load(di, q + j + l + 96);
+      const VI v = hn::Or(hn::Or(q1, hn::ShiftLeft<2>(q2)), hn::Or(hn::ShiftLeft<4>(q3), hn::ShiftLeft<6>(q4)));
+      hn::StoreU(hn::DemoteTo(d8, v), d8, qs + j / 4 + l);
+    }
+}
+
 // Q2_K: the sub-blocks of 16 searched by SearchQkx (nmax 3) N at a time across the row, with |x|
 // weights and absolute errors (quantize_row_q2_K_ref) or importance weights (quantize_row_q2_K_impl);
 // then each super-block's sixteen scales and mins to 4 bits (make_qp_quants across N super-blocks
@@ -824,8 +839,6 @@ inline void QuantizeRowQ2K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
                           kernels::detail::pack_q2_k_scales(ls, lm, d, m, y[i]);
                         });
   HWY_ALIGN int32_t q[kQK_K];
-  const DI di;
-  const hn::Rebind<uint8_t, DI> d8;
   for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
     kernels::BlockQ2_K& b = y[i];
     const int64_t s0 = 16 * i;
@@ -836,14 +849,7 @@ inline void QuantizeRowQ2K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
       const float dm = ProdS(m_all, static_cast<float>(b.scales[j] >> 4));
       RequantizeK4(x + 16 * j, d, dm, r.l_iscale[s0 + j], r.l_min[s0 + j], 3, 16, q + 16 * j);
     }
-    // Byte l of each 32-byte quarter: quants l, l + 32, l + 64 and l + 96 of its 128, two bits each.
-    for (int j = 0; j < kQK_K; j += 128)
-      for (int l = 0; l < 32; l += static_cast<int>(N)) {
-        const VI q1 = hn::Load(di, q + j + l), q2 = hn::Load(di, q + j + l + 32);
-        const VI q3 = hn::Load(di, q + j + l + 64), q4 = hn::Load(di, q + j + l + 96);
-        const VI v = hn::Or(hn::Or(q1, hn::ShiftLeft<2>(q2)), hn::Or(hn::ShiftLeft<4>(q3), hn::ShiftLeft<6>(q4)));
-        hn::StoreU(hn::DemoteTo(d8, v), d8, b.qs + j / 4 + l);
-      }
+    Pack2Bit(q, b.qs);
   }
 }
 
@@ -1039,8 +1045,8 @@ HWY_INLINE VF Q3Quants(const float* HWY_RESTRICT xt, int32_t* HWY_RESTRICT L_out
 // Q3_K: the sub-blocks of 16 fitted N at a time across the row, by make_q3_quants without importance
 // (quantize_row_q3_K_ref) or make_qx_quants (nmax 4) with importance weights (quantize_row_q3_K_impl,
 // whose sixteen sub-block scales per super-block are then fitted by make_qx_quants (nmax 32) across N
-// super-blocks); then the shared scalar steps: the scale encoding without importance, and the quants
-// against the stored scales with the high-bit mask and the 2-bit planes.
+// super-blocks); then the scale encoding (the reference's own without importance), the quants against
+// the stored scales, the high-bit mask and the 2-bit planes.
 inline void QuantizeRowQ3K(const float* HWY_RESTRICT x, int64_t n, kernels::BlockQ3_K* HWY_RESTRICT y,
                            const float* HWY_RESTRICT importance) {
   using kernels::kQK_K;
@@ -1105,9 +1111,37 @@ inline void QuantizeRowQ3K(const float* HWY_RESTRICT x, int64_t n, kernels::Bloc
       }
     }
   }
-  for (int64_t i = 0; i < nsb; ++i) {
-    if (!importance) kernels::detail::encode_q3_k_scales(scales + 16 * i, y[i]);
-    kernels::detail::finish_q3_k(x + kQK_K * i, y[i], Lrow.get() + kQK_K * i);
+  // The quants against the stored scales (the search's own where a scale is 0), plus 4; the high-bit
+  // mask (bit b of byte l: quant l + 32 b is 4 or more); the low two bits in planes.
+  HWY_ALIGN int32_t q[kQK_K];
+  const hn::Rebind<uint8_t, DI> d8;
+  const VI three = hn::Set(di, 3), one = hn::Set(di, 1);
+  for (int64_t i = 0; i < nsb; ++i, x += kQK_K) {
+    kernels::BlockQ3_K& b = y[i];
+    if (!importance) kernels::detail::encode_q3_k_scales(scales + 16 * i, b);
+    const float d_all = f16_to_f32(f16{b.d});
+    const int8_t* Ls = Lrow.get() + kQK_K * i;
+    for (int j = 0; j < kQK_K / 16; ++j) {
+      const float d = ProdS(d_all, static_cast<float>(kernels::detail::unpack_q3_k_scale(j, b.scales)));
+      if (d != 0) {
+        const VF vd = hn::Set(df, d);
+        for (int l = 0; l < 16; l += static_cast<int>(N))
+          hn::Store(hn::Add(hn::Min(hn::Max(GgmlNearestInt(hn::Div(hn::LoadU(df, x + 16 * j + l), vd)), ilo), ihi), v4), di,
+                    q + 16 * j + l);
+      } else {
+        for (int l = 0; l < 16; ++l) q[16 * j + l] = Ls[16 * j + l];
+      }
+    }
+    for (int l = 0; l < 32; l += static_cast<int>(N)) {
+      VI h = hn::Zero(di);
+      for (int k = 0; k < 8; ++k) {
+        const VI v = hn::Load(di, q + 32 * k + l);
+        h = hn::Or(h, hn::ShiftLeftSame(hn::And(hn::ShiftRight<2>(v), one), k));
+        hn::Store(hn::And(v, three), di, q + 32 * k + l);
+      }
+      hn::StoreU(hn::DemoteTo(d8, h), d8, b.hmask + l);
+    }
+    Pack2Bit(q, b.qs);
   }
 }
 

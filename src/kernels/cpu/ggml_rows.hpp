@@ -86,11 +86,10 @@ void encode_q2_k_scales(const float* scales, const float* mins, const float* sw,
 void pack_q2_k_scales(const uint8_t* Ls, const uint8_t* Lm, float d_block, float m_block, BlockQ2_K& y);
 // Q3_K: encode_q3_k_scales sets d and the packed 6-bit scales from the sixteen sub-block scales
 // without importance (y's scales zeroed first); pack_q3_k_scales packs make_qx_quants' quants Ls
-// (0 .. 63) with d (importance); finish_q3_k writes the quants against the stored scales (L: the
-// searches' quants plus 4, kept where a sub-block's scale is 0), the high-bit mask and the 2-bit planes.
+// (0 .. 63) with d (importance); unpack_q3_k_scale reads sub-block j's signed scale back.
 void encode_q3_k_scales(const float* scales, BlockQ3_K& y);
 void pack_q3_k_scales(const int8_t* Ls, float d_block, BlockQ3_K& y);
-void finish_q3_k(const float* x, BlockQ3_K& y, int8_t* L);
+int unpack_q3_k_scale(int j, const uint8_t* scales);
 // Q5_K's 256 quants (0 .. 31) into y's qs (low four bits) and qh (fifth bits).
 void pack_q5_k_quants(const uint8_t* L, BlockQ5_K& y);
 
