@@ -110,9 +110,9 @@ class WeightCompressor {
 // tr(dW H dW^T) / tr(W H W^T) (the relative output error), or ||dW||^2 / ||W||^2 when H is null.
 double output_error(const RowMatrix<float>& w, const RowMatrix<float>& w_hat, const Matrix<double>* hessian);
 
-// output_error for many approximations of one weight: tr(W H W^T) and a float32 copy of H are made
-// once, and each tr(dW H dW^T) is one single-precision matrix product (BLAS, multi-threaded) whose
-// elementwise sums accumulate in double. Relative to an all-double evaluation the error carries
+// output_error for many approximations of one weight: tr(W H W^T) and a float32 copy of H's Cholesky
+// factor (pivoted where H is only semidefinite) are made once, and each tr(dW H dW^T) = ||dW P L||^2
+// is one single-precision triangular product (BLAS) whose squares accumulate in double. Relative to an all-double evaluation the error carries
 // about 1e-6 relative rounding, far below the differences between options. `w` and `hessian` must
 // outlive the meter.
 class OutputErrorMeter {
@@ -124,7 +124,8 @@ class OutputErrorMeter {
   double quadratic(const RowMatrix<float>& d) const;  // tr(d H d^T), or ||d||^2 without H
   const RowMatrix<float>& w_;
   bool weighted_ = false;
-  RowMatrix<float> h_;
+  RowMatrix<float> l_;         // lower-triangular factor of H's (pivoted) Cholesky, float32
+  std::vector<int64_t> order_; // the pivot order of H's columns
   double denominator_ = 0;
 };
 
