@@ -103,6 +103,20 @@ std::shared_ptr<const nn::Embedding> WeightCompressor::to_embedding(const Compre
   return std::make_shared<nn::DenseEmbedding>(std::make_shared<const RowMatrix<float>>(reconstruct(c)));
 }
 
+std::pair<std::shared_ptr<const nn::Linear>, uint64_t> WeightCompressor::linear_sharing(
+    std::shared_ptr<const Compressed> c) const {
+  auto layer = to_linear(*c);
+  const uint64_t bytes = layer->weight_bytes();
+  return {std::move(layer), bytes};
+}
+
+std::pair<std::shared_ptr<const nn::Embedding>, uint64_t> WeightCompressor::embedding_sharing(
+    std::shared_ptr<const Compressed> c) const {
+  auto table = to_embedding(*c);
+  const uint64_t bytes = table->bytes();
+  return {std::move(table), bytes};
+}
+
 std::map<std::string, std::string> parse_knob(std::string_view knob) {
   std::map<std::string, std::string> kv;
   size_t pos = 0;

@@ -239,8 +239,8 @@ std::shared_ptr<const nn::Linear> LayerBank::linear(const std::string& tensor, c
                                                     const std::string& knob) {
   Entry* e = entry(tensor, method, knob);
   if (!e->linear) {
-    e->linear = compress::find_compressor(method).to_linear(*e->value);
-    const uint64_t extra = e->linear->weight_bytes();
+    uint64_t extra = 0;
+    std::tie(e->linear, extra) = compress::find_compressor(method).linear_sharing(e->value);
     if (e != &uncached_) {
       make_room(extra, e);
       e->bytes += extra;
@@ -254,9 +254,9 @@ std::pair<std::shared_ptr<const nn::Embedding>, std::shared_ptr<const nn::Linear
     const std::string& tensor, const std::string& method, const std::string& knob) {
   Entry* e = entry(tensor, method, knob);
   if (!e->embedding) {
-    e->embedding = compress::find_compressor(method).to_embedding(*e->value);
+    uint64_t extra = 0;
+    std::tie(e->embedding, extra) = compress::find_compressor(method).embedding_sharing(e->value);
     e->head = e->embedding->as_linear();  // reads the table's own bytes
-    const uint64_t extra = e->embedding->bytes();
     if (e != &uncached_) {
       make_room(extra, e);
       e->bytes += extra;

@@ -105,6 +105,14 @@ class WeightCompressor {
   // The compressed form as a token embedding table (looked up a row at a time). The default
   // reconstructs float32; forms that can decode one row (ggml blocks) override it.
   virtual std::shared_ptr<const nn::Embedding> to_embedding(const Compressed& c) const;
+  // As to_linear / to_embedding for a form the caller shares: a layer that computes from the form's
+  // own bytes keeps the form alive instead of copying them. Each returns the layer and the bytes it
+  // holds beyond the form (0 when it borrows them), for callers that bound their memory. The
+  // defaults call to_linear / to_embedding and count the whole layer.
+  virtual std::pair<std::shared_ptr<const nn::Linear>, uint64_t> linear_sharing(
+      std::shared_ptr<const Compressed> c) const;
+  virtual std::pair<std::shared_ptr<const nn::Embedding>, uint64_t> embedding_sharing(
+      std::shared_ptr<const Compressed> c) const;
 };
 
 // tr(dW H dW^T) / tr(W H W^T) (the relative output error), or ||dW||^2 / ||W||^2 when H is null.

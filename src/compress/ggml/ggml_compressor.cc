@@ -182,8 +182,23 @@ class GgmlCompressor : public WeightCompressor {
   std::shared_ptr<const nn::Embedding> to_embedding(const Compressed& c) const override {
     return std::make_shared<nn::GgmlEmbedding>(ggml_linear(c));
   }
+  // Shared forms are run from their own blocks, borrowed: nothing is copied.
+  std::pair<std::shared_ptr<const nn::Linear>, uint64_t> linear_sharing(
+      std::shared_ptr<const Compressed> c) const override {
+    return {borrowing_linear(std::move(c)), 0};
+  }
+  std::pair<std::shared_ptr<const nn::Embedding>, uint64_t> embedding_sharing(
+      std::shared_ptr<const Compressed> c) const override {
+    return {std::make_shared<nn::GgmlEmbedding>(borrowing_linear(std::move(c))), 0};
+  }
 
  private:
+  static std::shared_ptr<const nn::GgmlLinear> borrowing_linear(std::shared_ptr<const Compressed> c) {
+    const auto [t, blocks] = stored_blocks(*c);
+    const std::span<const std::byte> bytes(static_cast<const std::byte*>(blocks->raw()), blocks->nbytes());
+    return std::make_shared<nn::GgmlLinear>(t, c->rows, c->cols, bytes, std::move(c));
+  }
+
   static std::shared_ptr<const nn::GgmlLinear> ggml_linear(const Compressed& c) {
     const auto [t, blocks] = stored_blocks(c);
     const auto* p = static_cast<const std::byte*>(blocks->raw());

@@ -82,6 +82,14 @@ TEST_P(Conformance, RoundTripCostAndMonotoneError) {
     lin->forward(x.data(), 1, y.data());
     const Vector<float> want = w_hat * Eigen::Map<const Vector<float>>(x.data(), tl.w.cols());
     for (int64_t r = 0; r < tl.w.rows(); ++r) EXPECT_NEAR(y[static_cast<size_t>(r)], want[r], 1e-3f * (1 + std::abs(want[r])));
+    // The layer made over a shared form computes the same, after the caller lets the form go, and
+    // counts at most its own bytes beyond the form.
+    auto shared = std::make_shared<const Compressed>(c.apply(layer, tl.calib(), knob));  // deterministic
+    auto [over, extra] = c.linear_sharing(std::move(shared));
+    EXPECT_LE(extra, over->weight_bytes());
+    std::vector<float> y_over(y.size());
+    over->forward(x.data(), 1, y_over.data());
+    EXPECT_EQ(y_over, y) << c.name() << " " << knob;
   }
 }
 
