@@ -204,13 +204,17 @@ KlEvaluator::KlEvaluator(const LlamaModel& reference, std::vector<std::vector<in
   reference_.perplexity = std::exp(reference_.mean_nll);
 }
 
-KlResult KlEvaluator::operator()(const LlamaModel& model, int first_block) const {
+void KlEvaluator::check_judgeable(const LlamaModel& model, int first_block) const {
   require(model.config().vocab_size == vocab_, "KL evaluation: vocabularies differ (", vocab_, " vs ",
           model.config().vocab_size, ")");
   require(first_block == 0 || !hidden_.empty(), "KL evaluation from block ", first_block,
           ": the evaluator keeps no hidden states (keep_hidden)");
   require(first_block >= 0 && first_block < std::max<int64_t>(n_layers_, 1), "KL evaluation: block ", first_block,
           " outside [0, ", n_layers_, ")");
+}
+
+KlResult KlEvaluator::operator()(const LlamaModel& model, int first_block) const {
+  check_judgeable(model, first_block);
   std::vector<double> kl(static_cast<size_t>(tokens_));
   std::vector<char> agree(static_cast<size_t>(tokens_));
   double nll = 0;
@@ -255,13 +259,7 @@ KlResult KlEvaluator::operator()(const LlamaModel& model, int first_block) const
 
 std::vector<double> KlEvaluator::mean_kl(std::span<const LlamaModel* const> models, int first_block,
                                          int64_t max_rows) const {
-  require(first_block == 0 || !hidden_.empty(), "KL evaluation from block ", first_block,
-          ": the evaluator keeps no hidden states (keep_hidden)");
-  require(first_block >= 0 && first_block < std::max<int64_t>(n_layers_, 1), "KL evaluation: block ", first_block,
-          " outside [0, ", n_layers_, ")");
-  for (const LlamaModel* m : models)
-    require(m->config().vocab_size == vocab_, "KL evaluation: vocabularies differ (", vocab_, " vs ",
-            m->config().vocab_size, ")");
+  for (const LlamaModel* m : models) check_judgeable(*m, first_block);
   std::vector<double> out(models.size());
   const auto length = static_cast<int64_t>(windows_.front().size());
   const bool one_length = std::all_of(windows_.begin(), windows_.end(),

@@ -72,6 +72,8 @@ class KlEvaluator {
   const std::vector<std::vector<int32_t>>& windows() const { return windows_; }
 
  private:
+  // Throws naming the mismatch when `model` cannot be judged from `first_block`.
+  void check_judgeable(const LlamaModel& model, int first_block) const;
   std::vector<std::vector<int32_t>> windows_;
   std::vector<std::vector<float>> reference_logp_;       // per window [len - 1, vocab]
   std::vector<std::vector<RowMatrix<float>>> hidden_;  // per window, per block: its input [len, dim]
