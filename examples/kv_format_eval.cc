@@ -6,7 +6,8 @@
 // format (kv::Session::with_format, KIVI's setting: the prompt attends in full precision, its keys
 // and values are then held quantized, and every new token is stored in the format as it comes).
 // Reported per format: mean KL(p_float || p_format) over the decoded tokens' next-token
-// distributions, perplexity of the decoded tokens, and the cache's bytes.
+// distributions, perplexity of the decoded tokens (with the standard error of its ratio to the
+// float32 cache's), and the cache's bytes. A name KEYS/VALUES (f32/kivi4) stores the two apart.
 //
 // With --kv-bits B1,B2,..: per-layer formats chosen by strata's allocator (kv/format_allocate.hpp).
 // The KL cost of every (layer, keys or values, format) is measured on calibration text (--calib,
@@ -15,8 +16,8 @@
 // the windows beside the uniform ones.
 //
 //   kv_format_eval [--model GGUF] [--text TXT] [--slice 0.7:0.8] [--context 2048] [--steps 64]
-//                  [--windows 2] [--formats f16,q8_0,q4_0,kivi4,kivi2] [--kivi-group 32]
-//                  [--kivi-residual 32] [--seed 0] [--budget 0]
+//                  [--windows 2] [--formats f16,q8_0,q4_0,kivi4,kivi2,f32/kivi4] [--kivi-group 32]
+//                  [--kivi-residual 32] [--rotation both] [--seed 0] [--budget 0]
 //                  [--kv-bits 3.5,4.5,5] [--menu f16,q8_0,q4_0,kivi4,kivi2] [--calib SOTU]
 //                  [--calib-slice 0.5:0.6] [--calib-windows 1] [--calib-length 2048] [--calib-probe 32]
 //                  [--alloc-rotation both] [--tables-out JSON] [--tables-in JSON]
@@ -59,7 +60,7 @@ struct Args {
   std::vector<double> kv_bits;
   std::vector<std::string> menu = {"f16", "q8_0", "q4_0", "kivi4", "kivi2"};
   fs::path calib = examples::data_paths().sotu(), tables_out, tables_in;
-  std::string calib_slice = "0.5:0.6", alloc_rotation = "both";
+  std::string calib_slice = "0.5:0.6", alloc_rotation = "both", rotation = "both";
   int64_t calib_windows = 1, calib_length = 2048, calib_probe = 32;
 
   void add_options(CLI::App& app) {
@@ -69,7 +70,10 @@ struct Args {
     app.add_option("--context", context, "prompt tokens per window")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--steps", steps, "tokens decoded after each prompt")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--windows", windows, "windows of the text")->check(CLI::PositiveNumber)->capture_default_str();
-    examples::add_list(app, "--formats", formats, "KV formats (keys and values), each run without and with rotation");
+    examples::add_list(app, "--formats", formats, "KV formats (keys and values, or KEYS/VALUES)");
+    app.add_option("--rotation", rotation, "run each format without rotation (off), with it (on) or both")
+        ->check(CLI::IsMember({"off", "on", "both"}))
+        ->capture_default_str();
     app.add_option("--kivi-group", kivi_group, "KIVI group G")->capture_default_str();
     app.add_option("--kivi-residual", kivi_residual, "KIVI float32 window R")->capture_default_str();
     app.add_option("--seed", seed, "the rotation's random signs")->capture_default_str();
@@ -94,11 +98,13 @@ struct Args {
         ->check(CLI::ExistingFile);
   }
 
-  std::vector<bool> rotations() const {
-    if (alloc_rotation == "off") return {false};
-    if (alloc_rotation == "on") return {true};
+  static std::vector<bool> settings(const std::string& off_on_both) {
+    if (off_on_both == "off") return {false};
+    if (off_on_both == "on") return {true};
     return {false, true};
   }
+  std::vector<bool> format_rotations() const { return settings(rotation); }
+  std::vector<bool> rotations() const { return settings(alloc_rotation); }
 };
 
 // The formats to run, checked before the model is read: names, KIVI knobs, and a budget that must
@@ -106,9 +112,13 @@ struct Args {
 std::vector<std::pair<std::string, kv::CacheFormat>> parse_formats(const Args& a) {
   std::vector<std::pair<std::string, kv::CacheFormat>> out;
   for (const auto& name : a.formats)
-    for (bool rotate : {false, true}) {
+    for (bool rotate : a.format_rotations()) {
       kv::CacheFormat f;
-      f.key = f.value = kv::parse_kv_format(name, "--formats");
+      // "k/v" stores keys and values apart: f32 on one side isolates the other stream's error, and
+      // with rotation on, that f32 stream is rotated losslessly, so only the other one's rotation counts.
+      const size_t slash = name.find('/');
+      f.key = kv::parse_kv_format(name.substr(0, slash), "--formats");
+      f.value = slash == std::string::npos ? f.key : kv::parse_kv_format(name.substr(slash + 1), "--formats");
       f.kivi_group = a.kivi_group;
       f.kivi_residual = a.kivi_residual;
       f.rotate = rotate;
@@ -217,7 +227,16 @@ std::vector<double> log_probs(const float* logits, int64_t vocab) {
 
 struct Result {
   double kl = 0, nll = 0, mib = 0, seconds = 0;
+  // Per decoded token, d = -log q(token) + log p_f32(token): ppl / ppl_f32 = exp(mean d), and the
+  // standard error of mean d says how far apart two perplexities must be to be told apart.
+  double d_sum = 0, d_sq = 0;
   int64_t tokens = 0;
+
+  double d_mean() const { return d_sum / static_cast<double>(tokens); }
+  double d_se() const {
+    const double n = static_cast<double>(tokens), m = d_mean();
+    return tokens > 1 ? std::sqrt(std::max(0.0, (d_sq - n * m * m) / (n - 1)) / n) : 0;
+  }
 };
 
 // Decodes tokens [context, context + steps) from `session`; logits of every step appended to `out`.
@@ -296,9 +315,11 @@ void run(const Args& a) {
       reference.mib += static_cast<double>(s->cache_bytes()) / (1 << 20) / static_cast<double>(a.windows);
     }
     reference.seconds += seconds_since(ts);
+    std::vector<double> ref_nll(static_cast<size_t>(a.steps));
     for (int64_t t = 0; t < a.steps; ++t) {
       const auto lp = log_probs(want.data() + t * vocab, vocab);
-      reference.nll -= lp[static_cast<size_t>(window[static_cast<size_t>(a.context + t)])];
+      ref_nll[static_cast<size_t>(t)] = -lp[static_cast<size_t>(window[static_cast<size_t>(a.context + t)])];
+      reference.nll += ref_nll[static_cast<size_t>(t)];
     }
     reference.tokens += a.steps;
     for (size_t i = 0; i < formats.size(); ++i) {
@@ -315,22 +336,30 @@ void run(const Args& a) {
         for (int64_t v = 0; v < vocab; ++v)
           kl += std::exp(p[static_cast<size_t>(v)]) * (p[static_cast<size_t>(v)] - q[static_cast<size_t>(v)]);
         r.kl += kl;
-        r.nll -= q[static_cast<size_t>(window[static_cast<size_t>(a.context + t)])];
+        const double nll = -q[static_cast<size_t>(window[static_cast<size_t>(a.context + t)])];
+        const double d = nll - ref_nll[static_cast<size_t>(t)];
+        r.nll += nll;
+        r.d_sum += d;
+        r.d_sq += d * d;
       }
       r.tokens += a.steps;
     }
+    std::fprintf(stderr, "window %lld of %lld done, %.0f s\n", static_cast<long long>(&window - windows.data() + 1),
+                 static_cast<long long>(a.windows), seconds_since(t0));
   }
   const double ref_ppl = std::exp(reference.nll / static_cast<double>(reference.tokens));
-  std::printf("%-14s %6s %10s %10s %12s %10s %13s %9s\n", "format", "bits", "cache MiB", "vs f32", "mean KL", "ppl",
-              "ppl vs f32", "decode s");
-  std::printf("%-14s %6.2f %10.2f %9.3fx %12s %10.3f %13s %9.1f\n", "f32", 32.0, reference.mib, 1.0, "0", ref_ppl, "",
-              reference.seconds);
+  // "se" is the standard error of the per-token log-ratio's mean, in percent of perplexity (exp' = 1
+  // near 0); tokens of one window are not independent, so it is a lower bound on the uncertainty.
+  std::printf("%-16s %6s %10s %10s %12s %10s %13s %8s %9s\n", "format", "bits", "cache MiB", "vs f32", "mean KL", "ppl",
+              "ppl vs f32", "se", "decode s");
+  std::printf("%-16s %6.2f %10.2f %9.3fx %12s %10.3f %13s %8s %9.1f\n", "f32", 32.0, reference.mib, 1.0, "0", ref_ppl, "",
+              "", reference.seconds);
   for (size_t i = 0; i < formats.size(); ++i) {
     const Result& r = results[i];
     const double ppl = std::exp(r.nll / static_cast<double>(r.tokens));
-    std::printf("%-14s %6.2f %10.2f %9.3fx %12.5f %10.3f %+12.2f%% %9.1f\n", formats[i].first.c_str(),
+    std::printf("%-16s %6.2f %10.2f %9.3fx %12.5f %10.3f %+12.2f%% %7.2f%% %9.1f\n", formats[i].first.c_str(),
                 kv::format_bits(formats[i].second, c.n_layers, c.head_dim), r.mib, r.mib / reference.mib,
-                r.kl / static_cast<double>(r.tokens), ppl, 100 * (ppl / ref_ppl - 1), r.seconds);
+                r.kl / static_cast<double>(r.tokens), ppl, 100 * (std::exp(r.d_mean()) - 1), 100 * r.d_se(), r.seconds);
   }
   std::printf("\ntotal %.1f s\n", seconds_since(t0));
 }
