@@ -11,7 +11,9 @@
 // cache, then for each format a session continuing from it with its cache re-stored in that format
 // (Session::with_format) decodes, the formats taking turns step by step; the median step is compared
 // with the float32 cache's in the same run, with the Hadamard rotation's own work per step timed beside it, and llama.cpp's decode step
-// at the same depth on the same file when scripts/install-llama-cpp.sh has installed it.
+// at the same depth on the same file when scripts/install-llama-cpp.sh has installed it. Beside them,
+// decode attention alone over float32 rows in SmolLM2's shape: the per-query-head products
+// kv::Session used before against nn::SplitAttention, side by side.
 // Usage: bench_kv [--model PATH] [--budget 410] [--contexts 2048,4096] [--no-formats]
 //                 [--llama-cpp-python PATH] [benchmark flags].
 #include <benchmark/benchmark.h>
@@ -31,14 +33,17 @@
 #include <string>
 #include <vector>
 
+#include "../src/kernels/cpu/attention_decode.hpp"
 #include "../src/kernels/cpu/kv_score.hpp"  // the helpers and their scalar references
 #include "llama_cpp_runner.hpp"
 #include "strata/core/blas.hpp"
+#include "strata/core/eigen.hpp"
 #include "strata/core/parallel.hpp"
 #include "strata/io/data_paths.hpp"
 #include "strata/io/model.hpp"
 #include "strata/kernels/hadamard.hpp"
 #include "strata/kv/session.hpp"
+#include "strata/nn/attention.hpp"
 #include "strata/nn/llama.hpp"
 
 namespace {
@@ -217,6 +222,75 @@ void BM_RotationWork(benchmark::State& state) {
   g_rotation_us = 1000 * (process_cpu_ms() - c0) / static_cast<double>(std::max<int64_t>(calls, 1));
 }
 
+// Decode attention alone, in SmolLM2's shape (30 layers of 9 query heads over 3 KV heads of 64),
+// float32 rows: the way kv::Session attended before (one Eigen product per query head, nine tasks
+// over the threads) against nn::SplitAttention (each KV head's rows read once for its three query
+// heads, tasks of KV head x 256-token chunk). The two take turns, one 30-layer pass each; medians
+// of wall and CPU time per pass.
+struct AttentionRun {
+  double per_head_ms = 0, per_head_cpu = 0, split_ms = 0, split_cpu = 0;
+};
+std::map<int64_t, AttentionRun> g_attention;
+
+void BM_AttentionOnly(benchmark::State& state, int64_t context) {
+  constexpr int64_t layers = 30, n_heads = 9, n_kv = 3, group = 3, d = 64, m = group;
+  const float scale = 0.125f;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  std::vector<float> k(static_cast<size_t>(layers * n_kv * context * d)), v(k.size());
+  std::vector<float> q(static_cast<size_t>(n_heads * d)), out(q.size());
+  for (auto& x : k) x = g(rng);
+  for (auto& x : v) x = g(rng);
+  for (auto& x : q) x = g(rng);
+  auto rows = [&](const std::vector<float>& x, int64_t l, int64_t h) { return x.data() + (l * n_kv + h) * context * d; };
+  auto per_head = [&](int64_t l) {
+    strata::parallel_for(n_heads, 1, [&](int64_t h0, int64_t h1) {
+      strata::RowMatrix<float> scores(1, context);
+      for (int64_t h = h0; h < h1; ++h) {
+        Eigen::Map<const strata::RowMatrix<float>> qh(q.data() + h * d, 1, d);
+        Eigen::Map<const strata::RowMatrix<float>> kh(rows(k, l, h / group), context, d);
+        Eigen::Map<const strata::RowMatrix<float>> vh(rows(v, l, h / group), context, d);
+        scores.noalias() = (qh * kh.transpose()) * scale;
+        strata::nn::causal_softmax_rows(scores.data(), 1, context, context - 1);
+        Eigen::Map<strata::RowMatrix<float>>(out.data() + h * d, 1, d).noalias() = scores * vh;
+      }
+    });
+  };
+  strata::nn::SplitAttention split;
+  const std::vector<int64_t> lens(n_kv, context);
+  auto split_pass = [&](int64_t l) {
+    split.run(
+        lens, group, 1, d, true, false,
+        [&](int h, int64_t b, int64_t e, float* s, int64_t stride) {
+          strata::kernels::attention_scores(q.data() + h * m * d, m, d, rows(k, l, h) + b * d, e - b, d, d, scale, s,
+                                            stride);
+        },
+        [&](int h, int64_t b, int64_t e, const float* p, int64_t stride, float* acc) {
+          std::fill(acc, acc + m * d, 0.0f);
+          strata::kernels::attention_values(p, m, stride, rows(v, l, h) + b * d, e - b, d, d, acc, d);
+        },
+        out.data());
+  };
+  std::vector<double> a_ms, a_cpu, b_ms, b_cpu;
+  for (auto _ : state) {
+    for (int rep = 0; rep < 24; ++rep) {
+      auto t0 = std::chrono::steady_clock::now();
+      double c0 = process_cpu_ms();
+      for (int64_t l = 0; l < layers; ++l) per_head(l);
+      a_ms.push_back(ms_since(t0));
+      a_cpu.push_back(process_cpu_ms() - c0);
+      t0 = std::chrono::steady_clock::now();
+      c0 = process_cpu_ms();
+      for (int64_t l = 0; l < layers; ++l) split_pass(l);
+      b_ms.push_back(ms_since(t0));
+      b_cpu.push_back(process_cpu_ms() - c0);
+    }
+  }
+  g_attention[context] = {median(a_ms), median(a_cpu), median(b_ms), median(b_cpu)};
+  state.counters["per_head_ms"] = median(a_ms);
+  state.counters["split_ms"] = median(b_ms);
+}
+
 void register_formats(const std::vector<int64_t>& contexts) {
   using strata::kv::CacheFormat;
   using strata::kv::KvFormat;
@@ -236,9 +310,23 @@ void register_formats(const std::vector<int64_t>& contexts) {
     benchmark::RegisterBenchmark(bm.c_str(), BM_FormatsDecode, context)->Iterations(1)->Unit(benchmark::kMillisecond);
   }
   benchmark::RegisterBenchmark("FormatDecode/rotation_work_per_step", BM_RotationWork)->Unit(benchmark::kMicrosecond);
+  for (const int64_t context : contexts) {
+    const std::string bm = "FormatDecode/attention_only/" + std::to_string(context);
+    benchmark::RegisterBenchmark(bm.c_str(), BM_AttentionOnly, context)->Iterations(1)->Unit(benchmark::kMillisecond);
+  }
 }
 
 void print_formats() {
+  if (!g_attention.empty()) {
+    std::printf("\nDecode attention alone, 30 layers x 9 query heads over 3 KV heads of 64, float32 rows (same run; "
+                "medians of 24 passes; %d threads)\n", strata::num_threads());
+    std::printf("%-8s %16s %16s %14s %14s %12s %12s\n", "context", "per-head ms", "per-head CPU ms", "split ms",
+                "split CPU ms", "wall ratio", "CPU ratio");
+    for (const auto& [context, a] : g_attention)
+      std::printf("%-8lld %16.2f %16.2f %14.2f %14.2f %11.2fx %11.2fx\n", static_cast<long long>(context),
+                  a.per_head_ms, a.per_head_cpu, a.split_ms, a.split_cpu, a.per_head_ms / a.split_ms,
+                  a.per_head_cpu / a.split_cpu);
+  }
   if (g_format_runs.empty()) return;
   std::printf("\nStored KV formats, decode step after a prompt (same run; medians of %lld steps; SmolLM2 in its "
               "file's types, %d threads)\n",

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <sstream>
 
-#include "kernels/cpu/kv_score.hpp"
+#include "kernels/cpu/attention_decode.hpp"
 #include "strata/core/dtype.hpp"
 #include "strata/core/eigen.hpp"
 #include "strata/core/error.hpp"
@@ -20,6 +20,9 @@ namespace {
 constexpr std::array<KvFormat, 6> kFormats = {KvFormat::f32,  KvFormat::f16,   KvFormat::q8_0,
                                               KvFormat::q4_0, KvFormat::kivi2, KvFormat::kivi4};
 constexpr int64_t kTile = 64;  // tokens dequantized at a time by attention
+// Up to this many queries, attention reads each row once for all of them (kernels/cpu/attention_decode);
+// more go through Eigen's matrix products.
+constexpr int64_t kFewQueries = 16;
 
 kernels::GgmlType ggml_type(KvFormat f) {
   switch (f) {
@@ -486,22 +489,37 @@ void Cache::read_values(int layer, int head, int64_t begin, int64_t count, float
 }
 
 template <class Fn>
-void Cache::for_each_tile(const Rows& r, KvFormat f, bool keys, Fn&& fn) const {
-  if (r.quantized > 0) {
+void Cache::for_each_tile(const Rows& r, KvFormat f, bool keys, int64_t begin, int64_t end, Fn&& fn) const {
+  const int64_t qend = std::min(end, r.quantized);
+  if (begin < qend) {
     std::vector<float> tile(static_cast<size_t>(kTile * head_dim_));
-    for (int64_t t0 = 0; t0 < r.quantized; t0 += kTile) {
-      const int64_t m = std::min(kTile, r.quantized - t0);
+    for (int64_t t0 = begin; t0 < qend; t0 += kTile) {
+      const int64_t m = std::min(kTile, qend - t0);
       read_rows(r, f, keys, t0, m, tile.data());
       fn(tile.data(), t0, m);
     }
   }
-  if (r.window > 0) fn(r.fp.get(), r.quantized, r.window);
+  const int64_t fbegin = std::max(begin, r.quantized);
+  if (fbegin < end) fn(r.fp.get() + (fbegin - r.quantized) * head_dim_, fbegin, end - fbegin);
 }
 
 void Cache::attend_scores(int layer, int head, const float* q, int64_t n, int64_t q_stride, float scale,
                           float* scores) const {
+  const int64_t len = length(layer, head);
+  attend_scores(layer, head, q, n, q_stride, scale, 0, len, scores, len);
+}
+
+void Cache::attend_values(int layer, int head, const float* probs, int64_t n, float* out, int64_t out_stride) const {
+  const int64_t len = length(layer, head);
+  attend_values(layer, head, probs, len, n, 0, len, out, out_stride);
+}
+
+void Cache::attend_scores(int layer, int head, const float* q, int64_t n, int64_t q_stride, float scale,
+                          int64_t begin, int64_t end, float* scores, int64_t score_stride) const {
   const Head& h = at(layer, head);
-  const int64_t d = head_dim_, len = h.length;
+  require(begin >= 0 && begin <= end && end <= h.length, "kv::Cache::attend_scores: tokens [", begin, ", ", end,
+          ") outside the head's ", h.length);
+  const int64_t d = head_dim_;
   const KvFormat f = format_.key_format(layer);
   // The queries in the stored basis, contiguous.
   RowMatrix<float> qs(n, d);
@@ -511,38 +529,45 @@ void Cache::attend_scores(int layer, int head, const float* q, int64_t n, int64_
   using Out = Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>>;
   // scores[:, t0 .. t0 + m) from m float32 rows.
   auto from_rows = [&](const float* rows, int64_t t0, int64_t m) {
-    if (n == 1) {
-      kernels::kv_row_dots(qs.data(), rows, m, d, d, scores + t0);
-      for (int64_t j = 0; j < m; ++j) scores[t0 + j] *= scale;
+    float* s = scores + (t0 - begin);
+    if (n <= kFewQueries) {
+      kernels::attention_scores(qs.data(), n, d, rows, m, d, d, scale, s, score_stride);
     } else {
-      Out(scores + t0, n, m, Eigen::OuterStride<>(len)).noalias() = (qs * Map(rows, m, d).transpose()) * scale;
+      Out(s, n, m, Eigen::OuterStride<>(score_stride)).noalias() = (qs * Map(rows, m, d).transpose()) * scale;
     }
   };
   const Rows& r = h.k;
-  if (r.quantized > 0) {
-    if ((f == KvFormat::q8_0 || f == KvFormat::q4_0) && n <= 16) {
-      kernels::ggml_matmul(ggml_type(f), r.q.get(), r.quantized, d, qs.data(), n, scores, len);
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < r.quantized; ++j) scores[i * len + j] *= scale;
-      if (r.window > 0) from_rows(r.fp.get(), r.quantized, r.window);
-      return;
-    }
+  const int64_t qend = std::min(end, r.quantized);
+  if (begin < qend && (f == KvFormat::q8_0 || f == KvFormat::q4_0) && n <= 16) {
+    const int64_t rb = row_bytes(f, true);
+    kernels::ggml_matmul(ggml_type(f), r.q.get() + begin * rb, qend - begin, d, qs.data(), n, scores, score_stride);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < qend - begin; ++j) scores[i * score_stride + j] *= scale;
+    for_each_tile(r, f, true, qend, end, from_rows);
+    return;
   }
-  for_each_tile(r, f, true, from_rows);
+  for_each_tile(r, f, true, begin, end, from_rows);
 }
 
-void Cache::attend_values(int layer, int head, const float* probs, int64_t n, float* out, int64_t out_stride) const {
+void Cache::attend_values(int layer, int head, const float* probs, int64_t prob_stride, int64_t n, int64_t begin,
+                          int64_t end, float* out, int64_t out_stride) const {
   const Head& h = at(layer, head);
-  const int64_t d = head_dim_, len = h.length;
+  require(begin >= 0 && begin <= end && end <= h.length, "kv::Cache::attend_values: tokens [", begin, ", ", end,
+          ") outside the head's ", h.length);
+  const int64_t d = head_dim_;
   const KvFormat f = format_.value_format(layer);
-  const Rows& r = h.v;
   RowMatrix<float> acc = RowMatrix<float>::Zero(n, d);
   using Map = Eigen::Map<const RowMatrix<float>>;
   using Probs = Eigen::Map<const RowMatrix<float>, 0, Eigen::OuterStride<>>;
   auto mix = [&](const float* rows, int64_t t0, int64_t m) {
-    acc.noalias() += Probs(probs + t0, n, m, Eigen::OuterStride<>(len)) * Map(rows, m, d);
+    const float* p = probs + (t0 - begin);
+    if (n <= kFewQueries) {
+      kernels::attention_values(p, n, prob_stride, rows, m, d, d, acc.data(), d);
+    } else {
+      acc.noalias() += Probs(p, n, m, Eigen::OuterStride<>(prob_stride)) * Map(rows, m, d);
+    }
   };
-  for_each_tile(r, f, false, mix);
+  for_each_tile(h.v, f, false, begin, end, mix);
   if (rotation_) rotation_->unrotate(acc.data(), n, d);
   for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * out_stride, acc.data() + i * d, static_cast<size_t>(d) * sizeof(float));
 }

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
+#include "kernels/cpu/attention_decode.hpp"
 #include "strata/nn/attention.hpp"
 #include "strata/core/eigen.hpp"
 #include "strata/core/error.hpp"
@@ -152,33 +154,29 @@ void Session::attend_new(int layer, const float* q, int64_t n, int64_t pos0, flo
   for (int h = 0; h < c.n_kv_heads; ++h) longest = std::max(longest, cache_.length(layer, h));
   // The same threshold as the dense session: waking threads costs more than small attention.
   const bool parallel_heads = n * longest * hd * n_heads >= (int64_t{1} << 20);
+  // Float32 rows without rotation are read in place; anything else through the cache's stored form.
+  const CacheFormat& format = cache_.format();
+  const bool plain =
+      !format.rotate && format.key_format(layer) == KvFormat::f32 && format.value_format(layer) == KvFormat::f32;
 
-  if (!cache_.format().full_precision()) {
-    // The stored form. A decode step reads each KV head once for the query heads that share it
-    // (their rows of q are adjacent); a multi-token forward runs one query head at a time.
-    const bool shared = n == 1;
-    const int64_t tasks = shared ? c.n_kv_heads : n_heads;
-    parallel_for(tasks, parallel_heads ? 1 : tasks, [&](int64_t t0, int64_t t1) {
+  if (n <= kSplitTokens) {
+    attend_split(layer, q, n, plain, parallel_heads, scorer_probs || hook_probs, out, observe);
+    return;
+  }
+
+  if (!plain) {
+    // The stored form, one query head at a time.
+    parallel_for(n_heads, parallel_heads ? 1 : n_heads, [&](int64_t h0, int64_t h1) {
       std::vector<float> scores;
-      for (int64_t t = t0; t < t1; ++t) {
-        const int kvh = static_cast<int>(shared ? t : t / group);
+      for (int64_t h = h0; h < h1; ++h) {
+        const int kvh = static_cast<int>(h / group);
         const int64_t len = cache_.length(layer, kvh);
-        if (shared) {
-          scores.resize(static_cast<size_t>(group * len));
-          cache_.attend_scores(layer, kvh, q + t * group * hd, group, hd, scale, scores.data());
-          for (int64_t g = 0; g < group; ++g) {
-            nn::causal_softmax_rows(scores.data() + g * len, 1, len, len - 1);
-            observe(t * group + g, scores.data() + g * len, 1, len);
-          }
-          cache_.attend_values(layer, kvh, scores.data(), group, out + t * group * hd, hd);
-        } else {
-          // The n new tokens are the head's last n, so query i sees the first len - n + i + 1 tokens.
-          scores.resize(static_cast<size_t>(n * len));
-          cache_.attend_scores(layer, kvh, q + t * hd, n, q_dim, scale, scores.data());
-          nn::causal_softmax_rows(scores.data(), n, len, len - n);
-          observe(t, scores.data(), n, len);
-          cache_.attend_values(layer, kvh, scores.data(), n, out + t * hd, q_dim);
-        }
+        // The n new tokens are the head's last n, so query i sees the first len - n + i + 1 tokens.
+        scores.resize(static_cast<size_t>(n * len));
+        cache_.attend_scores(layer, kvh, q + h * hd, n, q_dim, scale, scores.data());
+        nn::causal_softmax_rows(scores.data(), n, len, len - n);
+        observe(h, scores.data(), n, len);
+        cache_.attend_values(layer, kvh, scores.data(), n, out + h * hd, q_dim);
       }
     });
     return;
@@ -203,6 +201,54 @@ void Session::attend_new(int layer, const float* q, int64_t n, int64_t pos0, flo
       o.noalias() = scores * vh;
     }
   });
+}
+
+template <class Observe>
+void Session::attend_split(int layer, const float* q, int64_t n, bool plain, bool parallel, bool probs, float* out,
+                           Observe& observe) {
+  const nn::LlamaConfig& c = model_.config();
+  const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads, q_dim = c.n_heads * hd, m = group * n;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // Each KV head's query rows together, query head by query head: row g * n + t is token t of the
+  // group's query head g.
+  const size_t rows = static_cast<size_t>(c.n_kv_heads * m * hd);
+  queries_.resize(rows);
+  outputs_.resize(rows);
+  lens_.resize(static_cast<size_t>(c.n_kv_heads));
+  for (int64_t h = 0; h < c.n_heads; ++h)
+    for (int64_t t = 0; t < n; ++t)
+      std::memcpy(queries_.data() + (h * n + t) * hd, q + t * q_dim + h * hd, static_cast<size_t>(hd) * sizeof(float));
+  for (int h = 0; h < c.n_kv_heads; ++h) lens_[static_cast<size_t>(h)] = cache_.length(layer, h);
+  const float* queries = queries_.data();
+  nn::SplitAttention::ScoresFn scores;
+  nn::SplitAttention::ValuesFn values;
+  if (plain) {
+    scores = [&](int h, int64_t begin, int64_t end, float* s, int64_t stride) {
+      kernels::attention_scores(queries + h * m * hd, m, hd, cache_.keys(layer, h) + begin * hd, end - begin, hd, hd,
+                                scale, s, stride);
+    };
+    values = [&](int h, int64_t begin, int64_t end, const float* p, int64_t stride, float* acc) {
+      std::fill(acc, acc + m * hd, 0.0f);
+      kernels::attention_values(p, m, stride, cache_.values(layer, h) + begin * hd, end - begin, hd, hd, acc, hd);
+    };
+  } else {
+    scores = [&](int h, int64_t begin, int64_t end, float* s, int64_t stride) {
+      cache_.attend_scores(layer, h, queries + h * m * hd, m, hd, scale, begin, end, s, stride);
+    };
+    values = [&](int h, int64_t begin, int64_t end, const float* p, int64_t stride, float* acc) {
+      cache_.attend_values(layer, h, p, stride, m, begin, end, acc, hd);
+    };
+  }
+  split_.run(lens_, group, n, hd, parallel, probs, scores, values, outputs_.data());
+  for (int64_t h = 0; h < c.n_heads; ++h) {
+    for (int64_t t = 0; t < n; ++t)
+      std::memcpy(out + t * q_dim + h * hd, outputs_.data() + (h * n + t) * hd, static_cast<size_t>(hd) * sizeof(float));
+    if (probs) {
+      const int kvh = static_cast<int>(h / group);
+      const int64_t len = lens_[static_cast<size_t>(kvh)];
+      observe(h, split_.probs(kvh) + (h % group) * n * len, n, len);
+    }
+  }
 }
 
 }  // namespace strata::kv

@@ -20,8 +20,10 @@
 // rotation, kernels::HadamardRotation): queries are rotated the same way, so q.k is unchanged, and
 // the attention output, a mix of rotated values, is rotated back. Outlier channels are spread over
 // the whole head before quantization.
-// Attention reads the stored form directly (attend_scores / attend_values): quantized keys score
-// through kernels::ggml_matmul or a dequantized tile of rows, values are mixed a tile at a time.
+// Attention reads the stored form directly (attend_scores / attend_values, over all of a head's tokens
+// or a range of them): quantized keys score through kernels::ggml_matmul or a dequantized tile of
+// rows, values are mixed a tile at a time; a few queries (a decode step's query heads of one KV head)
+// go through kernels/cpu/attention_decode.hpp, which reads each row once for all of them.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -120,6 +122,13 @@ class Cache {
   void attend_scores(int layer, int head, const float* q, int64_t n, int64_t q_stride, float scale,
                      float* scores) const;
   void attend_values(int layer, int head, const float* probs, int64_t n, float* out, int64_t out_stride) const;
+  // The same over the head's tokens [begin, end) only (a chunk of a split decode step):
+  // attend_scores writes scores[i * score_stride + j - begin] for j in [begin, end); attend_values
+  // reads probs[i * prob_stride + j - begin] and writes out row i = the sum over those tokens.
+  void attend_scores(int layer, int head, const float* q, int64_t n, int64_t q_stride, float scale, int64_t begin,
+                     int64_t end, float* scores, int64_t score_stride) const;
+  void attend_values(int layer, int head, const float* probs, int64_t prob_stride, int64_t n, int64_t begin,
+                     int64_t end, float* out, int64_t out_stride) const;
   // Original positions of the cached tokens, increasing.
   std::span<const int64_t> positions(int layer, int head) const;
 
@@ -176,10 +185,10 @@ class Cache {
   void keep_rows(Rows& r, KvFormat f, bool keys, std::span<const int64_t> indices) const;
   void read_head(int layer, int head, bool keys, int64_t begin, int64_t count, float* out) const;
   void read_rows(const Rows& r, KvFormat f, bool keys, int64_t begin, int64_t count, float* out) const;
-  // fn(rows, t0, m) over the stored rows as float32, oldest first: tiles of dequantized rows, then
-  // the float32 rows in place.
+  // fn(rows, t0, m) over the stored rows [begin, end) as float32, oldest first: tiles of dequantized
+  // rows, then the float32 rows in place.
   template <class Fn>
-  void for_each_tile(const Rows& r, KvFormat f, bool keys, Fn&& fn) const;
+  void for_each_tile(const Rows& r, KvFormat f, bool keys, int64_t begin, int64_t end, Fn&& fn) const;
   uint64_t rows_bytes(const Rows& r, KvFormat f, bool keys, int64_t capacity) const;
   int64_t window_capacity(KvFormat f, bool keys) const;
   int64_t row_bytes(KvFormat f, bool keys) const;

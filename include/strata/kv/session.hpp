@@ -2,11 +2,15 @@
 // A Llama-family session whose keys and values live in a kv::Cache: every KV head attends over its
 // own kept tokens, and a kv::Eviction evicts after the prompt and/or while generating.
 //
-// With nothing evicted and the float32 format the attention is the dense session's, operation for
-// operation (the same products and the same softmax over the same tokens in the same order), so
-// logits match nn::LlamaSession's (tests/unit/kv/kv_session_test.cc). With a quantized or rotated
-// format (CacheFormat) attention reads the stored form through Cache::attend_scores and
-// attend_values; in a decode step the query heads that share a KV head read its rows together.
+// A forward of more than kSplitTokens tokens (a prompt) attends query head by query head, as the
+// dense session does. A decode step (up to kSplitTokens tokens) runs nn::SplitAttention: the query
+// heads that share a KV head read its rows together, once, and the work is split over (KV head x
+// chunk of 256 tokens) so that both threads get equal shares, the chunks' softmax partials combined
+// exactly afterwards; the exact probabilities still reach scorers and hooks. Float32 rows are read in
+// place (kernels/cpu/attention_decode.hpp); a quantized or rotated format (CacheFormat) is read
+// through Cache::attend_scores and attend_values over each chunk. With nothing evicted the logits
+// match nn::LlamaSession's to 1e-5 relative (tests/unit/kv/kv_session_test.cc): the same tokens and
+// the same softmax, summed in another order.
 //
 // When it compresses (Schedule):
 //   prefill   after every forward of more than one token (a prompt, or a chunk of one).
@@ -22,10 +26,12 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "strata/kv/cache.hpp"
 #include "strata/kv/policy.hpp"
 #include "strata/kv/scorers.hpp"
+#include "strata/nn/attention.hpp"
 #include "strata/nn/hooks.hpp"
 #include "strata/nn/llama.hpp"
 
@@ -39,6 +45,9 @@ struct Schedule {
 
 class Session : private nn::LlamaSession::KvStore {
  public:
+  // Forwards of up to this many tokens attend through nn::SplitAttention.
+  static constexpr int64_t kSplitTokens = 8;
+
   // max_tokens bounds the positions (the model's context), not the memory, which the budget bounds.
   // The eviction's scorer is bound to the model's layout here and belongs to this session.
   // `format` says how the cache stores keys and values (CacheFormat: float32 by default). It is
@@ -89,6 +98,11 @@ class Session : private nn::LlamaSession::KvStore {
                  float* out, nn::ForwardHooks* hooks) override;
   // Attention of the `tokens` newest rows of every head of `layer` (just appended).
   void attend_new(int layer, const float* q, int64_t tokens, int64_t pos0, float* out, nn::ForwardHooks* hooks);
+  // attend_new for a few tokens: nn::SplitAttention over the cache (in place when `plain`: float32
+  // without rotation); observe(query head, probs, rows, len) gets each query head's probabilities.
+  template <class Observe>
+  void attend_split(int layer, const float* q, int64_t tokens, bool plain, bool parallel, bool probs, float* out,
+                    Observe& observe);
   // Blocks before the pruner's last step keep, of the positions from pos0 on, only its kept ones.
   void keep_pruned(const nn::PrefillPruner& pruner, int64_t pos0);
   uint64_t bytes() const override { return cache_.bytes(); }
@@ -100,6 +114,10 @@ class Session : private nn::LlamaSession::KvStore {
   nn::LlamaSession session_;
   int64_t steps_since_compress_ = 0;
   int64_t evicted_ = 0;
+  // attend_split's workspace, kept between steps.
+  nn::SplitAttention split_;
+  std::vector<float> queries_, outputs_;
+  std::vector<int64_t> lens_;
 };
 
 }  // namespace strata::kv

@@ -1,11 +1,61 @@
 #pragma once
-// The piece of attention every KV layout shares: causal softmax over a block of score rows.
+// The pieces of attention every KV layout shares: causal softmax over a block of score rows, and
+// attention of a few new tokens (a decode step) split over KV heads and chunks of their tokens.
 #include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
 
 namespace strata::nn {
 
 // scores: n rows of `len` raw scores (row-major). Row t may see its first `visible0 + t + 1` columns:
 // those become the softmax over them (max-subtracted, summed in double), the rest exactly 0.
 void causal_softmax_rows(float* scores, int64_t n, int64_t len, int64_t visible0);
+
+// Attention of n new tokens (n small: a decode step has 1) over KV heads whose rows are read through
+// callbacks, so that any stored form can be attended. Each KV head serves `group` query heads; its m =
+// group * n query rows are row r = g * n + t (query head g of the head's group, new token t), and row
+// r sees the head's first len - n + t + 1 tokens (the n new tokens are the head's last n).
+//
+// The work is cut into (KV head, chunk of kChunk tokens) tasks, so that two threads share three KV
+// heads evenly and every key and value row is read once for all m query rows ("flash-decoding"): a
+// task scores its chunk, takes the softmax of each row over the chunk with the chunk's own maximum,
+// and mixes the chunk's values; the chunks are then combined exactly (each rescaled by exp(its max -
+// the row's max), divided by the row's total). The chunks depend on the lengths only, never on the
+// thread count, so neither does the result. When `probs` is asked for, every row's exact softmax
+// (max-subtracted, summed in double, 0 past the visible tokens) is left in probs(kv_head).
+class SplitAttention {
+ public:
+  static constexpr int64_t kChunk = 256;
+
+  // scores(kv_head, begin, end, out, stride): row r of `out` (stride apart), columns 0 .. end - begin,
+  // = the scaled scores of the head's query row r against its tokens [begin, end).
+  using ScoresFn = std::function<void(int kv_head, int64_t begin, int64_t end, float* out, int64_t stride)>;
+  // values(kv_head, begin, end, probs, stride, acc): acc [m, d] (overwritten) = probs[:, 0 .. end -
+  // begin) (rows stride apart) times the head's value rows [begin, end).
+  using ValuesFn = std::function<void(int kv_head, int64_t begin, int64_t end, const float* probs, int64_t stride,
+                                      float* acc)>;
+
+  // lens[h]: KV head h's tokens (>= n). out: [lens.size()][m][d], head after head. `parallel`: run
+  // the tasks on strata's threads (otherwise on the caller's: small attention is cheaper so).
+  void run(std::span<const int64_t> lens, int64_t group, int64_t n, int64_t d, bool parallel, bool probs,
+           const ScoresFn& scores, const ValuesFn& values, float* out);
+  // After run(..., probs = true): KV head h's m rows of lens[h] probabilities.
+  const float* probs(int kv_head) const { return scores_.data() + offsets_[static_cast<size_t>(kv_head)]; }
+
+ private:
+  std::vector<float> scores_;     // per head [m, len]: scores, then per-chunk exponentials, then probs
+  std::vector<int64_t> offsets_;  // per head, into scores_
+  std::vector<float> acc_;        // per task [m, d]
+  std::vector<float> max_;        // per task [m]: the chunk's maximum of each row
+  std::vector<double> sum_;       // per task [m]: the chunk's sum of exponentials of each row
+};
+
+// The double-precision oracle of SplitAttention: for each of the m query rows of one KV head (row r
+// = g * n + t, seeing the first len - n + t + 1 tokens), softmax(scale q . k) over the visible
+// tokens, and out row r = the probabilities times the values. q [m, d], k and v [len, d]; probs
+// (optional) [m, len].
+void attention_reference(const float* q, int64_t group, int64_t n, const float* k, const float* v, int64_t len,
+                         int64_t d, float scale, float* out, float* probs = nullptr);
 
 }  // namespace strata::nn

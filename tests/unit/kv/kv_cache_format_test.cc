@@ -21,6 +21,7 @@
 #include "strata/kernels/hadamard.hpp"
 #include "strata/kv/cache.hpp"
 #include "strata/kv/session.hpp"
+#include "strata/nn/attention.hpp"
 #include "strata/nn/eval.hpp"
 #include "strata/nn/llama.hpp"
 #include "test_util.hpp"
@@ -270,6 +271,58 @@ TEST(KvCacheFormat, AttentionFromStoredFormEqualsFloatAttentionOnDequantizedRows
             EXPECT_EQ(out[static_cast<size_t>(i * 2 * kDim + kDim + ch)], -1.0f);  // the stride's gap untouched
           }
       }
+    }
+}
+
+// A decode step's split attention (nn::SplitAttention: chunks of 256 tokens, each scored and mixed
+// through the range forms of attend_scores / attend_values) over every stored form, against attention
+// in double over the dequantized rows. Heads of different lengths (one evicted down), query groups of
+// 1 and 3, one and two new tokens, probabilities asked for.
+TEST(KvCacheFormat, SplitAttentionOverStoredFormEqualsFloatAttentionOnDequantizedRows) {
+  const int64_t tokens = 600, heads = 2;
+  const auto k = rows(tokens, heads, 15), v = rows(tokens, heads, 16);
+  std::vector<int64_t> kept;
+  for (int64_t j = 0; j < tokens; j += 2) kept.push_back(j);
+  const float scale = 0.125f;
+  for (KvFormat f : kv_formats())
+    for (bool rotate : {false, true}) {
+      Cache c(1, heads, kDim, 0, format_of(f, rotate));
+      c.append(0, k.data(), v.data(), tokens, 0);
+      c.keep(0, 1, kept);
+      const std::vector<int64_t> lens = {c.length(0, 0), c.length(0, 1)};
+      for (const int64_t group : {int64_t{1}, int64_t{3}})
+        for (const int64_t n : {int64_t{1}, int64_t{2}}) {
+          const int64_t m = group * n;
+          const auto q = testing::gaussian_floats(static_cast<size_t>(heads * m * kDim), 17);
+          nn::SplitAttention split;
+          std::vector<float> out(static_cast<size_t>(heads * m * kDim));
+          split.run(
+              lens, group, n, kDim, true, true,
+              [&](int h, int64_t b, int64_t e, float* sc, int64_t stride) {
+                c.attend_scores(0, h, q.data() + h * m * kDim, m, kDim, scale, b, e, sc, stride);
+              },
+              [&](int h, int64_t b, int64_t e, const float* p, int64_t stride, float* acc) {
+                c.attend_values(0, h, p, stride, m, b, e, acc, kDim);
+              },
+              out.data());
+          for (int h = 0; h < heads; ++h) {
+            const int64_t len = lens[static_cast<size_t>(h)];
+            const auto kd = read(c, true, 0, h), vd = read(c, false, 0, h);
+            std::vector<float> want(static_cast<size_t>(m * kDim)), want_p(static_cast<size_t>(m * len));
+            nn::attention_reference(q.data() + h * m * kDim, group, n, kd.data(), vd.data(), len, kDim, scale,
+                                    want.data(), want_p.data());
+            // Scores in float are off by about 1e-7 of the sum of |q_c k_c| (here at most about 20).
+            float v_max = 0;
+            for (const float x : vd) v_max = std::max(v_max, std::fabs(x));
+            for (int64_t i = 0; i < m * kDim; ++i)
+              ASSERT_NEAR(out[static_cast<size_t>(h * m * kDim + i)], want[static_cast<size_t>(i)], 5e-5 * v_max)
+                  << to_string(f) << (rotate ? " rot" : "") << " head " << h << " group " << group << " n " << n;
+            const float* p = split.probs(h);
+            for (int64_t i = 0; i < m * len; ++i)
+              ASSERT_NEAR(p[i], want_p[static_cast<size_t>(i)], 5e-5 * want_p[static_cast<size_t>(i)] + 1e-9)
+                  << to_string(f) << (rotate ? " rot" : "") << " head " << h << " group " << group << " n " << n;
+          }
+        }
     }
 }
 
