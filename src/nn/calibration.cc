@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstddef>
+#include <vector>
 
 #include "strata/nn/llama.hpp"
 
@@ -23,18 +25,30 @@ void InputStats::add(const float* x, int64_t n_tokens, int64_t n_features) {
   RowMatrix<double> xd = Eigen::Map<const RowMatrix<float>>(x, n_tokens, n_features).cast<double>();
   sum_abs += xd.cwiseAbs().colwise().sum().transpose();
   sum_sq += xd.cwiseAbs2().colwise().sum().transpose();
-  if (has_gram) {
-    // gram (column-major, lower) += X^T X; X row-major [tokens, features] is X^T column-major.
-    cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, static_cast<int>(n_features), static_cast<int>(n_tokens), 1.0,
-                xd.data(), static_cast<int>(n_features), 1.0, gram.data(), static_cast<int>(n_features));
-  }
   tokens += n_tokens;
+  if (!has_gram) return;
+  const int64_t skip = std::min(std::max<int64_t>(gram_skip_first, 0), n_tokens), kept = n_tokens - skip;
+  gram_skipped += skip;
+  if (kept == 0) return;
+  if (gram_clip_quantile > 0 && gram_clip_quantile < 1) {
+    Vector<double> norms = xd.bottomRows(kept).rowwise().squaredNorm();
+    std::vector<double> sorted(norms.data(), norms.data() + kept);
+    const auto rank = static_cast<std::ptrdiff_t>(gram_clip_quantile * static_cast<double>(kept - 1));
+    std::nth_element(sorted.begin(), sorted.begin() + rank, sorted.end());
+    const double cap = sorted[static_cast<std::size_t>(rank)];
+    for (int64_t t = 0; t < kept; ++t)
+      if (norms[t] > cap) xd.row(skip + t) *= std::sqrt(cap / norms[t]);
+  }
+  // gram (column-major, lower) += X^T X; X row-major [tokens, features] is X^T column-major.
+  cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, static_cast<int>(n_features), static_cast<int>(kept), 1.0,
+              xd.data() + skip * n_features, static_cast<int>(n_features), 1.0, gram.data(),
+              static_cast<int>(n_features));
 }
 
 Matrix<double> InputStats::hessian() const {
   require(has_gram, "InputStats::hessian: the Gram matrix was not collected (CalibrationOptions::gram)");
-  require(tokens > 0, "InputStats::hessian: no tokens were seen");
-  const double inv = 1.0 / static_cast<double>(tokens);
+  require(tokens > gram_skipped, "InputStats::hessian: no tokens entered the Gram matrix");
+  const double inv = 1.0 / static_cast<double>(tokens - gram_skipped);
   if (packed_gram.size() == 0) {
     Matrix<double> h = gram.selfadjointView<Eigen::Lower>();
     return h * inv;
@@ -63,7 +77,11 @@ uint64_t InputStats::bytes() const {
   return static_cast<uint64_t>(gram.size() + packed_gram.size() + sum_abs.size() + sum_sq.size()) * sizeof(double);
 }
 
-Calibration::Calibration(CalibrationOptions options) : options_(options) {}
+Calibration::Calibration(CalibrationOptions options) : options_(options) {
+  require(options.gram_skip_first >= 0, "Calibration: gram_skip_first must be >= 0, got ", options.gram_skip_first);
+  require(options.gram_clip_quantile >= 0 && options.gram_clip_quantile <= 1,
+          "Calibration: gram_clip_quantile must be in [0, 1], got ", options.gram_clip_quantile);
+}
 
 void Calibration::pack() {
   for (auto& in : inputs_) in->pack();
@@ -76,6 +94,8 @@ void Calibration::on_linear_input(int layer, std::span<const std::string> tensor
   std::shared_ptr<InputStats> stats;
   if (it == by_tensor_.end()) {
     stats = std::make_shared<InputStats>(in, options_.gram);
+    stats->gram_skip_first = options_.gram_skip_first;
+    stats->gram_clip_quantile = options_.gram_clip_quantile;
     inputs_.push_back(stats);
     for (const auto& t : tensors) by_tensor_[t] = stats;
   } else {

@@ -26,16 +26,21 @@ struct InputStats {
   int64_t features = 0;
   int64_t tokens = 0;
   bool has_gram = false;
+  // What the Gram matrix leaves out (CalibrationOptions); the per-channel sums always see every token.
+  int64_t gram_skip_first = 0;
+  double gram_clip_quantile = 0;
+  int64_t gram_skipped = 0;  // tokens seen but left out of the Gram matrix: hessian() divides by the rest
   Matrix<double> gram;  // sum of x x^T over tokens; lower triangle accumulated, see hessian()
   Vector<double> packed_gram;  // after pack(): the lower triangle, column by column (gram is then empty)
   Vector<double> sum_abs, sum_sq;
 
-  // Throws strata::Error after pack().
+  // x: [n_tokens, n_features], one forward pass (a sequence from its first position on, for
+  // gram_skip_first and gram_clip_quantile). Throws strata::Error after pack().
   void add(const float* x, int64_t n_tokens, int64_t n_features);
   // Keeps only the Gram matrix's lower triangle, the same numbers in half the memory (403 MB instead
   // of 806 MB for SmolLM2's inputs): for statistics that are complete.
   void pack();
-  // H = X^T X / tokens, symmetric [in, in].
+  // H = X^T X / (tokens - gram_skipped), symmetric [in, in].
   Matrix<double> hessian() const;
   Vector<double> mean_abs() const;  // per-channel mean |x|
   Vector<double> mean_sq() const;   // per-channel mean x^2 (llama.cpp imatrix)
@@ -46,10 +51,19 @@ struct InputStats {
 struct CalibrationOptions {
   bool gram = true;             // keep X^T X per input (needed by GPTQ, SparseGPT, SVD-LLM)
   bool block_influence = true;  // accumulate 1 - cos(h_in, h_out) per block
+  // Variants of the Gram matrix for methods that should not fit a sequence's outlier tokens (the
+  // first positions of a small LLM carry "massive activations" whose x x^T dominates X^T X); the
+  // per-channel sums (the imatrix) keep every token. gram_skip_first: the first n tokens of every
+  // forward pass are left out. gram_clip_quantile q in (0, 1): in every forward pass, a token whose
+  // ||x||^2 exceeds the pass's q-quantile c (the value at rank floor(q * (tokens - 1)) of the sorted
+  // norms, over the tokens not skipped) enters as x * sqrt(c / ||x||^2); 0 or 1: no clipping.
+  int64_t gram_skip_first = 0;
+  double gram_clip_quantile = 0;
 };
 
 class Calibration final : public ForwardHooks {
  public:
+  // Throws strata::Error for a negative gram_skip_first or a gram_clip_quantile outside [0, 1].
   explicit Calibration(CalibrationOptions options = {});
 
   void on_linear_input(int layer, std::span<const std::string> tensors, const float* x, int64_t tokens,

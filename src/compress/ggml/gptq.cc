@@ -263,6 +263,7 @@ GgmlGptqResult gptq(GgmlType type, const RowMatrix<float>& w, const Matrix<doubl
     require(std::isfinite(importance[j]) && importance[j] >= 0, what, ": imatrix[", j, "] is ", importance[j],
             " (must be finite and non-negative)");
   require(options.damp >= 0 && std::isfinite(options.damp), what, ": damp must be finite and >= 0, got ", options.damp);
+  require(options.shrink >= 0 && options.shrink <= 1, what, ": shrink must be in [0, 1], got ", options.shrink);
   require(options.block >= 1, what, ": block must be >= 1, got ", options.block);
   require(options.refit >= 0 && options.refit <= kMaxGptqRefit, what, ": refit must be in [0, ", kMaxGptqRefit, "], got ",
           options.refit);
@@ -291,6 +292,10 @@ GgmlGptqResult gptq(GgmlType type, const RowMatrix<float>& w, const Matrix<doubl
   Matrix<double> hp(cols, cols);
   for (int64_t i = 0; i < cols; ++i)
     for (int64_t j = 0; j < cols; ++j) hp(j, i) = hess(perm[static_cast<std::size_t>(j)], perm[static_cast<std::size_t>(i)]);
+  if (options.shrink > 0)
+    for (int64_t i = 0; i < cols; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        if (i != j) hp(j, i) *= 1 - options.shrink;
   hp.diagonal().array() += options.damp * hp.diagonal().mean();
   Matrix<float> u;
   try {

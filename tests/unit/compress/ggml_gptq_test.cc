@@ -1,7 +1,8 @@
 // GPTQ into ggml blocks (ggml::gptq and the quant.ggml_gptq compressor), in every column order and
 // with scale refit: the written bytes dequantize to exactly the values the loop assumed; an identity
 // Hessian gives ggml's own bytes; a correlated Hessian gives a lower output error than ggml's imatrix
-// rounding; bad input is refused naming the tensor.
+// rounding; shrinking the Hessian toward its diagonal is GPTQ on the shrunk Hessian; bad input is
+// refused naming the tensor.
 #include "strata/compress/ggml/gptq.hpp"
 
 #include <gtest/gtest.h>
@@ -118,6 +119,30 @@ TEST_P(GgmlGptqTypes, LowerOutputErrorThanImatrixRounding) {
   }
 }
 
+TEST_P(GgmlGptqTypes, ShrinkIsGptqOnTheHessianShrunkTowardItsDiagonal) {
+  const GgmlType t = GetParam();
+  const Problem p = make_problem(6, 512, 16);
+  for (const double a : {0.3, 1.0}) {
+    SCOPED_TRACE(lower_name(t) + " shrink " + std::to_string(a));
+    // The reference: (1 - a) H + a diag(H), formed directly.
+    Matrix<double> shrunk = p.h;
+    for (int64_t i = 0; i < 512; ++i)
+      for (int64_t j = 0; j < 512; ++j)
+        if (i != j) shrunk(i, j) = p.h(i, j) * (1 - a);
+    const GgmlGptqOptions plain = gptq_defaults(t);
+    GgmlGptqOptions o = plain;
+    o.shrink = a;
+    const GgmlGptqResult r = gptq(t, p.w, p.h, p.imatrix, o, "test.weight");
+    EXPECT_EQ(r.blocks, gptq(t, p.w, shrunk, p.imatrix, plain, "test.weight").blocks);
+    if (a == 1.0) {
+      // A diagonal Hessian moves no error: ggml's own rounding.
+      EXPECT_EQ(r.blocks, quantize(t, p.w.data(), 6, 512, p.imatrix));
+    } else {
+      EXPECT_NE(r.blocks, gptq(t, p.w, p.h, p.imatrix, plain, "test.weight").blocks);
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, GgmlGptqTypes,
                          ::testing::Values(GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
                                            GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K,
@@ -163,6 +188,13 @@ TEST(GgmlGptq, BadInputNamesTheTensor) {
   EXPECT_NE(msg.find("blk.4.attn_v.weight"), std::string::npos) << msg;
   o.refit = -1;
   EXPECT_THROW(gptq(GgmlType::Q4_0, p.w, p.h, {}, o, "t"), Error);
+  for (const double shrink : {-0.1, 1.5, static_cast<double>(std::nanf(""))}) {
+    o = {};
+    o.shrink = shrink;
+    msg = error_of([&] { gptq(GgmlType::Q4_0, p.w, p.h, {}, o, "blk.5.ffn_up.weight"); });
+    EXPECT_NE(msg.find("shrink"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("blk.5.ffn_up.weight"), std::string::npos) << msg;
+  }
   EXPECT_THROW(parse_order("random"), Error);
   for (const GptqOrder order : {GptqOrder::natural, GptqOrder::act_order, GptqOrder::act_order_in_blocks})
     EXPECT_EQ(parse_order(order_name(order)), order);
