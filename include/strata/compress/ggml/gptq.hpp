@@ -59,7 +59,7 @@ struct GgmlGptqOptions {
   // Shrinks the Hessian toward its own diagonal before damping, H' = (1 - shrink) H + shrink diag(H),
   // 0 .. 1: keeps each column's weight (what the imatrix holds too) and damps only the
   // cross-correlations the error feedback follows. 1 leaves no feedback: ggml's own rounding. Off in
-  // every type's defaults (it lowered the held-out layer error but not the KL on the tuning text).
+  // every type's defaults: on the tuning text it lowered q3_k's held-out layer error, not its KL.
   double shrink = 0;
 };
 
