@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "kernels/cpu/attention_decode.hpp"
@@ -209,22 +208,13 @@ void Session::attend_split(int layer, const float* q, int64_t n, bool plain, boo
   const nn::LlamaConfig& c = model_.config();
   const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads, q_dim = c.n_heads * hd, m = group * n;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  // Each KV head's query rows together, query head by query head: row g * n + t is token t of the
-  // group's query head g.
-  const size_t rows = static_cast<size_t>(c.n_kv_heads * m * hd);
-  queries_.resize(rows);
-  outputs_.resize(rows);
   lens_.resize(static_cast<size_t>(c.n_kv_heads));
-  for (int64_t h = 0; h < c.n_heads; ++h)
-    for (int64_t t = 0; t < n; ++t)
-      std::memcpy(queries_.data() + (h * n + t) * hd, q + t * q_dim + h * hd, static_cast<size_t>(hd) * sizeof(float));
   for (int h = 0; h < c.n_kv_heads; ++h) lens_[static_cast<size_t>(h)] = cache_.length(layer, h);
-  const float* queries = queries_.data();
   nn::SplitAttention::ScoresFn scores;
   nn::SplitAttention::ValuesFn values;
   if (plain) {
     scores = [&](int h, int64_t begin, int64_t end, float* s, int64_t stride) {
-      kernels::attention_scores(queries + h * m * hd, m, hd, cache_.keys(layer, h) + begin * hd, end - begin, hd, hd,
+      kernels::attention_scores(split_.queries(h), m, hd, cache_.keys(layer, h) + begin * hd, end - begin, hd, hd,
                                 scale, s, stride);
     };
     values = [&](int h, int64_t begin, int64_t end, const float* p, int64_t stride, float* acc) {
@@ -233,22 +223,16 @@ void Session::attend_split(int layer, const float* q, int64_t n, bool plain, boo
     };
   } else {
     scores = [&](int h, int64_t begin, int64_t end, float* s, int64_t stride) {
-      cache_.attend_scores(layer, h, queries + h * m * hd, m, hd, scale, begin, end, s, stride);
+      cache_.attend_scores(layer, h, split_.queries(h), m, hd, scale, begin, end, s, stride);
     };
     values = [&](int h, int64_t begin, int64_t end, const float* p, int64_t stride, float* acc) {
       cache_.attend_values(layer, h, p, stride, m, begin, end, acc, hd);
     };
   }
-  split_.run(lens_, group, n, hd, parallel, probs, scores, values, outputs_.data());
-  for (int64_t h = 0; h < c.n_heads; ++h) {
-    for (int64_t t = 0; t < n; ++t)
-      std::memcpy(out + t * q_dim + h * hd, outputs_.data() + (h * n + t) * hd, static_cast<size_t>(hd) * sizeof(float));
-    if (probs) {
-      const int kvh = static_cast<int>(h / group);
-      const int64_t len = lens_[static_cast<size_t>(kvh)];
-      observe(h, split_.probs(kvh) + (h % group) * n * len, n, len);
-    }
-  }
+  split_.run_heads(q, q_dim, lens_, group, n, hd, parallel, probs, scores, values, out, q_dim);
+  if (probs)
+    for (int64_t h = 0; h < c.n_heads; ++h)
+      observe(h, split_.head_probs(h), n, lens_[static_cast<size_t>(h / group)]);
 }
 
 }  // namespace strata::kv

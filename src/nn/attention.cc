@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -130,6 +131,24 @@ void attention_reference(const float* q, int64_t group, int64_t n, const float* 
       for (int64_t j = 0; j < len; ++j)
         probs[r * len + j] = j < visible ? static_cast<float>(p[static_cast<size_t>(j)] / sum) : 0.0f;
   }
+}
+
+void SplitAttention::run_heads(const float* q, int64_t q_stride, std::span<const int64_t> lens, int64_t group, int64_t n,
+                               int64_t d, bool parallel, bool probs, const ScoresFn& scores, const ValuesFn& values,
+                               float* out, int64_t out_stride) {
+  const int64_t n_heads = static_cast<int64_t>(lens.size()) * group;
+  group_ = group, n_ = n, d_ = d;
+  lens_.assign(lens.begin(), lens.end());
+  queries_.resize(static_cast<size_t>(n_heads * n * d));
+  outputs_.resize(queries_.size());
+  // Row g * n + t of a KV head's block is token t of its query head g.
+  for (int64_t h = 0; h < n_heads; ++h)
+    for (int64_t t = 0; t < n; ++t)
+      std::memcpy(queries_.data() + (h * n + t) * d, q + t * q_stride + h * d, static_cast<size_t>(d) * sizeof(float));
+  run(lens_, group, n, d, parallel, probs, scores, values, outputs_.data());
+  for (int64_t h = 0; h < n_heads; ++h)
+    for (int64_t t = 0; t < n; ++t)
+      std::memcpy(out + t * out_stride + h * d, outputs_.data() + (h * n + t) * d, static_cast<size_t>(d) * sizeof(float));
 }
 
 }  // namespace strata::nn

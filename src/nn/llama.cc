@@ -15,10 +15,6 @@
 namespace strata::nn {
 namespace {
 
-// Forwards of up to this many tokens of one sequence attend by SplitAttention (as kv::Session's do);
-// longer ones (prompts) one query head at a time, where the GEMM-shaped products pay.
-constexpr int64_t kSplitTokens = 8;
-
 constexpr const char* kSlotNames[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
 
 RowMatrix<float> load_matrix(const io::Model& file, const std::string& name, int64_t rows, int64_t cols) {
@@ -360,7 +356,6 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
   RowMatrix<float> gate(n, c.hidden_dim), up(n, c.hidden_dim);
   RowMatrix<float> k_rows, v_rows;  // a KvStore's new keys and values, before it stores them
   SplitAttention split_attention;   // a decode step's attention (buffers reused over the layers)
-  std::vector<float> split_queries, split_outputs;
   if (store_) {
     k_rows.resize(n, kv_dim);
     v_rows.resize(n, kv_dim);
@@ -418,36 +413,23 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
     // A decode step (a few new tokens of one sequence) reads each KV head once for all the query
     // heads that share it, split over (KV head, chunk of tokens) so that both threads share three KV
     // heads evenly; kv::Session runs the same split over its own cache.
-    const bool split = !store_ && !variants_ && n_seqs == 1 && seq_len <= kSplitTokens;
+    const bool split = !store_ && !variants_ && n_seqs == 1 && seq_len <= SplitAttention::kMaxTokens;
     if (split) {
       const int64_t m = group * seq_len;
-      split_queries.resize(static_cast<size_t>(n_kv * m * hd));
-      split_outputs.resize(split_queries.size());
-      for (int64_t h = 0; h < n_heads; ++h)
-        for (int64_t t = 0; t < seq_len; ++t)
-          std::memcpy(split_queries.data() + (h * seq_len + t) * hd, q.data() + t * q_dim + h * hd,
-                      static_cast<size_t>(hd) * sizeof(float));
       const std::vector<int64_t> lens(static_cast<size_t>(n_kv), seq_total);
-      const float* queries = split_queries.data();
       auto scores_of = [&](int h, int64_t begin, int64_t end, float* s, int64_t stride) {
-        kernels::attention_scores(queries + h * m * hd, m, hd, kc + begin * kv_dim + h * hd, end - begin, kv_dim, hd,
-                                  scale, s, stride);
+        kernels::attention_scores(split_attention.queries(h), m, hd, kc + begin * kv_dim + h * hd, end - begin, kv_dim,
+                                  hd, scale, s, stride);
       };
       auto values_of = [&](int h, int64_t begin, int64_t end, const float* p, int64_t stride, float* acc) {
         std::fill(acc, acc + m * hd, 0.0f);
         kernels::attention_values(p, m, stride, vc + begin * kv_dim + h * hd, end - begin, kv_dim, hd, acc, hd);
       };
-      split_attention.run(lens, group, seq_len, hd, parallel_heads, want_probs, scores_of, values_of,
-                          split_outputs.data());
-      for (int64_t h = 0; h < n_heads; ++h) {
-        for (int64_t t = 0; t < seq_len; ++t)
-          std::memcpy(att.data() + t * q_dim + h * hd, split_outputs.data() + (h * seq_len + t) * hd,
-                      static_cast<size_t>(hd) * sizeof(float));
-        if (want_probs)
-          hooks->on_attention(li, static_cast<int>(h),
-                              split_attention.probs(static_cast<int>(h / group)) + (h % group) * seq_len * seq_total,
-                              seq_len, seq_total, seq_pos0);
-      }
+      split_attention.run_heads(q.data(), q_dim, lens, group, seq_len, hd, parallel_heads, want_probs, scores_of,
+                                values_of, att.data(), q_dim);
+      if (want_probs)
+        for (int64_t h = 0; h < n_heads; ++h)
+          hooks->on_attention(li, static_cast<int>(h), split_attention.head_probs(h), seq_len, seq_total, seq_pos0);
     }
     if (!store_ && !split) parallel_for(tasks, parallel_heads ? 1 : tasks, [&](int64_t t0, int64_t t1) {
       RowMatrix<float> scores(seq_len, seq_total);

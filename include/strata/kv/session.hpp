@@ -46,7 +46,7 @@ struct Schedule {
 class Session : private nn::LlamaSession::KvStore {
  public:
   // Forwards of up to this many tokens attend through nn::SplitAttention.
-  static constexpr int64_t kSplitTokens = 8;
+  static constexpr int64_t kSplitTokens = nn::SplitAttention::kMaxTokens;
 
   // max_tokens bounds the positions (the model's context), not the memory, which the budget bounds.
   // The eviction's scorer is bound to the model's layout here and belongs to this session.
@@ -116,7 +116,6 @@ class Session : private nn::LlamaSession::KvStore {
   int64_t evicted_ = 0;
   // attend_split's workspace, kept between steps.
   nn::SplitAttention split_;
-  std::vector<float> queries_, outputs_;
   std::vector<int64_t> lens_;
 };
 

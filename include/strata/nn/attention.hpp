@@ -27,6 +27,9 @@ void causal_softmax_rows(float* scores, int64_t n, int64_t len, int64_t visible0
 class SplitAttention {
  public:
   static constexpr int64_t kChunk = 256;
+  // Forwards of up to this many new tokens are what the split is for (a decode step, a few draft
+  // tokens); longer ones (prompts) pay for GEMM-shaped products one query head at a time.
+  static constexpr int64_t kMaxTokens = 8;
 
   // scores(kv_head, begin, end, out, stride): row r of `out` (stride apart), columns 0 .. end - begin,
   // = the scaled scores of the head's query row r against its tokens [begin, end).
@@ -43,7 +46,23 @@ class SplitAttention {
   // After run(..., probs = true): KV head h's m rows of lens[h] probabilities.
   const float* probs(int kv_head) const { return scores_.data() + offsets_[static_cast<size_t>(kv_head)]; }
 
+  // run() in an engine's layout: q and out are [n, n_heads * d] (query head h at columns h * d, rows
+  // q_stride and out_stride apart), query heads h * group .. h * group + group - 1 share KV head h.
+  // The callbacks read KV head h's grouped query rows ([m, d], m = group * n) from queries(h).
+  void run_heads(const float* q, int64_t q_stride, std::span<const int64_t> lens, int64_t group, int64_t n, int64_t d,
+                 bool parallel, bool probs, const ScoresFn& scores, const ValuesFn& values, float* out,
+                 int64_t out_stride);
+  const float* queries(int kv_head) const { return queries_.data() + kv_head * group_ * n_ * d_; }
+  // After run_heads(..., probs = true): query head h's n rows of its KV head's length.
+  const float* head_probs(int64_t query_head) const {
+    const int kv_head = static_cast<int>(query_head / group_);
+    return probs(kv_head) + (query_head % group_) * n_ * lens_[static_cast<size_t>(kv_head)];
+  }
+
  private:
+  std::vector<float> queries_, outputs_;  // run_heads: per KV head [m, d]
+  std::vector<int64_t> lens_;             // run_heads' lens
+  int64_t group_ = 1, n_ = 1, d_ = 1;
   std::vector<float> scores_;     // per head [m, len]: scores, then per-chunk exponentials, then probs
   std::vector<int64_t> offsets_;  // per head, into scores_
   std::vector<float> acc_;        // per task [m, d]
