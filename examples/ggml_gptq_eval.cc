@@ -10,7 +10,7 @@
 // all-MiniLM-L6-v2 (float32): every linear layer at the type, judged by the cosine of each held-out
 // sentence's embedding to the float model's.
 //
-// Knobs (damping, column order, scale refit) are chosen with --eval-slice 0.7:0.8 (the tuning slice
+// Knobs (damping, column order, scale refit, least-squares scales) are chosen with --eval-slice 0.7:0.8 (the tuning slice
 // here); figures are read on the default 0.9:1.0. Without --damps, --orders or --refits each type
 // runs with its defaults (ggml::gptq_defaults); a list given replaces that setting's default and
 // every combination runs. --gram-skips and --gram-clips build GPTQ's Hessian (not the imatrix, not
@@ -23,7 +23,7 @@
 //
 //   ggml_gptq_eval [--model GGUF] [--calib TXT] [--calib-slice 0:0.5] [--sequences 32] [--length 512]
 //                  [--eval TXT] [--eval-slice 0.9:1.0] [--eval-tokens 4096] [--types q4_0,iq4_nl,q3_k,q2_k]
-//                  [--damps D,...] [--orders natural,act,act_block] [--refits 0,1] [--shrinks A,...]
+//                  [--damps D,...] [--orders natural,act,act_block] [--refits 0,1] [--ls-scales 0,1] [--shrinks A,...]
 //                  [--gram-skips N,...] [--gram-clips Q,...] [--heldout-error] [--no-kl] [--token-norms]
 //                  [--minilm DIR] [--minilm-types q4_0] [--minilm-sentences 512] [--no-minilm] [--no-smollm]
 #include <algorithm>
@@ -66,7 +66,7 @@ struct Args : strata::examples::RealDataArgs {
   std::vector<std::string> types = {"q4_0", "iq4_nl", "q3_k", "q2_k"};
   std::vector<double> damps;
   std::vector<std::string> orders;
-  std::vector<int> refits;
+  std::vector<int> refits, ls_scales;
   std::vector<double> shrinks, gram_clips;
   std::vector<int64_t> gram_skips;
   bool heldout_error = false, per_layer = false, no_kl = false, token_norms = false;
@@ -83,6 +83,8 @@ struct Args : strata::examples::RealDataArgs {
     examples::add_list(app, "--damps", damps, "GPTQ dampings to try (times the Hessian's mean diagonal); none: the type's");
     examples::add_list(app, "--orders", orders, "GPTQ column orders to try (natural, act, act_block); none: the type's");
     examples::add_list(app, "--refits", refits, "GPTQ scale refit passes to try (0 .. 4); none: the type's");
+    examples::add_list(app, "--ls-scales", ls_scales,
+                       "GPTQ least-squares scale refit after the loop, 0 or 1, to try; none: the type's");
     examples::add_list(app, "--shrinks", shrinks,
                        "GPTQ Hessian shrinkages toward its diagonal to try (0 .. 1); none: the type's");
     examples::add_list(app, "--gram-skips", gram_skips,
@@ -190,22 +192,27 @@ std::vector<Method> methods_of(const Args& a, kernels::GgmlType t) {
   if (orders.empty()) orders.emplace_back(ggml::order_name(def.order));
   const std::vector<int> refits = a.refits.empty() ? std::vector<int>{def.refit} : a.refits;
   const std::vector<double> shrinks = a.shrinks.empty() ? std::vector<double>{def.shrink} : a.shrinks;
-  const bool defaults = a.damps.empty() && a.orders.empty() && a.refits.empty() && a.shrinks.empty();
+  const std::vector<int> ls = a.ls_scales.empty() ? std::vector<int>{def.ls_scales ? 1 : 0} : a.ls_scales;
+  const bool defaults =
+      a.damps.empty() && a.orders.empty() && a.refits.empty() && a.shrinks.empty() && a.ls_scales.empty();
   for (const HessianVariant& hv : hessian_variants(a))
     for (double d : damps)
       for (const auto& o : orders)
         for (int rf : refits)
-          for (double sh : shrinks) {
-            ggml::GgmlGptqOptions opt = def;
-            opt.damp = d;
-            opt.order = ggml::parse_order(o);
-            opt.refit = rf;
-            opt.shrink = sh;
-            char buf[128];
-            std::snprintf(buf, sizeof buf, "gptq,damp=%g,order=%s,refit=%d,shrink=%g", d,
-                          ggml::order_name(opt.order).data(), rf, sh);
-            out.push_back({std::string(buf) + hv.label() + (defaults ? " (defaults)" : ""), true, opt, hv});
-          }
+          for (double sh : shrinks)
+            for (int l : ls) {
+              require(l == 0 || l == 1, "--ls-scales: ", l, " is not 0 or 1");
+              ggml::GgmlGptqOptions opt = def;
+              opt.damp = d;
+              opt.order = ggml::parse_order(o);
+              opt.refit = rf;
+              opt.shrink = sh;
+              opt.ls_scales = l == 1;
+              char buf[128];
+              std::snprintf(buf, sizeof buf, "gptq,damp=%g,order=%s,refit=%d,shrink=%g%s", d,
+                            ggml::order_name(opt.order).data(), rf, sh, opt.ls_scales ? ",ls_scales" : "");
+              out.push_back({std::string(buf) + hv.label() + (defaults ? " (defaults)" : ""), true, opt, hv});
+            }
   return out;
 }
 

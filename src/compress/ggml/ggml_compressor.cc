@@ -208,8 +208,9 @@ class GgmlCompressor : public WeightCompressor {
   bool use_imatrix_;
 };
 
-// "q4_k" or "q4_k,damp=0.02,block=128,order=act,refit=1": the type, then GPTQ's settings (the type's
-// defaults, ggml::gptq_defaults, for those not named); act_order=0|1 means order=natural|act.
+// "q4_k" or "q4_k,damp=0.02,block=128,order=act,refit=1,shrink=0.3,ls_scales=1": the type, then
+// GPTQ's settings (the type's defaults, ggml::gptq_defaults, for those not named); act_order=0|1
+// means order=natural|act.
 struct GptqKnob {
   GgmlType type;
   GgmlGptqOptions options;
@@ -237,8 +238,14 @@ GptqKnob parse_gptq_knob(std::string_view knob, std::string_view layer) {
         k.options.order = ggml::parse_order(value);
       else if (key == "refit")
         k.options.refit = static_cast<int>(knob_int(kv, key, knob));
-      else
-        fail("unknown setting '", key, "' (damp, block, order, act_order, refit)");
+      else if (key == "shrink")
+        k.options.shrink = knob_double(kv, key, knob);
+      else if (key == "ls_scales") {
+        const int64_t v = knob_int(kv, key, knob);
+        require(v == 0 || v == 1, "ls_scales must be 0 or 1, got ", value);
+        k.options.ls_scales = v == 1;
+      } else
+        fail("unknown setting '", key, "' (damp, block, order, act_order, refit, shrink, ls_scales)");
     }
   } catch (const Error& e) {
     fail("layer '", layer, "': knob '", knob, "': ", e.what());
@@ -255,7 +262,8 @@ class GgmlGptqCompressor final : public GgmlCompressor {
   std::string_view name() const override { return kGptq; }
   std::string_view description() const override {
     return "llama.cpp block formats (q2_k ... q8_0, iq4_nl) written by GPTQ's error feedback, each block's scales "
-           "chosen by ggml's imatrix-weighted search; knob TYPE[,damp=X,block=N,order=natural|act|act_block,refit=N]";
+           "chosen by ggml's imatrix-weighted search; knob "
+           "TYPE[,damp=X,block=N,order=natural|act|act_block,refit=N,shrink=A,ls_scales=0|1]";
   }
   bool needs_hessian() const override { return true; }
   bool reads_hessian() const override { return true; }

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <Eigen/Cholesky>
+
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -143,6 +145,109 @@ TEST_P(GgmlGptqTypes, ShrinkIsGptqOnTheHessianShrunkTowardItsDiagonal) {
   }
 }
 
+// The damped Hessian the least-squares refit minimizes over (as the loop damps it, no shrink).
+Matrix<double> damped(const Matrix<double>& h, double damp) {
+  Matrix<double> hd = h;
+  hd.diagonal().array() += damp * h.diagonal().mean();
+  return hd;
+}
+
+// Per row: (w - q) H (w - q)^T.
+std::vector<double> row_errors(const RowMatrix<float>& w, const RowMatrix<float>& q, const Matrix<double>& h) {
+  std::vector<double> out;
+  for (int64_t r = 0; r < w.rows(); ++r) {
+    const Vector<double> d = (w.row(r) - q.row(r)).transpose().cast<double>();
+    out.push_back(d.dot(h * d));
+  }
+  return out;
+}
+
+TEST_P(GgmlGptqTypes, LeastSquaresScalesNeverRaiseARowsObjective) {
+  const GgmlType t = GetParam();
+  const Problem p = make_problem(16, 512, 21);
+  for (GgmlGptqOptions o : {gptq_defaults(t), variants()[0]}) {
+    SCOPED_TRACE(lower_name(t) + " " + describe(o));
+    const GgmlGptqResult plain = gptq(t, p.w, p.h, p.imatrix, o, "test.weight");
+    o.ls_scales = true;
+    const GgmlGptqResult r = gptq(t, p.w, p.h, p.imatrix, o, "test.weight");
+    const RowMatrix<float> deq = dequantize_all(t, r.blocks, 16, 512);
+    ASSERT_EQ(std::memcmp(deq.data(), r.values.data(), sizeof(float) * static_cast<std::size_t>(deq.size())), 0);
+    const Matrix<double> hd = damped(p.h, o.damp);
+    const std::vector<double> before = row_errors(p.w, plain.values, hd), after = row_errors(p.w, r.values, hd);
+    double sum_before = 0, sum_after = 0;
+    for (std::size_t i = 0; i < before.size(); ++i) {
+      // The refit compares rows in double on the stored scales; the float dequantizer may round a
+      // min type's d * q + m differently by an ulp, hence the relative slack.
+      EXPECT_LE(after[i], before[i] * (1 + 1e-6)) << "row " << i;
+      sum_before += before[i];
+      sum_after += after[i];
+    }
+    // The scales ggml's search picked are not the least-squares ones under the correlated H.
+    EXPECT_LT(sum_after, sum_before);
+    EXPECT_NE(r.blocks, plain.blocks);
+    // Refit passes on least-squares scales: the loop reruns on the previous pass's refitted grids.
+    o.refit = 2;
+    const GgmlGptqResult rounds = gptq(t, p.w, p.h, p.imatrix, o, "test.weight");
+    const RowMatrix<float> deq_rounds = dequantize_all(t, rounds.blocks, 16, 512);
+    ASSERT_EQ(std::memcmp(deq_rounds.data(), rounds.values.data(), sizeof(float) * static_cast<std::size_t>(deq_rounds.size())), 0);
+    EXPECT_LT(weighted_error(p.w, rounds.values, hd), sum_before);
+  }
+}
+
+// The refit on its own, on bytes whose least-squares scales are known: w = q* + r with r
+// H-orthogonal to every direction the scales (and mins) move q in, so the continuous optimum is q*'s
+// own scales, which are binary16 (and, for the k-quants, ggml's integers under a binary16 d and dmin),
+// so the format holds them exactly.
+TEST_P(GgmlGptqTypes, LeastSquaresScalesReachAnExactlyRepresentableOptimum) {
+  const GgmlType t = GetParam();
+  const int64_t rows = 4, cols = 512, bs = kernels::ggml_block_size(t);
+  const bool k = bs == 256, with_min = t == GgmlType::Q4_1 || t == GgmlType::Q5_1 || t == GgmlType::Q2_K ||
+                                       t == GgmlType::Q4_K || t == GgmlType::Q5_K;
+  const int64_t sub = (t == GgmlType::Q4_K || t == GgmlType::Q5_K || !k) ? 32 : 16, nsub = cols / sub;
+  const Problem p = make_problem(rows, cols, 22);
+  const std::vector<std::byte> start = quantize(t, p.w.data(), rows, cols, p.imatrix);
+  // q*: every block's d (and dmin or m) scaled by 1.0625 and by 0.9375 for the min, through binary16.
+  std::vector<std::byte> target = start;
+  const uint64_t ts = kernels::ggml_type_size(t);
+  for (uint64_t b = 0; b < target.size() / ts; ++b) {
+    std::byte* blk = target.data() + b * ts;
+    // The binary16 d (and the min's) sit first in the legacy blocks, last in q2_k, q3_k and q6_k,
+    // first in q4_k and q5_k.
+    const bool tail = t == GgmlType::Q2_K || t == GgmlType::Q3_K || t == GgmlType::Q6_K;
+    const uint64_t at = tail ? ts - (t == GgmlType::Q2_K ? 4 : 2) : 0;
+    for (int f = 0; f < (with_min ? 2 : 1); ++f) {
+      uint16_t bits;
+      std::memcpy(&bits, blk + at + 2 * f, 2);
+      bits = f32_to_f16(f16_to_f32(f16{bits}) * (f == 0 ? 1.0625f : 0.9375f)).bits;
+      std::memcpy(blk + at + 2 * f, &bits, 2);
+    }
+  }
+  const RowMatrix<float> qstar = dequantize_all(t, target, rows, cols);
+  RowMatrix<float> w(rows, cols);
+  const RowMatrix<float> z = strata::testing::heavy_tailed(rows, cols, 23);
+  for (int64_t r = 0; r < rows; ++r) {
+    // The directions the scales move the row in: each sub-block's values, and its indicator for a min.
+    Matrix<double> v = Matrix<double>::Zero(cols, nsub * (with_min ? 2 : 1));
+    for (int64_t j = 0; j < nsub; ++j)
+      for (int64_t i = j * sub; i < (j + 1) * sub; ++i) {
+        v(i, j) = qstar(r, i);
+        if (with_min) v(i, nsub + j) = 1;
+      }
+    const Vector<double> zr = 0.02 * z.row(r).transpose().cast<double>();
+    const Matrix<double> g = v.transpose() * p.h * v;
+    const Vector<double> resid = zr - v * g.ldlt().solve(v.transpose() * (p.h * zr));
+    for (int64_t i = 0; i < cols; ++i) w(r, i) = static_cast<float>(qstar(r, i) + resid[i]);
+  }
+  std::vector<std::byte> bytes = start;
+  EXPECT_EQ(detail::refit_scales(t, w, p.h, bytes), rows);
+  const RowMatrix<float> got = dequantize_all(t, bytes, rows, cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < cols; ++i)
+      ASSERT_NEAR(got(r, i), qstar(r, i), 1e-6 * (std::fabs(qstar(r, i)) + 1e-3)) << "[" << r << ", " << i << "]";
+  // The legacy types hold one parameter per role: the bytes themselves.
+  if (!k) EXPECT_EQ(bytes, target);
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, GgmlGptqTypes,
                          ::testing::Values(GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
                                            GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K,
@@ -156,6 +261,51 @@ std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
+}
+
+// With an identity Hessian no error moves and the codes are ggml's; each block's least-squares scale
+// is then sum(w v) / sum(v v), v its levels. The refit writes those, in binary16, into ggml's bytes
+// for a row where that lowers the row's squared error, and leaves the row as ggml wrote it otherwise.
+TEST(GgmlGptq, LeastSquaresScalesUnderAnIdentityHessian) {
+  const int64_t rows = 6, cols = 512;
+  const Matrix<double> identity = Matrix<double>::Identity(cols, cols);
+  for (const GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::IQ4_NL}) {
+    SCOPED_TRACE(lower_name(t));
+    const Problem p = make_problem(rows, cols, 24);
+    GgmlGptqOptions o = gptq_defaults(t);
+    o.ls_scales = true;
+    const GgmlGptqResult r = gptq(t, p.w, identity, p.imatrix, o, "test.weight");
+    const std::vector<std::byte> ggml_bytes = quantize(t, p.w.data(), rows, cols, p.imatrix);
+    const RowMatrix<float> ggml_values = dequantize_all(t, ggml_bytes, rows, cols);
+    // The reference: the binary16 d sits first in each of these blocks.
+    std::vector<std::byte> expected = ggml_bytes, candidate = ggml_bytes;
+    const uint64_t ts = kernels::ggml_type_size(t), rb = kernels::ggml_row_size(t, cols);
+    for (int64_t b = 0; b < rows * cols / 32; ++b) {
+      uint16_t bits;
+      std::memcpy(&bits, candidate.data() + static_cast<uint64_t>(b) * ts, 2);
+      const double d = f16_to_f32(f16{bits});
+      double wv = 0, vv = 0;
+      for (int64_t i = 0; i < 32; ++i) {
+        const int64_t at = b * 32 + i;
+        const double v = d != 0 ? ggml_values.data()[at] / d : 0;
+        wv += p.w.data()[at] * v;
+        vv += v * v;
+      }
+      if (vv == 0) continue;
+      bits = f32_to_f16(static_cast<float>(wv / vv)).bits;
+      std::memcpy(candidate.data() + static_cast<uint64_t>(b) * ts, &bits, 2);
+    }
+    const RowMatrix<float> cand_values = dequantize_all(t, candidate, rows, cols);
+    const std::vector<double> e_ggml = row_errors(p.w, ggml_values, identity), e_cand = row_errors(p.w, cand_values, identity);
+    int better = 0;
+    for (int64_t row = 0; row < rows; ++row)
+      if (e_cand[static_cast<std::size_t>(row)] < e_ggml[static_cast<std::size_t>(row)]) {
+        ++better;
+        std::memcpy(expected.data() + static_cast<uint64_t>(row) * rb, candidate.data() + static_cast<uint64_t>(row) * rb, rb);
+      }
+    EXPECT_EQ(r.blocks, expected);
+    EXPECT_GT(better, 0);
+  }
 }
 
 TEST(GgmlGptq, BadInputNamesTheTensor) {
@@ -232,6 +382,20 @@ TEST(GgmlGptqCompressor, RunsAndWritesAsTheGgmlType) {
   o.refit = 2;
   EXPECT_EQ(gguf_tensor_data(c.apply(layer, calib, "q2_k,order=act_block,refit=2")).bytes,
             gptq(GgmlType::Q2_K, p.w, p.h, p.imatrix, o, "x").blocks);
+  // shrink= and ls_scales= reach the function.
+  o = gptq_defaults(GgmlType::Q4_0);
+  o.ls_scales = true;
+  o.shrink = 0.25;
+  EXPECT_EQ(gguf_tensor_data(c.apply(layer, calib, "q4_0,shrink=0.25,ls_scales=1")).bytes,
+            gptq(GgmlType::Q4_0, p.w, p.h, p.imatrix, o, "x").blocks);
+  EXPECT_EQ(gguf_tensor_data(c.apply(layer, calib, "q4_0,ls_scales=0")).bytes,
+            gptq(GgmlType::Q4_0, p.w, p.h, p.imatrix).blocks);
+  for (const char* bad : {"q4_0,ls_scales=2", "q4_0,ls_scales=yes", "q4_0,shrink=1.5"}) {
+    const std::string m = error_of([&] { c.apply(layer, calib, bad); });
+    EXPECT_NE(m.find(std::string(bad).find("ls_") != std::string::npos ? "ls_scales" : "shrink"), std::string::npos)
+        << bad << ": " << m;
+    EXPECT_NE(m.find("blk.0.ffn_up.weight"), std::string::npos) << bad << ": " << m;
+  }
   // Bad knobs and a row that is not whole super-blocks, refused naming the layer.
   EXPECT_THROW(c.apply(layer, calib, "q3_k,bogus=1"), Error);
   EXPECT_THROW(c.apply(layer, calib, "q3_k+imatrix"), Error);

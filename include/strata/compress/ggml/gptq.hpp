@@ -26,8 +26,19 @@
 //   it; sigma^2 of those rows), and the loop runs again from the original weights with those scales
 //   fixed; n such extra passes.
 //
+// - ls_scales ("least-squares scale refit"): after the loop the codes are fixed and the row's values
+//   are linear in the continuous parameters (each block's d, and m where the type has one; for the
+//   k-quants each sub-block's d * scale and dmin * min), so the row's GPTQ objective
+//   (w - q)^T H (w - q), H the damped Hessian, is a linear least-squares problem in them: solved
+//   exactly per row, then written back in the format's precision (binary16; for the k-quants integer
+//   sub-scales under a binary16 d and dmin). The new bytes are kept only where that objective drops.
+//   With refit = n as well, each refit pass keeps the previous pass's codes' least-squares scales in
+//   place of ggml's search and reruns the loop on those grids, every weight rounded to the nearest
+//   grid value; the last pass is refitted too.
+//
 // With an identity Hessian no error moves, every weight keeps its fitted value, and the bytes are
-// those of ggml's quantizer on the whole row, whatever the order and refit.
+// those of ggml's quantizer on the whole row, whatever the order and refit (ls_scales off; with it
+// the codes are ggml's and each block's scale is the least-squares one where that is lower).
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -61,6 +72,9 @@ struct GgmlGptqOptions {
   // cross-correlations the error feedback follows. 1 leaves no feedback: ggml's own rounding. Off in
   // every type's defaults: on the tuning text it lowered q3_k's held-out layer error, not its KL.
   double shrink = 0;
+  // After the loop: the block scales (and mins) re-solved by least squares under the damped Hessian
+  // with the codes fixed, kept per row where the objective drops (see the top of this file).
+  bool ls_scales = false;
 };
 
 // The settings quant.ggml_gptq uses for a type when its knob names none: chosen by KL on SmolLM2
@@ -85,5 +99,14 @@ GgmlGptqResult gptq(kernels::GgmlType type, const RowMatrix<float>& w, const Mat
 // With gptq_defaults(type).
 GgmlGptqResult gptq(kernels::GgmlType type, const RowMatrix<float>& w, const Matrix<double>& h,
                     std::span<const float> importance);
+
+namespace detail {
+// The least-squares scale refit on its own: every row of `blocks` (w's shape at `type`, ggml's
+// layout) gets its scales (and mins) re-solved with its codes fixed under `hd` (taken as given: damp
+// it first), written back in the format's precision, and keeps them only where the row's objective
+// (w - q)^T hd (w - q) drops. Returns how many rows changed.
+int64_t refit_scales(kernels::GgmlType type, const RowMatrix<float>& w, const Matrix<double>& hd,
+                     std::span<std::byte> blocks);
+}  // namespace detail
 
 }  // namespace strata::compress::ggml
