@@ -98,6 +98,7 @@ void Session::forward(std::span<const int32_t> tokens, float* logits, nn::Logits
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t pos0 = session_.position();
   session_.forward(tokens, logits, which, hooks);
+  prefill_probs_.clear();  // a prompt's probabilities are not worth holding while decoding
   const nn::PrefillPruner* pruner = hooks ? hooks->prefill_pruner() : nullptr;
   if (pruner && n > 1 && pruner->options().evict_early_layers && !pruner->options().steps.empty())
     keep_pruned(*pruner, pos0);
@@ -181,24 +182,27 @@ void Session::attend_new(int layer, const float* q, int64_t n, int64_t pos0, flo
     return;
   }
 
-  parallel_for(n_heads, parallel_heads ? 1 : n_heads, [&](int64_t h0, int64_t h1) {
-    RowMatrix<float> scores;
-    for (int64_t h = h0; h < h1; ++h) {
-      const int kvh = static_cast<int>(h / group);
-      const int64_t len = cache_.length(layer, kvh);
-      // The n new tokens are the head's last n, so query t sees the first len - n + t + 1 tokens.
-      const int64_t before = len - n;
-      using Strided = Eigen::Map<const RowMatrix<float>, 0, Eigen::OuterStride<>>;
-      Strided qh(q + h * hd, n, hd, Eigen::OuterStride<>(q_dim));
-      Eigen::Map<const RowMatrix<float>> kh(cache_.keys(layer, kvh), len, hd);
-      Eigen::Map<const RowMatrix<float>> vh(cache_.values(layer, kvh), len, hd);
-      scores.resize(n, len);
-      scores.noalias() = (qh * kh.transpose()) * scale;
-      nn::causal_softmax_rows(scores.data(), n, len, before);
-      observe(h, scores.data(), n, len);
-      Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>> o(out + h * hd, n, hd, Eigen::OuterStride<>(q_dim));
-      o.noalias() = scores * vh;
-    }
+  // One query head at a time, in lanes of heads (one per thread); asked for probabilities, each lane
+  // keeps one [n, len] buffer for the whole forward instead of a fresh one per head and layer.
+  const bool want_probs = scorer_probs || hook_probs;
+  const int64_t lanes = parallel_heads ? std::min<int64_t>(num_threads(), n_heads) : 1;
+  if (want_probs && static_cast<int64_t>(prefill_probs_.size()) < lanes) prefill_probs_.resize(static_cast<size_t>(lanes));
+  parallel_for(lanes, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t lane = l0; lane < l1; ++lane)
+      for (int64_t h = lane; h < n_heads; h += lanes) {
+        const int kvh = static_cast<int>(h / group);
+        const int64_t len = cache_.length(layer, kvh);
+        float* probs = nullptr;
+        if (want_probs) {
+          std::vector<float>& buffer = prefill_probs_[static_cast<size_t>(lane)];
+          buffer.resize(static_cast<size_t>(n * len));
+          probs = buffer.data();
+        }
+        // The n new tokens are the head's last n.
+        nn::causal_attention(q + h * hd, q_dim, cache_.keys(layer, kvh), cache_.values(layer, kvh), hd, n, len, hd,
+                             scale, out + h * hd, q_dim, probs);
+        if (want_probs) observe(h, probs, n, len);
+      }
   });
 }
 

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "strata/core/eigen.hpp"
 #include "strata/core/error.hpp"
 #include "strata/core/parallel.hpp"
 #include "strata/kernels/softmax.hpp"
@@ -21,6 +22,34 @@ void causal_softmax_rows(float* scores, int64_t n, int64_t len, int64_t visible0
     const float inv = static_cast<float>(1.0 / sum);
     for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
     for (int64_t j = visible; j < len; ++j) row[j] = 0.0f;
+  }
+}
+
+void causal_attention(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride, int64_t n,
+                      int64_t len, int64_t d, float scale, float* out, int64_t out_stride, float* probs) {
+  require(n >= 0 && len >= n && d >= 1, "causal_attention: ", n, " query rows over ", len, " keys of width ", d);
+  using Strided = Eigen::Map<const RowMatrix<float>, 0, Eigen::OuterStride<>>;
+  using StridedOut = Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>>;
+  thread_local std::vector<float> block;
+  const int64_t before = len - n;
+  for (int64_t r0 = 0; r0 < n; r0 += kCausalRowBlock) {
+    const int64_t rows = std::min(kCausalRowBlock, n - r0), seen = before + r0 + rows;
+    float* s = nullptr;
+    int64_t stride = seen;
+    if (probs) {
+      s = probs + r0 * len, stride = len;
+    } else {
+      block.resize(static_cast<size_t>(rows * seen));
+      s = block.data();
+    }
+    StridedOut scores(s, rows, seen, Eigen::OuterStride<>(stride));
+    scores.noalias() = (Strided(q + r0 * q_stride, rows, d, Eigen::OuterStride<>(q_stride)) *
+                        Strided(k, seen, d, Eigen::OuterStride<>(kv_stride)).transpose()) *
+                       scale;
+    // With probs the columns past `seen` hold stale values: the softmax writes 0 over them.
+    causal_softmax_rows(s, rows, stride, before + r0);
+    StridedOut(out + r0 * out_stride, rows, d, Eigen::OuterStride<>(out_stride)).noalias() =
+        scores * Strided(v, seen, d, Eigen::OuterStride<>(kv_stride));
   }
 }
 

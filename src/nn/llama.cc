@@ -432,21 +432,15 @@ void LlamaSession::run_blocks(RowMatrix<float>& x, int first_block, int last_blo
           hooks->on_attention(li, static_cast<int>(h), split_attention.head_probs(h), seq_len, seq_total, seq_pos0);
     }
     if (!store_ && !split) parallel_for(tasks, parallel_heads ? 1 : tasks, [&](int64_t t0, int64_t t1) {
-      RowMatrix<float> scores(seq_len, seq_total);
+      std::vector<float> probs(want_probs ? static_cast<size_t>(seq_len * seq_total) : 0);
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t s = task / n_heads, h = task % n_heads, kvh = h / group;
         // A sequence of a variant run keeps its keys at rows [s * seq_len, (s + 1) * seq_len).
         const int64_t row0 = s * seq_len, key0 = variants_ ? row0 : 0;
-        using Strided = Eigen::Map<const RowMatrix<float>, 0, Eigen::OuterStride<>>;
-        Strided qh(q.data() + row0 * q_dim + h * hd, seq_len, hd, Eigen::OuterStride<>(q_dim));
-        Strided kh(kc + key0 * kv_dim + kvh * hd, seq_total, hd, Eigen::OuterStride<>(kv_dim));
-        Strided vh(vc + key0 * kv_dim + kvh * hd, seq_total, hd, Eigen::OuterStride<>(kv_dim));
-        scores.noalias() = (qh * kh.transpose()) * scale;
-        causal_softmax_rows(scores.data(), seq_len, seq_total, seq_pos0);
-        if (want_probs) hooks->on_attention(li, static_cast<int>(h), scores.data(), seq_len, seq_total, seq_pos0);
-        Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>> out(att.data() + row0 * q_dim + h * hd, seq_len, hd,
-                                                                   Eigen::OuterStride<>(q_dim));
-        out.noalias() = scores * vh;
+        causal_attention(q.data() + row0 * q_dim + h * hd, q_dim, kc + key0 * kv_dim + kvh * hd,
+                         vc + key0 * kv_dim + kvh * hd, kv_dim, seq_len, seq_total, hd, scale,
+                         att.data() + row0 * q_dim + h * hd, q_dim, want_probs ? probs.data() : nullptr);
+        if (want_probs) hooks->on_attention(li, static_cast<int>(h), probs.data(), seq_len, seq_total, seq_pos0);
       }
     });
 

@@ -117,6 +117,7 @@ class Session : private nn::LlamaSession::KvStore {
   // attend_split's workspace, kept between steps.
   nn::SplitAttention split_;
   std::vector<int64_t> lens_;
+  std::vector<std::vector<float>> prefill_probs_;  // per lane of heads, during a prompt's forward
 };
 
 }  // namespace strata::kv

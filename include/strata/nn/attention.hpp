@@ -12,6 +12,18 @@ namespace strata::nn {
 // those become the softmax over them (max-subtracted, summed in double), the rest exactly 0.
 void causal_softmax_rows(float* scores, int64_t n, int64_t len, int64_t visible0);
 
+// Causal attention of one query head over a prompt: n query rows (q, q_stride apart) against len key
+// and value rows (k and v, kv_stride apart), the first len - n of them from before the prompt, so row t
+// sees the first len - n + t + 1; out: n rows of d, out_stride apart. Rows go kCausalRowBlock at a time,
+// and a block is scored only against the keys its last row sees: about half the products of one [n, len]
+// score matrix on a long prompt. Without `probs` one block's scores are all the memory it takes (kept
+// per thread and reused: a fresh [n, len] buffer per head and layer makes a 4K-token prompt spend more
+// time in page faults than in its attention); with `probs` ([n, len], rows len apart) the scores are
+// made there and left as each row's softmax, 0 past its visible keys, for scorers and hooks.
+inline constexpr int64_t kCausalRowBlock = 128;
+void causal_attention(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride, int64_t n,
+                      int64_t len, int64_t d, float scale, float* out, int64_t out_stride, float* probs = nullptr);
+
 // Attention of n new tokens (n small: a decode step has 1) over KV heads whose rows are read through
 // callbacks, so that any stored form can be attended. Each KV head serves `group` query heads; its m =
 // group * n query rows are row r = g * n + t (query head g of the head's group, new token t), and row
