@@ -7,6 +7,8 @@
 //                    [--matching bipartite|greedy] [--schedule F0,F1,...] [benchmark flags]
 // e.g. --benchmark_repetitions=3 --benchmark_enable_random_interleaving=true: the summary takes the least time
 // of the repetitions. --schedule adds a merge schedule of per-layer fractions (encoder/merge/schedule).
+// correction/{shift,affine} time token::EmbeddingCorrection on as many pooled rows as there are passages, against
+// the dense encoder over them.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -31,6 +33,7 @@
 #include "strata/nn/passages.hpp"
 #include "strata/nn/dataset.hpp"
 #include "strata/nn/tokenizer.hpp"
+#include "strata/token/correction.hpp"
 #include "strata/token/merge.hpp"
 
 namespace {
@@ -58,6 +61,23 @@ void BM_Matching(benchmark::State& state, strata::token::Matching matching) {
   }
   strata::set_num_threads(threads);
   state.counters["tokens"] = static_cast<double>(n);
+}
+
+// An embedding correction (fitted on random pairs: its cost does not depend on the values) applied to one pooled
+// row per passage, with the L2 normalisation that follows it.
+void BM_Correction(benchmark::State& state, strata::token::CorrectionKind kind) {
+  const int64_t n = state.range(0), d = state.range(1);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  strata::RowMatrix<float> x(2 * d, d), y(2 * d, d), pools(n, d);
+  for (auto* m : {&x, &y, &pools})
+    for (int64_t i = 0; i < m->size(); ++i) m->data()[i] = g(rng);
+  const auto c = kind == strata::token::CorrectionKind::affine ? strata::token::EmbeddingCorrection::affine(x, y, 0.01)
+                                                               : strata::token::EmbeddingCorrection::shift(x, y);
+  for (auto _ : state) {
+    const strata::RowMatrix<float> e = c.embed(pools);
+    benchmark::DoNotOptimize(e.data());
+  }
 }
 
 // The whole encoder (embeddings, every layer, pooling) over every batch of the passages; null options: dense.
@@ -146,6 +166,14 @@ int main(int argc, char** argv) {
             ->UseRealTime();
       };
       add("encoder/dense", std::nullopt);
+      const auto rows = static_cast<int64_t>(g_passages.lengths.size());
+      for (auto [name, kind] : {std::pair{"correction/shift", strata::token::CorrectionKind::shift},
+                                std::pair{"correction/affine", strata::token::CorrectionKind::affine}})
+        benchmark::RegisterBenchmark(name, BM_Correction, kind)
+            ->Args({rows, c.dim})
+            ->Unit(benchmark::kMillisecond)
+            ->MeasureProcessCPUTime()
+            ->UseRealTime();
       // As token_merge_eval runs them: merging on the hidden states, greedy pairs unless --matching says.
       strata::token::ReducerOptions base;
       base.metric = strata::token::Metric::hidden;
@@ -200,6 +228,10 @@ int main(int argc, char** argv) {
       if (name != "encoder/dense" && name.starts_with("encoder/"))
         std::printf("  %-28s FLOPs %5.1f%%   wall %8.1f ms (%.2fx)   process CPU %8.1f ms (%.2fx)\n", name.c_str(),
                     100 * g_flops[name] / dense_flops, 1e3 * s.wall, d.wall / s.wall, 1e3 * s.cpu, d.cpu / s.cpu);
+    for (const auto& [name, s] : g_seconds)
+      if (name.starts_with("correction/"))
+        std::printf("  %-28s %.3f ms process CPU for %zu passages: %.4f%% of the dense encoder's\n", name.c_str(),
+                    1e3 * s.cpu, g_passages.lengths.size(), 100 * s.cpu / d.cpu);
   }
   return 0;
 }
