@@ -78,9 +78,9 @@ struct GgmlGptqOptions {
 };
 
 // The settings quant.ggml_gptq uses for a type when its knob names none: chosen by KL on SmolLM2
-// with Moby-Dick 0.7:0.8 as the tuning text (docs/ggml-quantization.md, "Tuning"): no refit;
-// act-order (act_order_in_blocks for q3_k); damp 0.3 for q2_k, 0.1 for q3_k and iq4_nl, 0.01 for
-// the others.
+// with Moby-Dick 0.7:0.8 as the tuning text (docs/ggml-quantization.md, "Tuning"): act-order
+// (act_order_in_blocks for q3_k); damp 0.3 for q2_k, 0.1 for q3_k and iq4_nl, 0.01 for the others;
+// ls_scales for iq4_nl, q2_k and q3_k, with one refit pass for q3_k; no refit for the others.
 GgmlGptqOptions gptq_defaults(kernels::GgmlType type);
 
 struct GgmlGptqResult {
