@@ -34,14 +34,17 @@
 #include <vector>
 
 #include "../src/kernels/cpu/attention_decode.hpp"
+#include "../src/kernels/cpu/kivi_attention.hpp"
 #include "../src/kernels/cpu/kv_score.hpp"  // the helpers and their scalar references
 #include "llama_cpp_runner.hpp"
 #include "strata/core/blas.hpp"
+#include "strata/core/dtype.hpp"
 #include "strata/core/eigen.hpp"
 #include "strata/core/parallel.hpp"
 #include "strata/io/data_paths.hpp"
 #include "strata/io/model.hpp"
 #include "strata/kernels/hadamard.hpp"
+#include "strata/kv/cache.hpp"
 #include "strata/kv/session.hpp"
 #include "strata/nn/attention.hpp"
 #include "strata/nn/llama.hpp"
@@ -291,6 +294,91 @@ void BM_AttentionOnly(benchmark::State& state, int64_t context) {
   state.counters["split_ms"] = median(b_ms);
 }
 
+// Decode attention alone over a kv::Cache in each stored format, SmolLM2's shape (30 layers, 3 KV
+// heads of 64, 3 query heads each, one new token), random rows with a few loud channels: the step's
+// attention as kv::Session runs it (nn::SplitAttention over Cache::attend_scores / attend_values;
+// the float32 cache through the float kernels on its rows, as the session's plain path does). The
+// formats take turns, one 30-layer pass each; medians of wall and CPU time per pass.
+struct CacheAttentionRun {
+  double ms = 0, cpu = 0;
+};
+std::map<int64_t, std::vector<std::pair<std::string, CacheAttentionRun>>> g_cache_attention;
+
+void BM_CacheAttention(benchmark::State& state, int64_t context) {
+  using strata::kv::Cache;
+  using strata::kv::CacheFormat;
+  using strata::kv::KvFormat;
+  constexpr int64_t layers = 30, n_kv = 3, group = 3, d = 64, m = group;
+  const float scale = 0.125f;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> g;
+  Cache base(layers, n_kv, d, context);
+  {
+    std::vector<float> k(static_cast<size_t>(context * n_kv * d)), v(k.size());
+    for (int64_t l = 0; l < layers; ++l) {
+      for (size_t i = 0; i < k.size(); ++i) {
+        k[i] = g(rng) * (i % d == 5 ? 12.0f : 1.0f);
+        v[i] = g(rng);
+      }
+      base.append(static_cast<int>(l), k.data(), v.data(), context, 0);
+    }
+  }
+  auto fmt = [](KvFormat f, bool rotate) {
+    CacheFormat c;
+    c.key = c.value = f;
+    c.rotate = rotate;
+    return c;
+  };
+  const std::vector<std::pair<std::string, CacheFormat>> formats = {
+      {"f32", fmt(KvFormat::f32, false)},     {"q4_0", fmt(KvFormat::q4_0, false)},
+      {"kivi4", fmt(KvFormat::kivi4, false)}, {"kivi4+rot", fmt(KvFormat::kivi4, true)},
+      {"kivi2", fmt(KvFormat::kivi2, false)}, {"kivi2+rot", fmt(KvFormat::kivi2, true)}};
+  std::vector<Cache> caches;
+  for (const auto& [name, f] : formats) caches.push_back(f.full_precision() ? Cache(base) : base.converted(f));
+  std::vector<float> q(static_cast<size_t>(n_kv * m * d)), out(q.size());
+  for (auto& x : q) x = g(rng);
+  strata::nn::SplitAttention split;
+  const std::vector<int64_t> lens(n_kv, context);
+  auto pass = [&](const Cache& c) {
+    const bool plain = c.format().full_precision();
+    for (int l = 0; l < layers; ++l)
+      split.run(
+          lens, group, 1, d, true, false,
+          [&](int h, int64_t b, int64_t e, float* s, int64_t stride) {
+            if (plain)
+              strata::kernels::attention_scores(q.data() + h * m * d, m, d, c.keys(l, h) + b * d, e - b, d, d, scale,
+                                                s, stride);
+            else
+              c.attend_scores(l, h, q.data() + h * m * d, m, d, scale, b, e, s, stride);
+          },
+          [&](int h, int64_t b, int64_t e, const float* p, int64_t stride, float* acc) {
+            if (plain) {
+              std::fill(acc, acc + m * d, 0.0f);
+              strata::kernels::attention_values(p, m, stride, c.values(l, h) + b * d, e - b, d, d, acc, d);
+            } else {
+              c.attend_values(l, h, p, stride, m, b, e, acc, d);
+            }
+          },
+          out.data());
+  };
+  std::vector<std::vector<double>> ms(formats.size()), cpu(formats.size());
+  for (auto _ : state)
+    for (int rep = 0; rep < 24; ++rep)
+      for (size_t f = 0; f < formats.size(); ++f) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const double c0 = process_cpu_ms();
+        pass(caches[f]);
+        ms[f].push_back(ms_since(t0));
+        cpu[f].push_back(process_cpu_ms() - c0);
+      }
+  auto& runs = g_cache_attention[context];
+  runs.clear();
+  for (size_t f = 0; f < formats.size(); ++f) {
+    runs.emplace_back(formats[f].first, CacheAttentionRun{median(ms[f]), median(cpu[f])});
+    state.counters[formats[f].first + "_ms"] = median(ms[f]);
+  }
+}
+
 void register_formats(const std::vector<int64_t>& contexts) {
   using strata::kv::CacheFormat;
   using strata::kv::KvFormat;
@@ -314,6 +402,10 @@ void register_formats(const std::vector<int64_t>& contexts) {
     const std::string bm = "FormatDecode/attention_only/" + std::to_string(context);
     benchmark::RegisterBenchmark(bm.c_str(), BM_AttentionOnly, context)->Iterations(1)->Unit(benchmark::kMillisecond);
   }
+  for (const int64_t context : contexts) {
+    const std::string bm = "FormatDecode/attention_cache/" + std::to_string(context);
+    benchmark::RegisterBenchmark(bm.c_str(), BM_CacheAttention, context)->Iterations(1)->Unit(benchmark::kMillisecond);
+  }
 }
 
 void print_formats() {
@@ -326,6 +418,18 @@ void print_formats() {
       std::printf("%-8lld %16.2f %16.2f %14.2f %14.2f %11.2fx %11.2fx\n", static_cast<long long>(context),
                   a.per_head_ms, a.per_head_cpu, a.split_ms, a.split_cpu, a.per_head_ms / a.split_ms,
                   a.per_head_cpu / a.split_cpu);
+  }
+  if (!g_cache_attention.empty()) {
+    std::printf("\nDecode attention alone over a kv::Cache per stored format, 30 layers x 3 KV heads of 64 x 3 query "
+                "heads, one token (same run; medians of 24 passes; %d threads)\n", strata::num_threads());
+    std::printf("%-8s %-10s %10s %12s %16s %16s\n", "context", "format", "pass ms", "pass CPU ms", "f32 pass / this",
+                "f32 CPU / this");
+    for (const auto& [context, runs] : g_cache_attention) {
+      const CacheAttentionRun f32 = runs.front().second;
+      for (const auto& [name, r] : runs)
+        std::printf("%-8lld %-10s %10.2f %12.2f %15.2fx %15.2fx\n", static_cast<long long>(context), name.c_str(),
+                    r.ms, r.cpu, f32.ms / r.ms, f32.cpu / r.cpu);
+    }
   }
   if (g_format_runs.empty()) return;
   std::printf("\nStored KV formats, decode step after a prompt (same run; medians of %lld steps; SmolLM2 in its "
@@ -374,6 +478,7 @@ struct HelperCase {
   std::vector<std::string> runs;  // benchmark names: the SIMD helper first, then what it replaces
 };
 std::vector<HelperCase> g_helper_cases;
+std::vector<HelperCase> g_kivi_cases;  // runs: from the codes, then the float kernel on float32 rows
 
 // SmolLM2's shapes: head_dim 64, a 2K-token cache, a SnapKV window of 32 rows; top-k at the policy's
 // per-head size (410 candidates, AdaKV floor 20% of them), at 4K and at 128K.
@@ -433,6 +538,44 @@ void register_helpers() {
               [=] { kv_top_k_reference(input(), size, k, idx->data()); }),
           add("KvHelper/top_k/" + std::to_string(size) + "/partial_sort", partial)}});
   }
+  // Decode attention's kernels over one 256-token chunk of a KV head, 3 query heads: from KIVI codes
+  // (keys a group of 32 tokens per call) against the float kernels over float32 rows.
+  constexpr int64_t chunk = 256, m = 3, group = 32;
+  auto qm = random(m * d), probs = random(m * chunk), scores = random(m * chunk), outs = random(m * d);
+  for (auto& x : *probs) x = std::abs(x) / chunk;
+  for (const int bits : {4, 2}) {
+    const int64_t code_bytes = d * bits / 8, value_bytes = code_bytes + d / group * 4;
+    auto codes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(chunk * value_bytes));
+    for (auto& b : *codes) b = static_cast<uint8_t>(rng());
+    auto params = std::make_shared<std::vector<uint16_t>>(static_cast<size_t>(chunk / group * 2 * d));
+    for (size_t i = 0; i < params->size(); ++i) (*params)[i] = strata::f32_to_f16(i % 2 ? -1.0f : 0.1f).bits;
+    for (int64_t j = 0; j < chunk; ++j)
+      for (int64_t gg = 0; gg < d / group; ++gg) {
+        const uint16_t prm[2] = {strata::f32_to_f16(0.1f).bits, strata::f32_to_f16(-1.0f).bits};
+        std::memcpy(codes->data() + j * value_bytes + code_bytes + gg * 4, prm, 4);
+      }
+    const std::string kivi = "kivi" + std::to_string(bits);
+    g_kivi_cases.push_back(
+        {kivi + " scores", "256 x 64, 3 queries",
+         {add("KvHelper/" + kivi + "_scores/codes",
+              [=] {
+                for (int64_t t0 = 0; t0 < chunk; t0 += group)
+                  kivi_key_scores(qm->data(), m, d, codes->data() + t0 * code_bytes, group, code_bytes, d, bits,
+                                  params->data() + t0 / group * 2 * d, 0.125f, scores->data() + t0, chunk);
+              }),
+          add("KvHelper/" + kivi + "_scores/f32", [=] {
+            attention_scores(qm->data(), m, d, keys->data(), chunk, d, d, 0.125f, scores->data(), chunk);
+          })}});
+    g_kivi_cases.push_back(
+        {kivi + " values", "256 x 64, 3 queries",
+         {add("KvHelper/" + kivi + "_values/codes",
+              [=] {
+                kivi_values(probs->data(), m, chunk, codes->data(), chunk, value_bytes, d, bits, group, outs->data(), d);
+              }),
+          add("KvHelper/" + kivi + "_values/f32", [=] {
+            attention_values(probs->data(), m, chunk, keys->data(), chunk, d, d, outs->data(), d);
+          })}});
+  }
 }
 
 void print_helpers() {
@@ -446,6 +589,13 @@ void print_helpers() {
     std::printf("%-18s %-18s %10.2f %12.2f %7.1fx", c.what.c_str(), c.size.c_str(), simd, ref, ref / simd);
     if (c.runs.size() > 2) std::printf(" %14.2f %7.1fx", g_helper_us[c.runs[2]], g_helper_us[c.runs[2]] / simd);
     std::printf("\n");
+  }
+  std::printf("\nDecode attention kernels, KIVI codes against float32 rows (same run; microseconds per call)\n");
+  std::printf("%-18s %-22s %10s %10s %14s\n", "kernel", "size", "codes us", "f32 us", "f32 / codes");
+  for (const auto& c : g_kivi_cases) {
+    if (!g_helper_us.count(c.runs[0]) || !g_helper_us.count(c.runs[1])) continue;
+    const double codes = g_helper_us[c.runs[0]], f32 = g_helper_us[c.runs[1]];
+    std::printf("%-18s %-22s %10.2f %10.2f %13.2fx\n", c.what.c_str(), c.size.c_str(), codes, f32, f32 / codes);
   }
 }
 

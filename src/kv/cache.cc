@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "kernels/cpu/attention_decode.hpp"
+#include "kernels/cpu/kivi_attention.hpp"
 #include "strata/core/dtype.hpp"
 #include "strata/core/eigen.hpp"
 #include "strata/core/error.hpp"
@@ -32,6 +33,17 @@ kernels::GgmlType ggml_type(KvFormat f) {
     default: return kernels::GgmlType::F32;
   }
 }
+// Per-thread scratch of attention and of reading rows back, grown and never shrunk (and aligned as
+// Eigen's matrices are): once the threads have seen the largest shapes, a decode step allocates
+// nothing. One slot per use that can be live at the same time.
+enum Scratch { kQueries, kOutputs, kTileRows, kGroupParams, kScratchSlots };
+float* scratch(Scratch slot, int64_t n) {
+  static thread_local std::array<Eigen::VectorXf, kScratchSlots> buffers;
+  Eigen::VectorXf& b = buffers[slot];
+  if (b.size() < n) b.resize(n);
+  return b.data();
+}
+
 bool is_ggml(KvFormat f) { return f == KvFormat::f16 || f == KvFormat::q8_0 || f == KvFormat::q4_0; }
 int kivi_bits(KvFormat f) { return f == KvFormat::kivi2 ? 2 : 4; }
 
@@ -295,30 +307,28 @@ void Cache::push(Rows& r, KvFormat f, bool keys, const float* x, int64_t tokens)
     r.quantized += tokens;
     return;
   }
-  // KIVI: the window and the new rows in one run, oldest first; the oldest leave for the codes.
+  // KIVI: the window and the new rows in one run, oldest first (row t of the run read in place, so a
+  // decode step copies no window); the oldest leave for the codes.
   const int bits = kivi_bits(f);
   const int64_t total = r.window + tokens, R = format_.kivi_residual, G = format_.kivi_group;
-  std::vector<float> run(static_cast<size_t>(total * d));
-  if (r.window > 0) std::memcpy(run.data(), r.fp.get(), static_cast<size_t>(r.window * d) * sizeof(float));
-  std::memcpy(run.data() + r.window * d, x, static_cast<size_t>(tokens * d) * sizeof(float));
+  auto run = [&](int64_t t) { return t < r.window ? r.fp.get() + t * d : x + (t - r.window) * d; };
   int64_t flushed = 0;
   if (keys) {
     // Whole groups of G tokens while at least R + G wait: R to R + G - 1 stay in float32.
     const int64_t groups = total >= R + G ? (total - R) / G : 0;
     for (int64_t g = 0; g < groups; ++g) {
-      const float* rows = run.data() + g * G * d;
       std::byte* codes = r.q.get() + (r.quantized + g * G) * rb;
       std::memset(codes, 0, static_cast<size_t>(G * rb));
       for (int64_t c = 0; c < d; ++c) {
-        float lo = rows[c], hi = rows[c];
+        float lo = run(g * G)[c], hi = lo;
         for (int64_t t = 1; t < G; ++t) {
-          lo = std::min(lo, rows[t * d + c]);
-          hi = std::max(hi, rows[t * d + c]);
+          lo = std::min(lo, run(g * G + t)[c]);
+          hi = std::max(hi, run(g * G + t)[c]);
         }
         const Grid grid = make_grid(lo, hi, bits);
         r.group_params.push_back(grid.scale_h);
         r.group_params.push_back(grid.min_h);
-        for (int64_t t = 0; t < G; ++t) put_code(codes + t * rb, c, code_of(rows[t * d + c], grid, bits), bits);
+        for (int64_t t = 0; t < G; ++t) put_code(codes + t * rb, c, code_of(run(g * G + t)[c], grid, bits), bits);
       }
       r.group_len.push_back(static_cast<int32_t>(G));
     }
@@ -328,7 +338,7 @@ void Cache::push(Rows& r, KvFormat f, bool keys, const float* x, int64_t tokens)
     flushed = std::max<int64_t>(total - R, 0);
     const int64_t group = std::min(G, d), n_groups = (d + group - 1) / group, code_bytes = d * bits / 8;
     for (int64_t t = 0; t < flushed; ++t) {
-      const float* row = run.data() + t * d;
+      const float* row = run(t);
       std::byte* out = r.q.get() + (r.quantized + t) * rb;
       std::memset(out, 0, static_cast<size_t>(rb));
       for (int64_t g = 0; g < n_groups; ++g) {
@@ -341,9 +351,14 @@ void Cache::push(Rows& r, KvFormat f, bool keys, const float* x, int64_t tokens)
       }
     }
   }
+  // The rest of the run becomes the window: the old window's rows moved down, then the new rows.
+  const int64_t old_kept = std::max<int64_t>(r.window - flushed, 0), new_from = std::max<int64_t>(flushed - r.window, 0);
+  if (flushed > 0 && old_kept > 0)
+    std::memmove(r.fp.get(), r.fp.get() + flushed * d, static_cast<size_t>(old_kept * d) * sizeof(float));
+  if (new_from < tokens)
+    std::memcpy(r.fp.get() + old_kept * d, x + new_from * d, static_cast<size_t>((tokens - new_from) * d) * sizeof(float));
   r.quantized += flushed;
   r.window = total - flushed;
-  if (r.window > 0) std::memcpy(r.fp.get(), run.data() + flushed * d, static_cast<size_t>(r.window * d) * sizeof(float));
 }
 
 void Cache::append_head(int layer, int head, float* k, float* v, int64_t tokens, const int64_t* positions) {
@@ -433,20 +448,21 @@ void Cache::read_rows(const Rows& r, KvFormat f, bool keys, int64_t begin, int64
       kernels::ggml_codec(ggml_type(f)).dequantize_row(r.q.get() + begin * rb, (qend - begin) * d, out);
     } else if (keys) {
       const int bits = kivi_bits(f);
-      std::vector<float> scale(static_cast<size_t>(d)), min(static_cast<size_t>(d));
+      float* scale = scratch(kGroupParams, 2 * d);
+      float* min = scale + d;
       int64_t g0 = 0;  // first token of group g
       for (size_t g = 0; g < r.group_len.size() && g0 < qend; g0 += r.group_len[g], ++g) {
         const int64_t g1 = g0 + r.group_len[g];
         if (g1 <= begin) continue;
         const uint16_t* p = r.group_params.data() + g * static_cast<size_t>(2 * d);
         for (int64_t c = 0; c < d; ++c) {
-          scale[static_cast<size_t>(c)] = f16_to_f32(f16{p[2 * c]});
-          min[static_cast<size_t>(c)] = f16_to_f32(f16{p[2 * c + 1]});
+          scale[c] = f16_to_f32(f16{p[2 * c]});
+          min[c] = f16_to_f32(f16{p[2 * c + 1]});
         }
         for (int64_t t = std::max(g0, begin); t < std::min(g1, qend); ++t) {
           float* o = out + (t - begin) * d;
           unpack_codes(r.q.get() + t * rb, d, bits, o);
-          for (int64_t c = 0; c < d; ++c) o[c] = min[static_cast<size_t>(c)] + scale[static_cast<size_t>(c)] * o[c];
+          for (int64_t c = 0; c < d; ++c) o[c] = min[c] + scale[c] * o[c];
         }
       }
     } else {
@@ -492,11 +508,11 @@ template <class Fn>
 void Cache::for_each_tile(const Rows& r, KvFormat f, bool keys, int64_t begin, int64_t end, Fn&& fn) const {
   const int64_t qend = std::min(end, r.quantized);
   if (begin < qend) {
-    std::vector<float> tile(static_cast<size_t>(kTile * head_dim_));
+    float* tile = scratch(kTileRows, kTile * head_dim_);
     for (int64_t t0 = begin; t0 < qend; t0 += kTile) {
       const int64_t m = std::min(kTile, qend - t0);
-      read_rows(r, f, keys, t0, m, tile.data());
-      fn(tile.data(), t0, m);
+      read_rows(r, f, keys, t0, m, tile);
+      fn(tile, t0, m);
     }
   }
   const int64_t fbegin = std::max(begin, r.quantized);
@@ -522,27 +538,43 @@ void Cache::attend_scores(int layer, int head, const float* q, int64_t n, int64_
   const int64_t d = head_dim_;
   const KvFormat f = format_.key_format(layer);
   // The queries in the stored basis, contiguous.
-  RowMatrix<float> qs(n, d);
-  for (int64_t i = 0; i < n; ++i) std::memcpy(qs.data() + i * d, q + i * q_stride, static_cast<size_t>(d) * sizeof(float));
-  if (rotation_) rotation_->rotate(qs.data(), n, d);
+  float* qs = scratch(kQueries, n * d);
+  for (int64_t i = 0; i < n; ++i) std::memcpy(qs + i * d, q + i * q_stride, static_cast<size_t>(d) * sizeof(float));
+  if (rotation_) rotation_->rotate(qs, n, d);
   using Map = Eigen::Map<const RowMatrix<float>>;
   using Out = Eigen::Map<RowMatrix<float>, 0, Eigen::OuterStride<>>;
   // scores[:, t0 .. t0 + m) from m float32 rows.
   auto from_rows = [&](const float* rows, int64_t t0, int64_t m) {
     float* s = scores + (t0 - begin);
     if (n <= kFewQueries) {
-      kernels::attention_scores(qs.data(), n, d, rows, m, d, d, scale, s, score_stride);
+      kernels::attention_scores(qs, n, d, rows, m, d, d, scale, s, score_stride);
     } else {
-      Out(s, n, m, Eigen::OuterStride<>(score_stride)).noalias() = (qs * Map(rows, m, d).transpose()) * scale;
+      Out(s, n, m, Eigen::OuterStride<>(score_stride)).noalias() = (Map(qs, n, d) * Map(rows, m, d).transpose()) * scale;
     }
   };
   const Rows& r = h.k;
   const int64_t qend = std::min(end, r.quantized);
   if (begin < qend && (f == KvFormat::q8_0 || f == KvFormat::q4_0) && n <= 16) {
     const int64_t rb = row_bytes(f, true);
-    kernels::ggml_matmul(ggml_type(f), r.q.get() + begin * rb, qend - begin, d, qs.data(), n, scores, score_stride);
+    kernels::ggml_matmul(ggml_type(f), r.q.get() + begin * rb, qend - begin, d, qs, n, scores, score_stride);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < qend - begin; ++j) scores[i * score_stride + j] *= scale;
+    for_each_tile(r, f, true, qend, end, from_rows);
+    return;
+  }
+  // A few queries score KIVI keys straight from the codes, a key group at a time (each group has
+  // its own scales and minimums); many queries are better served by the matrix product over tiles.
+  if (begin < qend && is_kivi(f) && n <= kFewQueries) {
+    const int64_t rb = row_bytes(f, true);
+    const auto* codes = reinterpret_cast<const uint8_t*>(r.q.get());
+    int64_t g0 = 0;  // first token of group g
+    for (size_t g = 0; g < r.group_len.size() && g0 < qend; g0 += r.group_len[g], ++g) {
+      const int64_t t0 = std::max(g0, begin), t1 = std::min(g0 + r.group_len[g], qend);
+      if (t0 >= t1) continue;
+      kernels::kivi_key_scores(qs, n, d, codes + t0 * rb, t1 - t0, rb, d, kivi_bits(f),
+                               r.group_params.data() + g * static_cast<size_t>(2 * d), scale, scores + (t0 - begin),
+                               score_stride);
+    }
     for_each_tile(r, f, true, qend, end, from_rows);
     return;
   }
@@ -556,20 +588,31 @@ void Cache::attend_values(int layer, int head, const float* probs, int64_t prob_
           ") outside the head's ", h.length);
   const int64_t d = head_dim_;
   const KvFormat f = format_.value_format(layer);
-  RowMatrix<float> acc = RowMatrix<float>::Zero(n, d);
+  float* acc = scratch(kOutputs, n * d);
+  std::fill(acc, acc + n * d, 0.0f);
   using Map = Eigen::Map<const RowMatrix<float>>;
   using Probs = Eigen::Map<const RowMatrix<float>, 0, Eigen::OuterStride<>>;
   auto mix = [&](const float* rows, int64_t t0, int64_t m) {
     const float* p = probs + (t0 - begin);
     if (n <= kFewQueries) {
-      kernels::attention_values(p, n, prob_stride, rows, m, d, d, acc.data(), d);
+      kernels::attention_values(p, n, prob_stride, rows, m, d, d, acc, d);
     } else {
-      acc.noalias() += Probs(p, n, m, Eigen::OuterStride<>(prob_stride)) * Map(rows, m, d);
+      Eigen::Map<RowMatrix<float>>(acc, n, d).noalias() += Probs(p, n, m, Eigen::OuterStride<>(prob_stride)) * Map(rows, m, d);
     }
   };
-  for_each_tile(h.v, f, false, begin, end, mix);
-  if (rotation_) rotation_->unrotate(acc.data(), n, d);
-  for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * out_stride, acc.data() + i * d, static_cast<size_t>(d) * sizeof(float));
+  const Rows& r = h.v;
+  const int64_t qend = std::min(end, r.quantized);
+  int64_t from = begin;
+  // A few queries mix KIVI values straight from the codes; many go through tiles and the matrix product.
+  if (begin < qend && is_kivi(f) && n <= kFewQueries) {
+    const int64_t rb = row_bytes(f, false);
+    kernels::kivi_values(probs, n, prob_stride, reinterpret_cast<const uint8_t*>(r.q.get()) + begin * rb, qend - begin,
+                         rb, d, kivi_bits(f), format_.kivi_group, acc, d);
+    from = qend;
+  }
+  for_each_tile(r, f, false, from, end, mix);
+  if (rotation_) rotation_->unrotate(acc, n, d);
+  for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * out_stride, acc + i * d, static_cast<size_t>(d) * sizeof(float));
 }
 
 std::span<const int64_t> Cache::positions(int layer, int head) const {

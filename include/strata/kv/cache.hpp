@@ -21,9 +21,12 @@
 // the attention output, a mix of rotated values, is rotated back. Outlier channels are spread over
 // the whole head before quantization.
 // Attention reads the stored form directly (attend_scores / attend_values, over all of a head's tokens
-// or a range of them): quantized keys score through kernels::ggml_matmul or a dequantized tile of
-// rows, values are mixed a tile at a time; a few queries (a decode step's query heads of one KV head)
-// go through kernels/cpu/attention_decode.hpp, which reads each row once for all of them.
+// or a range of them). A few queries (a decode step's query heads of one KV head, up to 16) read each
+// row once for all of them: q8_0 / q4_0 keys through kernels::ggml_matmul, KIVI keys and values from
+// their codes (kernels/cpu/kivi_attention.hpp: q . min + (q .* scale) . code per key group, no
+// dequantized rows), float32 rows and the other forms' dequantized 64-row tiles through
+// kernels/cpu/attention_decode.hpp. More queries go through Eigen's products over tiles. The decode
+// path allocates nothing once each thread's scratch has grown to the largest shapes.
 #include <cstddef>
 #include <cstdint>
 #include <memory>

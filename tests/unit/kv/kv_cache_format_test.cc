@@ -326,6 +326,120 @@ TEST(KvCacheFormat, SplitAttentionOverStoredFormEqualsFloatAttentionOnDequantize
     }
 }
 
+// ---- KIVI attention from the codes -------------------------------------------------------------------
+
+// Worst error seen over the KIVI cases below, in units of scale * sum_c |q_c| * max |k| (scores) and
+// sum_j p_j * max |v| (outputs): recorded so that the tolerance is known to sit above it.
+double g_kivi_worst_scores = 0, g_kivi_worst_values = 0;
+
+// attend_scores / attend_values over tokens [begin, end) of a head, n queries, against double sums
+// over what read_keys / read_values give for those tokens. The kernels sum q . min + (q .* scale) .
+// code, whose terms can exceed |q_c k_c|, so the error is measured against the largest stored
+// element rather than |q . k|.
+void expect_attention_over_range(const Cache& c, int head, int64_t begin, int64_t end, int64_t n, double tol,
+                                 const std::string& what) {
+  const int64_t m = end - begin, stride = m + 3;
+  const auto kd = read(c, true, 0, head), vd = read(c, false, 0, head);
+  double kmax = 0, vmax = 0;
+  for (const float x : kd) kmax = std::max(kmax, std::fabs(static_cast<double>(x)));
+  for (const float x : vd) vmax = std::max(vmax, std::fabs(static_cast<double>(x)));
+  const auto q = testing::gaussian_floats(static_cast<size_t>(n * kDim), static_cast<uint64_t>(31 + n + begin));
+  const float scale = 0.125f;
+  std::vector<float> scores(static_cast<size_t>(n * stride), -5.0f);
+  c.attend_scores(0, head, q.data(), n, kDim, scale, begin, end, scores.data(), stride);
+  for (int64_t i = 0; i < n; ++i) {
+    double qabs = 0;
+    for (int64_t ch = 0; ch < kDim; ++ch) qabs += std::fabs(static_cast<double>(q[static_cast<size_t>(i * kDim + ch)]));
+    const double unit = scale * qabs * kmax;
+    for (int64_t j = 0; j < m; ++j) {
+      double s = 0;
+      for (int64_t ch = 0; ch < kDim; ++ch)
+        s += static_cast<double>(q[static_cast<size_t>(i * kDim + ch)]) * kd[static_cast<size_t>((begin + j) * kDim + ch)];
+      const double err = std::fabs(scores[static_cast<size_t>(i * stride + j)] - scale * s);
+      g_kivi_worst_scores = std::max(g_kivi_worst_scores, err / unit);
+      ASSERT_LE(err, tol * unit) << what << " scores [" << begin << ", " << end << ") n " << n << " (" << i << ", "
+                                 << j << ")";
+    }
+    for (int64_t j = m; j < stride; ++j) ASSERT_EQ(scores[static_cast<size_t>(i * stride + j)], -5.0f) << what;
+  }
+  std::vector<float> p = testing::gaussian_floats(static_cast<size_t>(n * stride), static_cast<uint64_t>(41 + end));
+  for (auto& x : p) x = std::fabs(x) / static_cast<float>(m);
+  const int64_t out_stride = kDim + 2;
+  std::vector<float> out(static_cast<size_t>(n * out_stride), -1.0f);
+  c.attend_values(0, head, p.data(), stride, n, begin, end, out.data(), out_stride);
+  for (int64_t i = 0; i < n; ++i) {
+    double pabs = 0;
+    for (int64_t j = 0; j < m; ++j) pabs += p[static_cast<size_t>(i * stride + j)];
+    for (int64_t ch = 0; ch < kDim; ++ch) {
+      double s = 0;
+      for (int64_t j = 0; j < m; ++j)
+        s += static_cast<double>(p[static_cast<size_t>(i * stride + j)]) * vd[static_cast<size_t>((begin + j) * kDim + ch)];
+      const double err = std::fabs(out[static_cast<size_t>(i * out_stride + ch)] - s);
+      g_kivi_worst_values = std::max(g_kivi_worst_values, err / (pabs * vmax));
+      ASSERT_LE(err, tol * pabs * vmax) << what << " values [" << begin << ", " << end << ") n " << n << " (" << i
+                                        << ", " << ch << ")";
+    }
+    for (int64_t ch = kDim; ch < out_stride; ++ch) ASSERT_EQ(out[static_cast<size_t>(i * out_stride + ch)], -1.0f) << what;
+  }
+}
+
+// KIVI-2 and KIVI-4, rotated or not, with groups that do and do not line up with the kernels' SIMD
+// chunks (G 16 and 32; G 12 splits value chunks across channel groups): a cache appended in uneven
+// pieces, the same cache evicted so that key groups keep only some of their tokens (or none), and a
+// cache whose float32 window has just spilled into codes. Ranges cut groups, chunks and the
+// boundary between codes and the float32 window; 1, 3 and 7 queries take the codes kernels, 20 the
+// tiles of dequantized rows.
+TEST(KvCacheFormat, KiviAttentionFromCodesEqualsDoubleAttentionOverStoredRows) {
+  const int64_t tokens = 200, heads = 2;
+  const auto k = rows(tokens, heads, 25), v = rows(tokens, heads, 26);
+  const double tol = 1e-6;
+  for (KvFormat f : {KvFormat::kivi2, KvFormat::kivi4})
+    for (bool rotate : {false, true})
+      for (const auto& [G, R] : {std::pair<int64_t, int64_t>{16, 8}, {32, 32}, {12, 5}}) {
+        const std::string name = std::string(to_string(f)) + (rotate ? " rot" : "") + " G " + std::to_string(G) +
+                                 " R " + std::to_string(R);
+        // Uneven appends hold the same rows as one prefill.
+        Cache c(1, heads, kDim, 0, format_of(f, rotate, G, R)), bulk(c);
+        bulk.append(0, k.data(), v.data(), tokens, 0);
+        for (int64_t t = 0, step = 1; t < tokens; t += step, step = step % 7 + 2) {
+          const int64_t count = std::min(step, tokens - t);
+          c.append(0, k.data() + t * heads * kDim, v.data() + t * heads * kDim, count, t);
+        }
+        for (int h = 0; h < heads; ++h) {
+          ASSERT_EQ(read(c, true, 0, h), read(bulk, true, 0, h)) << name;
+          ASSERT_EQ(read(c, false, 0, h), read(bulk, false, 0, h)) << name;
+        }
+        auto ranges = [&](const Cache& cache, int h) {
+          const int64_t len = cache.length(0, h);
+          std::vector<std::pair<int64_t, int64_t>> r = {{0, len}, {1, len - 1}, {G - 1, G + 1}, {5, 37},
+                                                        {len - 2 * G - R, len - R + 3}, {len - 3, len}, {7, 7}};
+          for (int64_t b = 0; b < len; b += 64) r.emplace_back(b, std::min(len, b + 64));  // split attention's chunks
+          return r;
+        };
+        // Every third token of the head's first 150 kept (groups partly or wholly emptied), then the rest.
+        Cache evicted(c);
+        std::vector<int64_t> kept;
+        for (int64_t t = 0; t < tokens; ++t)
+          if (t >= 150 || (t % 3 == 0 && !(t >= 2 * G && t < 3 * G))) kept.push_back(t);
+        evicted.keep(0, 1, kept);
+        // The key window flushes a group once R + G tokens wait, the value window a token once R + 1
+        // do: a cache of R + G tokens has just spilled both.
+        Cache spilled(1, heads, kDim, 0, format_of(f, rotate, G, R));
+        spilled.append(0, k.data(), v.data(), R + G - 1, 0);
+        spilled.append(0, k.data() + (R + G - 1) * heads * kDim, v.data() + (R + G - 1) * heads * kDim, 1, R + G - 1);
+        for (const auto& [cache, what] :
+             {std::pair<const Cache*, std::string>{&c, name}, {&evicted, name + " evicted"}, {&spilled, name + " spilled"}})
+          for (int h = 0; h < heads; ++h)
+            for (const auto& [b, e] : ranges(*cache, h)) {
+              if (b < 0 || e > cache->length(0, h) || b >= e) continue;
+              for (const int64_t n : {int64_t{1}, int64_t{3}, int64_t{7}, int64_t{20}})
+                expect_attention_over_range(*cache, h, b, e, n, tol, what + " head " + std::to_string(h));
+            }
+      }
+  std::printf("worst error: scores %.3g, values %.3g (tolerance %.3g)\n", g_kivi_worst_scores, g_kivi_worst_values,
+              tol);
+}
+
 // ---- bytes ------------------------------------------------------------------------------------------
 
 // Hand sizes per head of capacity C, head_dim 64: positions 8 C; f32 rows 256 B; f16 128 B; q8_0
