@@ -327,9 +327,11 @@ void write_report(const Args& a, const std::vector<Row>& rows, const std::string
             "| NN agreed by dense margin < 0.01 / 0.01-0.03 / 0.03-0.1 / >= 0.1 |\n|---|---|---|---|---|---|---|---|---|---|\n";
       for (const auto& r : rows)
         for (const auto& c : r.cells) {
+          char ridge[32] = "-";
+          if (c.ridge > 0) std::snprintf(ridge, sizeof ridge, "%g", c.ridge);
           std::snprintf(buf, sizeof buf, "| %s | %s | %.0f%% | %s | %s | %s | %.4f | %.4f | %.1f%% | %s |\n",
                         r.method.c_str(), r.schedule.c_str(), 100 * r.rate, c.set.c_str(), c.correction.c_str(),
-                        c.ridge > 0 ? std::to_string(c.ridge).c_str() : "-", c.q.cos_mean, c.q.cos_min,
+                        ridge, c.q.cos_mean, c.q.cos_min,
                         100 * c.q.nn_agree, c.q.bins().c_str());
           md << buf;
         }
