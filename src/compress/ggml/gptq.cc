@@ -801,16 +801,7 @@ GgmlGptqResult gptq(GgmlType type, const RowMatrix<float>& w, const Matrix<doubl
       // previous pass rounded (sigma^2 then theirs: ggml's quantizer on those rows).
       const bool static_fit = fit_first || pass > 0;
       for (int64_t i = 0; i < cols; ++i) wc.col(i) = w0.col(perm[static_cast<std::size_t>(i)]).segment(r0, rc);
-      if (refit && pass > 0) {
-        // With least-squares scales a refit pass keeps the previous pass's codes' least-squares
-        // scales instead of searching again; the loop then rounds every weight to the nearest value
-        // of those grids (no weight equals NaN, so none keeps a fitted code).
-        std::vector<char> changed;
-        refit_rows(*refit, &w(r0, 0), rc, row_blocks(0), changed);
-        std::fill(x, x + f.unit, std::numeric_limits<float>::quiet_NaN());
-        for (int64_t r = 0; r < rc; ++r)
-          for (int64_t k = 0; k < units; ++k) record(r, k, x);
-      } else if (static_fit) {
+      if (static_fit) {
         for (int64_t r = 0; r < rc; ++r) {
           if (pass == 0) {
             for (int64_t c = 0; c < cols; ++c) xrow[static_cast<std::size_t>(c)] = w(r0 + r, c);

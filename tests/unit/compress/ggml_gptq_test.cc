@@ -201,7 +201,7 @@ TEST_P(GgmlGptqTypes, LeastSquaresScalesNeverRaiseARowsObjective) {
     // The scales ggml's search picked are not the least-squares ones under the correlated H.
     EXPECT_LT(sum_after, sum_before);
     EXPECT_NE(r.blocks, plain.blocks);
-    // Refit passes on least-squares scales: the loop reruns on the previous pass's refitted grids.
+    // With refit passes: the last pass's scales are refitted.
     o.refit = 2;
     const GgmlGptqResult rounds = gptq(t, p.w, p.h, p.imatrix, o, "test.weight");
     const RowMatrix<float> deq_rounds = dequantize_all(t, rounds.blocks, 16, 512);
@@ -260,7 +260,9 @@ TEST_P(GgmlGptqTypes, LeastSquaresScalesReachAnExactlyRepresentableOptimum) {
     for (int64_t i = 0; i < cols; ++i)
       ASSERT_NEAR(got(r, i), qstar(r, i), 1e-6 * (std::fabs(qstar(r, i)) + 1e-3)) << "[" << r << ", " << i << "]";
   // The legacy types hold one parameter per role: the bytes themselves.
-  if (!k) EXPECT_EQ(bytes, target);
+  if (!k) {
+    EXPECT_EQ(bytes, target);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, GgmlGptqTypes,

@@ -32,9 +32,7 @@
 //   (w - q)^T H (w - q), H the damped Hessian, is a linear least-squares problem in them: solved
 //   exactly per row, then written back in the format's precision (binary16; for the k-quants integer
 //   sub-scales under a binary16 d and dmin). The new bytes are kept only where that objective drops.
-//   With refit = n as well, each refit pass keeps the previous pass's codes' least-squares scales in
-//   place of ggml's search and reruns the loop on those grids, every weight rounded to the nearest
-//   grid value; the last pass is refitted too.
+//   With refit = n as well, the passes run as without it and the last pass's scales are refitted.
 //
 // With an identity Hessian no error moves, every weight keeps its fitted value, and the bytes are
 // those of ggml's quantizer on the whole row, whatever the order and refit (ls_scales off; with it
